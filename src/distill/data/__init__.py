@@ -1,0 +1,17 @@
+"""Data sets: fetching with SHA-256 verification, idx parsing, in-memory tensors."""
+from distill.data.dataset import Dataset
+from distill.data.mnist import FASHION_MNIST, MNIST, load_fashion_mnist, load_mnist
+
+LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
+
+
+def load(name: str, data_dir=None, log=print) -> Dataset:
+    """Load a data set by name (``mnist`` or ``fashion-mnist``)."""
+    from distill.errors import DistillError
+
+    if name not in LOADERS:
+        raise DistillError(f"unknown data set {name!r}; choose one of {sorted(LOADERS)}")
+    return LOADERS[name](data_dir=data_dir, log=log)
+
+
+__all__ = ["Dataset", "MNIST", "FASHION_MNIST", "load", "load_mnist", "load_fashion_mnist"]

@@ -1,0 +1,293 @@
+"""One training loop for teachers, hard-label students and distilled students.
+
+Read top to bottom: :func:`fit` shuffles in-memory tensors with a seeded generator, optionally
+jitters the batch, computes the loss (hard labels, distillation or logit matching), steps the
+optimiser, applies the model's weight constraint, evaluates on the test set every epoch and
+checkpoints the whole state (weights, optimiser, RNGs, history) so an interrupted run resumes
+and ends exactly where an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from distill import losses
+from distill.augment import jitter
+from distill.checkpoints import atomic_write_json, load_tensors, save_checkpoint, save_tensors
+from distill.errors import DistillError
+from distill.metrics import classification_metrics, predict_logits
+
+LOSSES = ("auto", "hard", "distill", "logits")
+SCHEDULES = ("constant", "cosine", "exponential")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run's result (and so keys its checkpoints).
+
+    ``loss="auto"`` means hard labels without a teacher and ``distill`` with one.
+    ``jitter`` is the maximum translation in pixels (0 = off).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    lr_decay: float = 0.95
+    jitter: int = 0
+    loss: str = "auto"
+    temperature: float = 1.0
+    hard_weight: float = losses.DEFAULT_HARD_WEIGHT
+    soft_weight: float = losses.DEFAULT_SOFT_WEIGHT
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("schedule", self.schedule, SCHEDULES), ("loss", self.loss, LOSSES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.jitter < 0:
+            raise ValueError("jitter must be >= 0 pixels")
+        losses._check_temperature(self.temperature)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """Learning rate for 0-based ``epoch``: constant; cosine ``lr * (1 + cos(pi*e/E)) / 2``;
+    or exponential ``lr * lr_decay**e``."""
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return config.lr * config.lr_decay ** epoch
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global RNG (weight init, dropout). Data order and jitter use their own
+    generator inside :func:`fit`."""
+    torch.manual_seed(seed)
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    metrics: dict
+    history: list = field(default_factory=list)
+    wall_seconds: float = 0.0
+    run_dir: Path | None = None
+    resumed_from: int = 0
+    skipped: bool = False
+
+
+def run_key(config: TrainConfig, model: nn.Module, data_fingerprint: str, teacher_id: str | None) -> str:
+    """Identity of a run: config + architecture + data fingerprint + teacher identity."""
+    blob = json.dumps(dict(config=config.to_dict(), arch=getattr(model, "arch", None),
+                           data=data_fingerprint, teacher=teacher_id), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _batch_loss(config: TrainConfig, logits, yb, tb, teacher_kind):
+    if config.loss == "hard":
+        return losses.hard_cross_entropy(logits, yb)
+    if config.loss == "logits":
+        return losses.logit_matching_loss(logits, tb)
+    return losses.distillation_loss(logits, tb, yb, config.temperature, config.hard_weight,
+                                    config.soft_weight, teacher_kind=teacher_kind)
+
+
+def _state_tensors(model, optimizer, gen: torch.Generator) -> dict:
+    t = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, st in optimizer.state_dict()["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                t[f"optim.{i}.{k}"] = v
+    t["rng.torch"] = torch.get_rng_state()
+    t["rng.data"] = gen.get_state()
+    return t
+
+
+def _restore_state(tensors: dict, model, optimizer, gen: torch.Generator) -> None:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    sd = optimizer.state_dict()
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+    torch.set_rng_state(tensors["rng.torch"])
+    gen.set_state(tensors["rng.data"])
+
+
+def fit(
+    model: nn.Module,
+    data,
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    teacher_targets: torch.Tensor | None = None,
+    teacher_kind: str = "logits",
+    teacher_id: str | None = None,
+    run_dir: str | Path | None = None,
+    meta: dict | None = None,
+    progress: bool = True,
+    log=print,
+) -> FitResult:
+    """Train ``model`` on ``data`` (a :class:`distill.data.Dataset` or anything with
+    ``x_train, y_train, x_test, y_test, fingerprint, image_shape``).
+
+    Soft targets come from ``teacher_targets`` (one row per training example, looked up by the
+    same shuffled indices as the inputs) or from ``teacher`` (an ``nn.Module``; without jitter its
+    logits are computed once up front, with jitter it runs on every jittered batch in eval mode
+    under ``no_grad``). Cached targets with jitter are refused: they would pair with other inputs.
+
+    With ``run_dir`` the state is checkpointed every epoch; a second call with the same
+    arguments resumes an interrupted run, or returns at once when the run had finished.
+    """
+    t_start = time.perf_counter()
+    has_teacher = teacher is not None or teacher_targets is not None
+    if config.loss == "auto":
+        config = TrainConfig(**{**config.to_dict(), "loss": "distill" if has_teacher else "hard"})
+    if config.loss in ("distill", "logits") and not has_teacher:
+        raise ValueError(f"loss={config.loss!r} needs a teacher or teacher_targets")
+    if config.loss == "logits" and teacher_kind != "logits":
+        raise ValueError("logit matching needs teacher logits, not probabilities")
+    x, y = data.x_train, data.y_train
+    needs_labels = config.loss == "hard" or (config.loss == "distill" and config.hard_weight > 0)
+    if y is None and needs_labels:
+        raise ValueError("this transfer set has no labels: use a teacher with hard_weight=0")
+    if config.jitter and data.image_shape is None:
+        raise ValueError("jitter needs image data (data.image_shape is None)")
+    if teacher_targets is not None:
+        if config.jitter:
+            raise ValueError("cached teacher targets cannot be used with jitter: the student would see "
+                             "shifted inputs paired with targets of unshifted ones; pass the teacher module")
+        if teacher_targets.shape[0] != x.shape[0]:
+            raise ValueError(f"teacher_targets has {teacher_targets.shape[0]} rows for {x.shape[0]} examples")
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        if teacher_targets is None and not config.jitter:
+            teacher_targets = predict_logits(teacher, x)
+            teacher_kind = "logits"
+
+    model_id = teacher_id
+    key = run_key(config, model, data.fingerprint, model_id)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    gen = torch.Generator().manual_seed(config.seed)
+    optimizer = make_optimizer(model, config)
+    history: list[dict] = []
+    start_epoch = 0
+    if run_dir is not None:
+        final = run_dir / "model.json"
+        if final.is_file():
+            done = json.loads(final.read_text())
+            if done.get("run_key") == key:
+                from distill.checkpoints import load_checkpoint
+
+                trained, sidecar = load_checkpoint(run_dir / "model")
+                model.load_state_dict(trained.state_dict())
+                log(f"[skip] {run_dir} already holds this finished run")
+                return FitResult(model, sidecar["metrics"], sidecar.get("history", []),
+                                 sidecar.get("wall_seconds", 0.0), run_dir, skipped=True)
+            raise DistillError(f"{run_dir} holds a different finished run; choose another output folder")
+        state_json = run_dir / "state.json"
+        if state_json.is_file():
+            tensors, side = load_tensors(run_dir / "state")
+            if side.get("run_key") != key:
+                raise DistillError(f"{run_dir} holds an unfinished different run; choose another output folder "
+                                   "or delete it")
+            _restore_state(tensors, model, optimizer, gen)
+            history = side["history"]
+            start_epoch = side["epoch"]
+            log(f"[resume] {run_dir}: continuing after epoch {start_epoch}/{config.epochs}")
+
+    n = x.shape[0]
+    steps = math.ceil(n / config.batch_size)
+    constrain = getattr(model, "constrain", None)
+    show_bar = progress and sys.stderr.isatty()
+    bar = tqdm(total=steps * config.epochs, initial=steps * start_epoch, disable=not show_bar,
+               desc=str(meta.get("name", "train")) if meta else "train", unit="batch", leave=False,
+               mininterval=1.0)
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        lr = lr_at(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        perm = torch.randperm(n, generator=gen)
+        total = torch.zeros(())
+        for i in range(0, n, config.batch_size):
+            idx = perm[i:i + config.batch_size]
+            xb = x[idx]
+            yb = y[idx] if y is not None else None
+            if config.jitter:
+                xb = jitter(xb, data.image_shape, config.jitter, gen)
+            if teacher_targets is not None:
+                tb = teacher_targets[idx]
+            elif teacher is not None:
+                with torch.no_grad():
+                    tb = teacher(xb)
+            else:
+                tb = None
+            loss = _batch_loss(config, model(xb), yb, tb, teacher_kind)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if constrain is not None:
+                constrain()
+            total += loss.detach() * len(idx)
+            bar.update(1)
+        t_train = time.perf_counter() - t0
+        metrics = classification_metrics(predict_logits(model, data.x_test), data.y_test)
+        rec = dict(epoch=epoch + 1, lr=lr, train_loss=float(total) / n, train_seconds=t_train, test_errors=metrics["errors"],
+                   test_accuracy=metrics["accuracy"], test_nll=metrics["nll"],
+                   seconds=time.perf_counter() - t0)
+        history.append(rec)
+        msg = (f"epoch {epoch + 1}/{config.epochs}  loss {rec['train_loss']:.4f}  test errors "
+               f"{metrics['errors']}/{metrics['n']}  nll {metrics['nll']:.4f}  lr {lr:.4g}  {rec['seconds']:.1f}s")
+        if progress:
+            (bar.write if show_bar else log)(msg)
+        if run_dir is not None:
+            save_tensors(run_dir / "state", _state_tensors(model, optimizer, gen),
+                         dict(run_key=key, epoch=epoch + 1, history=history, config=config.to_dict()))
+    bar.close()
+    model.eval()
+    metrics = classification_metrics(predict_logits(model, data.x_test), data.y_test)
+    wall = time.perf_counter() - t_start + sum(h["seconds"] for h in history[:start_epoch])
+    result = FitResult(model, metrics, history, wall, run_dir, resumed_from=start_epoch)
+    if run_dir is not None:
+        save_checkpoint(run_dir / "model", model, dict(
+            meta or {}, run_key=key, config=config.to_dict(), data_fingerprint=data.fingerprint,
+            seed=config.seed, teacher=teacher_id, metrics=metrics, history=history, wall_seconds=wall))
+        (run_dir / "state.json").unlink(missing_ok=True)
+        (run_dir / "state.safetensors").unlink(missing_ok=True)
+    return result

@@ -1,0 +1,139 @@
+import gzip
+import hashlib
+import struct
+
+import numpy as np
+import pytest
+
+from distill.data import fetch
+from distill.data.fetch import DatasetSpec, FileSpec, locate
+from distill.data.idx import MAGIC_IMAGES, MAGIC_LABELS, load_idx, parse_idx
+from distill.errors import DistillError
+
+
+def idx_images(n=3, h=2, w=2, fill=7) -> bytes:
+    return struct.pack(">IIII", MAGIC_IMAGES, n, h, w) + bytes([fill]) * (n * h * w)
+
+
+def idx_labels(labels) -> bytes:
+    return struct.pack(">II", MAGIC_LABELS, len(labels)) + bytes(labels)
+
+
+def test_parse_valid_idx():
+    a = parse_idx(idx_images(3, 2, 2), MAGIC_IMAGES)
+    assert a.shape == (3, 2, 2) and a.dtype == np.uint8 and (a == 7).all()
+    assert parse_idx(idx_labels([1, 2, 3]), MAGIC_LABELS).tolist() == [1, 2, 3]
+
+
+def test_wrong_magic_truncated_and_long_files(tmp_path):
+    with pytest.raises(DistillError, match="wrong magic number 2049"):
+        parse_idx(idx_labels([1]), MAGIC_IMAGES, "x")
+    p = tmp_path / "train-images-idx3-ubyte"
+    p.write_bytes(idx_images()[:-5])
+    with pytest.raises(DistillError, match=r"train-images-idx3-ubyte.*truncated"):
+        load_idx(p, MAGIC_IMAGES)
+    with pytest.raises(DistillError, match="longer than its header"):
+        parse_idx(idx_images() + b"\0", MAGIC_IMAGES)
+    with pytest.raises(DistillError, match="too short"):
+        parse_idx(b"\0\0", MAGIC_IMAGES)
+
+
+def test_gzip_is_read_transparently(tmp_path):
+    p = tmp_path / "l.gz"
+    p.write_bytes(gzip.compress(idx_labels([4, 5])))
+    assert load_idx(p, MAGIC_LABELS).tolist() == [4, 5]
+
+
+def _spec(tmp_path, content: bytes, urls=(), registry=()):
+    return DatasetSpec("toy", (FileSpec("toy-labels", hashlib.sha256(content).hexdigest(), len(content)),),
+                       urls=urls, registry=registry)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    c = tmp_path / "cache"
+    monkeypatch.setenv("DISTILL_CACHE", str(c))
+    monkeypatch.delenv("DISTILL_DATA_DIR", raising=False)
+    return c
+
+
+def test_user_dir_first_and_checksum_mismatch_names_file(tmp_path, cache):
+    good = idx_labels([1, 2])
+    spec = _spec(tmp_path, good)
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "toy-labels").write_bytes(good)
+    assert locate(spec, d)["toy-labels"] == good
+    (d / "toy-labels").write_bytes(idx_labels([1, 3]))
+    with pytest.raises(DistillError, match=r"mine/toy-labels.*SHA-256.*does not match"):
+        locate(spec, d)
+    (d / "toy-labels").write_bytes(good[:-1])
+    with pytest.raises(DistillError, match="truncated"):
+        locate(spec, d)
+    with pytest.raises(DistillError, match="does not exist"):
+        locate(spec, tmp_path / "nowhere")
+
+
+def test_download_is_verified_then_cached(tmp_path, cache):
+    good = idx_labels([1, 2, 3])
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "toy-labels.gz").write_bytes(gzip.compress(good))
+    spec = _spec(tmp_path, good, urls=(mirror.as_uri(),))
+    assert locate(spec)["toy-labels"] == good
+    assert (cache / "toy" / "toy-labels").read_bytes() == good
+    assert not [p for p in (cache / "toy").iterdir() if p.suffix == ".part"]
+
+
+def test_bad_download_is_rejected_and_not_kept(tmp_path, cache):
+    good = idx_labels([1, 2, 3])
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "toy-labels").write_bytes(idx_labels([9, 9, 9]))
+    spec = _spec(tmp_path, good, urls=(mirror.as_uri(),))
+    with pytest.raises(DistillError, match="does not match"):
+        locate(spec)
+    assert not (cache / "toy" / "toy-labels").exists()
+    assert not list((cache / "toy").glob("*.part"))
+
+
+def test_registry_fallback_and_nothing_reachable(tmp_path, cache):
+    good = idx_labels([5])
+
+    def registry(scratch):
+        """a fake registry"""
+        (scratch / "toy-labels").write_bytes(good)
+        return {"toy-labels": scratch / "toy-labels"}
+
+    spec = _spec(tmp_path, good, urls=("http://127.0.0.1:9/none",), registry=(registry,))
+    assert locate(spec, log=lambda *a: None)["toy-labels"] == good
+
+    def broken(scratch):
+        raise RuntimeError("registry offline")
+
+    spec2 = DatasetSpec("toy2", spec.files, urls=("http://127.0.0.1:9/none",), registry=(broken,))
+    with pytest.raises(DistillError, match=r"(?s)could not obtain.*registry offline.*--data-dir"):
+        locate(spec2, log=lambda *a: None)
+
+
+def test_fingerprint_depends_on_content():
+    a = fetch.fingerprint(digests={"a": "1", "b": "2"})
+    assert a == fetch.fingerprint(digests={"b": "2", "a": "1"})
+    assert a != fetch.fingerprint(digests={"a": "1", "b": "3"})
+
+
+def test_real_mnist_is_official(mnist):
+    # data.md: class counts of the official files; the test set has 1,010 threes
+    assert mnist.x_train.shape == (60000, 784) and mnist.x_test.shape == (10000, 784)
+    assert mnist.y_train.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert mnist.y_test.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert 0.0 <= float(mnist.x_train.min()) and float(mnist.x_train.max()) <= 1.0
+    assert len(mnist.fingerprint) == 16
+
+
+def test_subset_is_stratified_deterministic_and_refingerprinted(mnist):
+    a = mnist.subset(train=500, test=200, seed=1)
+    b = mnist.subset(train=500, test=200, seed=1)
+    assert (a.y_train == b.y_train).all() and a.y_train.bincount().tolist() == [50] * 10
+    assert a.fingerprint != mnist.fingerprint
+    assert (a.x_test == b.x_test).all() and len(a.y_test) == 200
