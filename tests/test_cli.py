@@ -41,7 +41,7 @@ def test_bad_flag_and_missing_file_exit_2_without_traceback(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
     r = _run("student", "--out", str(tmp_path / "s"), "--teacher", str(tmp_path / "nope"))
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
-    r = _run("teacher", "--frobnicate")
+    r = _run("teacher", "--frobnicate", "--out", str(tmp_path / "f"))
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
     r = _run("teacher", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr

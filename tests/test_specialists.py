@@ -1,0 +1,318 @@
+"""Specialists (paper section 5): clustering, specialist construction, dustbin correction, KL solver."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from distill import specialists as S
+from distill.data.synthetic import make_synthetic, planted_groups
+from distill.errors import DistillError
+from distill.models import MLP
+
+
+def _rand_probs(n, c, seed, sharp=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(sharp * torch.randn(n, c, generator=g, dtype=torch.float64), 1)
+
+
+# ---------------------------------------------------------------- solver
+
+
+def test_no_active_specialist_keeps_generalist():
+    p_g = _rand_probs(5, 6, 0)
+    subsets = [(0, 1), (2, 3, 4)]
+    spec = [_rand_probs(5, 3, 1), _rand_probs(5, 4, 2)]
+    active = torch.zeros(5, 2, dtype=torch.bool)
+    res = S.combine(p_g, spec, subsets, active)
+    assert torch.equal(res.q, p_g)
+    # a mix: only row 2 active; the others stay exactly p_g
+    active[2, 0] = True
+    res = S.combine(p_g, spec, subsets, active)
+    keep = [0, 1, 3, 4]
+    assert torch.equal(res.q[keep], p_g[keep])
+    assert not torch.allclose(res.q[2], p_g[2])
+
+
+def test_full_coverage_optimum_is_arithmetic_mean():
+    """If every model covered all classes, grad = sum_k (q - p_k) -> q* = mean_k p_k. A specialist whose
+    subset is all classes but one has a dustbin of one class, i.e. it covers all classes."""
+    C = 5
+    p_g = _rand_probs(7, C, 3)
+    subsets = [(0, 1, 2, 3), (1, 2, 3, 4)]  # dustbins {4} and {0}: both full-coverage
+    spec = [_rand_probs(7, 5, 4), _rand_probs(7, 5, 5)]
+    full = [spec[0], spec[1][:, [4, 0, 1, 2, 3]]]  # reorder to class order
+    active = torch.ones(7, 2, dtype=torch.bool)
+    res = S.combine(p_g, spec, subsets, active, tol=1e-10)
+    assert res.converged
+    expected = (p_g + full[0] + full[1]) / 3
+    torch.testing.assert_close(res.q, expected, atol=1e-9, rtol=0)
+    # the closed form is a stationary point of the objective: zero gradient
+    T, pD, k, notB = S._pack(p_g, spec, subsets, active)
+    assert S.combine_gradient(expected, p_g, T, pD, k, notB).abs().max() < 1e-12
+
+
+def test_dustbin_aggregation_hand_made():
+    q = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    agg = S.aggregate_probs(q, (2, 0))
+    torch.testing.assert_close(agg, torch.tensor([[0.3, 0.1, 0.6]], dtype=torch.float64))
+    # logits: the dustbin logit is LSE of the rest, so softmax(aggregated) = aggregated softmax
+    z = torch.log(q)
+    torch.testing.assert_close(torch.softmax(S.aggregate_logits(z, (2, 0)), 1), agg)
+    # the objective on a hand-made case: KL(p_g||q) + KL(p_m || A q)
+    p_g = torch.tensor([[0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    p_m = torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64)
+    val = S.combine_objective(q, p_g, [p_m], [(2, 0)], torch.ones(1, 1, dtype=torch.bool))
+    hand = sum(0.25 * math.log(0.25 / v) for v in (0.1, 0.2, 0.3, 0.4)) + \
+        0.5 * math.log(0.5 / 0.3) + 0.25 * math.log(0.25 / 0.1) + 0.25 * math.log(0.25 / 0.6)
+    assert float(val) == pytest.approx(hand, abs=1e-12)
+
+
+def test_gradient_matches_autograd_and_solver_converges_to_tolerance():
+    C, n = 8, 6
+    p_g = _rand_probs(n, C, 6, sharp=2.0)
+    subsets = [(0, 1, 2), (2, 3), (5, 6, 7)]
+    spec = [_rand_probs(n, len(s) + 1, 10 + i, sharp=2.0) for i, s in enumerate(subsets)]
+    active = torch.tensor([[1, 1, 0], [1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0], [0, 1, 0]], dtype=torch.bool)
+    z = torch.randn(n, C, dtype=torch.float64, requires_grad=True)
+    S.combine_objective(torch.softmax(z, 1), p_g, spec, subsets, active).sum().backward()
+    T, pD, k, notB = S._pack(p_g, spec, subsets, active)
+    closed = S.combine_gradient(torch.softmax(z.detach(), 1), p_g, T, pD, k, notB)
+    torch.testing.assert_close(closed, z.grad, atol=1e-10, rtol=1e-8)
+
+    res = S.combine(p_g, spec, subsets, active, tol=1e-8)
+    assert res.converged and res.max_grad <= 1e-8 and res.iterations > 0
+    torch.testing.assert_close(res.q.sum(1), torch.ones(n, dtype=torch.float64))
+    # it is a minimum: an independent optimiser (L-BFGS on z with autograd) finds no lower objective
+    z2 = torch.log(p_g).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([z2], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = S.combine_objective(torch.softmax(z2, 1), p_g, spec, subsets, active).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    ours = S.combine_objective(res.q, p_g, spec, subsets, active)
+    other = S.combine_objective(torch.softmax(z2.detach(), 1), p_g, spec, subsets, active)
+    assert torch.all(ours <= other + 1e-9)
+    torch.testing.assert_close(res.q, torch.softmax(z2.detach(), 1), atol=1e-5, rtol=0)
+
+
+def test_combine_rejects_bad_shapes():
+    p_g = _rand_probs(3, 4, 0)
+    with pytest.raises(ValueError):
+        S.combine(p_g, [_rand_probs(3, 2, 1)], [(0, 1)], torch.ones(3, 1, dtype=torch.bool))
+    with pytest.raises(ValueError):
+        S.combine(p_g, [_rand_probs(3, 3, 1)], [(0, 1)], torch.ones(3, 2, dtype=torch.bool))
+
+
+def test_active_specialists_top_n():
+    p_g = torch.tensor([[0.5, 0.3, 0.1, 0.1], [0.1, 0.1, 0.2, 0.6]])
+    subsets = [(0, 2), (1,), (3, 2)]
+    assert S.active_specialists(p_g, subsets, 1).tolist() == [[True, False, False], [False, False, True]]
+    assert S.active_specialists(p_g, subsets, 2).tolist() == [[True, True, False], [True, False, True]]
+
+
+# ---------------------------------------------------------------- dustbin correction
+
+
+def test_dustbin_correction_arithmetic():
+    # 3 of 10 balanced classes, trained half/half: odds of "rest" 7/3 naturally, 1 in training
+    assert S.dustbin_correction(0.3, 0.5) == pytest.approx(math.log(7 / 3))
+    assert S.dustbin_correction(0.2, 0.2) == pytest.approx(0.0)  # no re-balancing, no correction
+    # = paper's factor (S over-sampled by f'/f) times the dustbin's under-sampling (1-f)/(1-f')
+    f, ft = 0.05, 0.4
+    assert S.dustbin_correction(f, ft) == pytest.approx(math.log((ft / f) * ((1 - f) / (1 - ft))))
+    with pytest.raises(ValueError):
+        S.dustbin_correction(0.0, 0.5)
+    with pytest.raises(ValueError):
+        S.dustbin_correction(0.3, 1.0)
+
+
+def test_dustbin_correction_recovers_natural_posterior():
+    """Exact Bayes check: class likelihoods p(x|y) at one input, a 'perfect' specialist trained under the
+    re-balanced prior, corrected -> the natural posterior aggregated to S + dustbin."""
+    lik = torch.tensor([0.9, 0.5, 0.2, 0.3, 0.1, 0.05], dtype=torch.float64)  # p(x|y), 6 classes
+    prior = torch.tensor([0.1, 0.2, 0.15, 0.25, 0.2, 0.1], dtype=torch.float64)
+    subset = (0, 2)
+    fs = float(prior[list(subset)].sum())
+    train_prior = prior.clone()  # half/half: S scaled to 1/2 in total, rest scaled to 1/2
+    train_prior[list(subset)] *= 0.5 / fs
+    rest = [1, 3, 4, 5]
+    train_prior[rest] *= 0.5 / (1 - fs)
+    natural = lik * prior / (lik * prior).sum()
+    trained = lik * train_prior / (lik * train_prior).sum()
+    z = S.aggregate_logits(torch.log(trained)[None], subset)
+    z[:, -1] += S.dustbin_correction(fs, 0.5)
+    torch.testing.assert_close(torch.softmax(z, 1), S.aggregate_probs(natural[None], subset))
+
+
+# ---------------------------------------------------------------- specialist construction
+
+
+def test_build_specialist_copies_generalist():
+    torch.manual_seed(0)
+    g = MLP(12, [9, 7], 6, dropout_input=0.1, dropout_hidden=0.2, max_norm=3.0)
+    subset = (4, 1)
+    sp = S.build_specialist_model(g, subset)
+    assert sp.arch["num_classes"] == 3 and sp.arch["hidden"] == [9, 7] and sp.arch["max_norm"] == 3.0
+    for a, b in zip(g.hidden_layers, sp.hidden_layers):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    W, b = g.output_layer.weight, g.output_layer.bias
+    assert torch.equal(sp.output_layer.weight[:2], W[[4, 1]])
+    rest = [0, 2, 3, 5]
+    torch.testing.assert_close(sp.output_layer.weight[2], W[rest].mean(0))
+    torch.testing.assert_close(sp.output_layer.bias[2], b[rest].mean() + math.log(4))
+    # with equal logits outside S the init reproduces the generalist's aggregated softmax exactly
+    g2 = MLP(3, [4], 5)
+    with torch.no_grad():
+        g2.output_layer.weight[[1, 3, 4]] = g2.output_layer.weight[1].clone()
+        g2.output_layer.bias[[1, 3, 4]] = g2.output_layer.bias[1].clone()
+    x = torch.randn(4, 3)
+    sp2 = S.build_specialist_model(g2.eval(), (0, 2))
+    torch.testing.assert_close(torch.softmax(sp2.eval()(x), 1),
+                               S.aggregate_probs(torch.softmax(g2(x), 1), (0, 2)), atol=1e-6, rtol=0)
+    full = S.build_specialist_model(g, subset, full_softmax=True)
+    assert full is not g and torch.equal(full.output_layer.weight, W)
+    with pytest.raises(ValueError):
+        S.build_specialist_model(g, (0, 1, 2, 3, 4, 5))  # nothing left for the dustbin
+    with pytest.raises(ValueError):
+        S.build_specialist_model(g, (1, 1))
+
+
+def test_specialist_indices_half_and_half_and_dataset():
+    y = torch.arange(10).repeat(20)  # 200 examples, 20 per class
+    subset = (3, 7)
+    idx = S.specialist_indices(y, subset, seed=1)
+    inside = torch.isin(y[idx], torch.tensor(subset))
+    assert int(inside.sum()) == 40 and int((~inside).sum()) == 40 and len(set(idx.tolist())) == 80
+    assert torch.equal(idx, S.specialist_indices(y, subset, seed=1))  # seeded
+    assert S.remap_labels(torch.tensor([3, 7, 0, 9]), subset, 10).tolist() == [0, 1, 2, 2]
+    d = make_synthetic(num_classes=10, group_size=2, dim=4, modes=1, train_per_class=20, test_per_class=5)
+    ds, idx2, corr = S.specialist_dataset(d, subset, seed=1)
+    assert ds.classes[-1] == "dustbin" and ds.num_classes == 3 and len(ds.y_train) == 80
+    assert corr == pytest.approx(math.log(0.8 / 0.2))  # f_S = 2/10 naturally, 1/2 in training
+    assert ds.fingerprint != d.fingerprint
+    assert set(ds.y_test.tolist()) == {0, 1, 2}
+
+
+def test_specialist_logits_apply_correction_and_aggregate():
+    torch.manual_seed(0)
+    g = MLP(4, [5], 4)
+    x = torch.randn(3, 4)
+    sp = S.Specialist((1, 2), S.build_specialist_model(g, (1, 2), full_softmax=True), correction=0.7,
+                      full_softmax=True)
+    z = S.aggregate_logits(g.eval()(x).detach(), (1, 2))
+    z[:, -1] += 0.7
+    torch.testing.assert_close(sp.logits(x), z)
+
+
+# ---------------------------------------------------------------- clustering
+
+
+def test_clustering_recovers_planted_groups():
+    """Predictions confused only within planted groups -> K-means on the correlation columns finds them."""
+    groups = planted_groups(12, 3)
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    y = torch.randint(0, 12, (n,), generator=g)
+    logits = 4.0 * torch.nn.functional.one_hot(y, 12).float()
+    # mass leaks to same-group classes at random strengths
+    same = (groups[None, :] == groups[y][:, None]).float()
+    logits = logits + same * 3.0 * torch.rand(n, 12, generator=g)
+    probs = torch.softmax(logits, 1)
+    cl = S.cluster_classes(probs, 4, seed=0)
+    assert S.adjusted_rand(groups.numpy(), cl.labels) == pytest.approx(1.0)
+    assert sorted(cl.subsets) == [(0, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11)]
+    assert S.cluster_classes(probs, target_size=3, seed=0).n_clusters == 4
+    # overlap: a huge ratio puts every class in its two nearest clusters
+    ov = S.cluster_classes(probs, 4, overlap_ratio=1e9, seed=0)
+    assert len(ov.overlap_added) == 12 and sum(len(s) for s in ov.subsets) == 24
+    lines = S.format_subsets(cl.subsets, [f"c{i}" for i in range(12)])
+    assert lines[0] == "S_0 = {c0, c1, c2}"
+    with pytest.raises(ValueError):
+        S.cluster_classes(probs, 13)
+    with pytest.raises(ValueError):
+        S.cluster_classes(probs)
+
+
+def test_prediction_covariance_matches_numpy():
+    p = _rand_probs(50, 4, 9)
+    np.testing.assert_allclose(S.prediction_covariance(p).numpy(), np.cov(p.numpy().T), atol=1e-12)
+
+
+def test_coverage_table():
+    y = torch.tensor([0, 1, 2, 3, 3])
+    subsets = [(0, 1), (1, 2)]
+    assert S.coverage_counts(y, subsets, 4).tolist() == [1, 2, 1, 0, 0]
+    rows = S.accuracy_by_coverage(y, torch.tensor([0, 0, 2, 3, 0]), torch.tensor([0, 1, 1, 3, 3]), subsets, 4)
+    assert [(r["covering"], r["n"], r["correct_generalist"], r["correct_combined"]) for r in rows] == \
+        [(0, 2, 1, 2), (1, 2, 2, 1), (2, 1, 0, 1)]
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def test_synthetic_is_deterministic_and_grouped():
+    a = make_synthetic(num_classes=20, group_size=4, dim=6, train_per_class=10, test_per_class=3, seed=2)
+    b = make_synthetic(num_classes=20, group_size=4, dim=6, train_per_class=10, test_per_class=3, seed=2)
+    assert torch.equal(a.x_train, b.x_train) and a.fingerprint == b.fingerprint
+    assert a.image_shape is None and a.num_classes == 20 and a.x_train.shape == (200, 6)
+    assert torch.bincount(a.y_test).tolist() == [3] * 20
+    assert planted_groups(20, 4).tolist()[:9] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    assert make_synthetic(num_classes=20, group_size=4, dim=6, train_per_class=10, test_per_class=3,
+                          seed=3).fingerprint != a.fingerprint
+    with pytest.raises(DistillError):
+        make_synthetic(num_classes=10, group_size=3)
+
+
+# ---------------------------------------------------------------- experiment, end to end (tiny preset)
+
+
+def test_experiment_tiny_end_to_end(tmp_path):
+    import json
+
+    from distill.experiments import specialists as E
+
+    recs = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, distill_back=True, log=lambda m: None)
+    names = [r["model"] for r in recs]
+    for name in ("generalist", "generalist+specialists", "distilled-back"):
+        assert name in names
+    combos = [r for r in recs if r["model"] == "generalist+specialists"]
+    assert [c["variant"] for c in combos] == ["hard", "soft"]
+    for c in combos:
+        assert c["solver_converged"]
+        assert sum(row["n"] for row in c["by_coverage"]) == 240
+    gen = recs[0]
+    assert gen["model"] == "generalist" and 0.0 <= gen["clustering_ari"] <= 1.0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["model"] for r in saved] == names
+    assert (tmp_path / "out" / "gain_vs_covering.png").stat().st_size > 0
+    assert "relative accuracy change" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(DistillError):
+        E.run("mnist", "tiny", out=tmp_path / "x", progress=False, log=lambda m: None)
+
+
+def test_specialist_soft_targets_hand_made():
+    p_g = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]])
+    y = torch.tensor([3, 0])
+    t = S.specialist_soft_targets(p_g, y, (1, 3))
+    # row 0: y = 3 in S: S mass 0.6 to class 3, class 1 gets 0; rest kept
+    torch.testing.assert_close(t[0], torch.tensor([0.1, 0.0, 0.3, 0.6]))
+    # row 1: y = 0 not in S: the generalist's distribution unchanged
+    torch.testing.assert_close(t[1], p_g[1])
+
+
+def test_accelerated_and_plain_em_agree():
+    C, n = 12, 40
+    p_g = _rand_probs(n, C, 21, sharp=3.0)
+    subsets = [(0, 1, 2, 3), (2, 3, 4, 5, 6, 7, 8), (8, 9), (0, 5, 10, 11)]
+    spec = [_rand_probs(n, len(s) + 1, 30 + i, sharp=3.0) for i, s in enumerate(subsets)]
+    active = S.active_specialists(p_g, subsets, top_n=3)
+    fast = S.combine(p_g, spec, subsets, active, tol=1e-9, max_iter=20000)
+    slow = S.combine(p_g, spec, subsets, active, tol=1e-9, max_iter=20000, accelerate=False)
+    assert fast.converged and slow.converged and fast.iterations <= slow.iterations
+    torch.testing.assert_close(fast.q, slow.q, atol=1e-6, rtol=0)
