@@ -18,6 +18,9 @@ EXPERIMENTS = {
     "omit-3": "distill.experiments.omit3",
     "only-7-8": "distill.experiments.only78",
     "regularizer": "distill.experiments.regularizer",
+    "ensemble": "distill.experiments.ensemble",
+    "specialists": "distill.experiments.specialists",
+    "trees": "distill.experiments.trees",
 }
 
 
@@ -71,7 +74,9 @@ def _common_train(p, epochs, lr, hidden):
     p.add_argument("--epochs", type=_positive_int, default=epochs)
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    p.add_argument("--lr", type=_positive_float, default=lr)
+    p.add_argument("--lr", type=_positive_float, default=lr,
+                   help=f"learning rate (default {lr})" if lr else
+                   "learning rate (default 0.1 on hard labels, 0.03 when distilling with --teacher)")
     p.add_argument("--momentum", type=_nonneg_float, default=0.9)
     p.add_argument("--schedule", choices=["constant", "cosine", "exponential"], default="cosine")
     p.add_argument("--seed", type=int, default=0)
@@ -93,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("student", help="train a student on hard labels, or distil one with --teacher")
     _common_data(s)
-    _common_train(s, epochs=20, lr=0.1, hidden=[800, 800])
-    s.add_argument("--teacher", help="teacher checkpoint: distil from its soft targets")
+    _common_train(s, epochs=20, lr=None, hidden=[800, 800])
+    s.add_argument("--teacher", action="append",
+                   help="teacher checkpoint: distil from its soft targets; repeat for an ensemble")
+    s.add_argument("--combine", choices=["arithmetic", "geometric"], default="arithmetic",
+                   help="how an ensemble's softened distributions are averaged (several --teacher)")
     s.add_argument("--temperature", type=_positive_float, default=20.0)
     s.add_argument("--hard-weight", type=_nonneg_float, default=0.1, help="weight of the hard-label term")
     s.add_argument("--soft-weight", type=_nonneg_float, default=1.0, help="weight of the T²·soft term")
@@ -111,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         ep = rsub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
         mod.add_arguments(ep)
+
+    # issue 6: `distill specialists` = `distill reproduce specialists` (same flags, same code)
+    sp = sub.add_parser("specialists", help="generalist + specialists on confusable classes (paper section 5)")
+    importlib.import_module("distill.experiments.specialists").add_arguments(sp)
 
     pl = sub.add_parser("plot", help="figures")
     psub = pl.add_subparsers(dest="figure", required=True, parser_class=_Parser)
@@ -139,14 +151,21 @@ def _train(args, teacher_mode: bool):
     data = _load_data(args)
     teacher = teacher_id = None
     if not teacher_mode and args.teacher:
-        teacher, side = load_checkpoint(args.teacher)
-        teacher_id = side["weights_sha256"][:16]
-        if side.get("arch", {}).get("num_classes") != data.num_classes:
-            raise DistillError(f"teacher {args.teacher} predicts {side['arch'].get('num_classes')} classes, "
-                               f"the data set has {data.num_classes}")
+        from distill.teachers import load_teachers
+
+        teacher, teacher_id = load_teachers(args.teacher, args.combine)
+        for path in args.teacher:
+            side = load_checkpoint(path)[1]
+            if side.get("arch", {}).get("num_classes") != data.num_classes:
+                raise DistillError(f"teacher {path} predicts {side['arch'].get('num_classes')} classes, "
+                                   f"the data set has {data.num_classes}")
+        if len(args.teacher) > 1:  # effective logits at the distillation T (see distill.teachers)
+            teacher = teacher.at_temperature(args.temperature)
+            teacher_id = f"{teacher_id}@T{args.temperature:g}"
     loss = "hard" if teacher is None else ("logits" if args.logit_matching else "distill")
+    lr = args.lr if args.lr is not None else (0.1 if loss == "hard" else 0.03)
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=lr,
         momentum=args.momentum, schedule=args.schedule, seed=args.seed, loss=loss,
         jitter=args.jitter if teacher_mode else 0,
         temperature=args.temperature if loss == "distill" else 1.0,
@@ -211,6 +230,8 @@ def main(argv=None) -> int:
             _evaluate(args)
         elif args.command == "reproduce":
             importlib.import_module(EXPERIMENTS[args.experiment]).main(args)
+        elif args.command == "specialists":
+            importlib.import_module("distill.experiments.specialists").main(args)
         elif args.command == "plot":
             _plot(args)
     except DistillError as e:
