@@ -220,6 +220,8 @@ def _plot(args):
 
 
 def main(argv=None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once in logs too
     args = build_parser().parse_args(argv)
     try:
         if args.command == "teacher":

@@ -12,6 +12,15 @@ import torch  # noqa: E402
 from distill.losses import soften  # noqa: E402
 
 
+def save_figure(fig, out, dpi: int = 80) -> Path:
+    """Write ``fig`` as PNG to ``out`` (folders created), close it, return the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def plot_temperature(logits, temperatures=(1, 4, 20), out="temperature.png") -> Path:
     """Bar charts: the raw logits, then softmax(logits / T) for each T, side by side."""
     z = torch.tensor([list(map(float, logits))])
@@ -25,11 +34,7 @@ def plot_temperature(logits, temperatures=(1, 4, 20), out="temperature.png") -> 
         if title != "logits":
             ax.set_ylim(0, 1)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_lines(series: dict, xlabel: str, ylabel: str, title: str, out, logx: bool = False) -> Path:
@@ -49,8 +54,4 @@ def plot_lines(series: dict, xlabel: str, ylabel: str, title: str, out, logx: bo
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

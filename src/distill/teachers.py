@@ -31,16 +31,10 @@ def combine_probabilities(logits: torch.Tensor, temperature: float, combine: str
     """Combine member logits ``(M, B, N)`` into one distribution ``(B, N)`` at temperature T.
 
     arithmetic: ``p = (1/M) sum_m softmax(z_m/T)``; geometric: ``p = softmax(((1/M) sum_m z_m)/T)``,
-    the normalised geometric mean of the members' ``softmax(z_m/T)``.
+    the normalised geometric mean of the members' ``softmax(z_m/T)``. Computed as
+    ``exp(v_T / T)`` from :func:`effective_logits`, the one place that implements both rules.
     """
-    t = _check_temperature(temperature)
-    if combine not in COMBINES:
-        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-    if logits.dim() != 3 or logits.shape[0] < 1:
-        raise ValueError(f"member logits must have shape (members, batch, classes), got {tuple(logits.shape)}")
-    if combine == "arithmetic":
-        return torch.softmax(logits / t, dim=-1).mean(dim=0)
-    return torch.softmax(logits.mean(dim=0) / t, dim=-1)
+    return torch.exp(effective_logits(logits, temperature, combine) / _check_temperature(temperature))
 
 
 def effective_logits(logits: torch.Tensor, temperature: float, combine: str = "arithmetic") -> torch.Tensor:

@@ -185,11 +185,9 @@ def plot_decision_boundaries(teacher, hard, soft, X, y, out, accuracies, nodes, 
         ax.set_yticks([])
     fig.suptitle("Decision boundaries on a noisy two-moons problem (training points shown)")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    from distill.report import save_figure
+
+    return save_figure(fig, out)
 
 
 # ---------------------------------------------------------------------------------- part mnist
