@@ -15,8 +15,8 @@ from distill.errors import DistillError
 EXPERIMENTS = {
     "mnist": "distill.experiments.mnist",
     "temperature": "distill.experiments.temperature",
-    "omit-3": "distill.experiments.omit3",
-    "only-7-8": "distill.experiments.only78",
+    "omit-3": "distill.experiments.partial",
+    "only-7-8": "distill.experiments.partial",
     "regularizer": "distill.experiments.regularizer",
     "ensemble": "distill.experiments.ensemble",
     "specialists": "distill.experiments.specialists",
@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = r.add_subparsers(dest="experiment", required=True, parser_class=_Parser)
     for name, module in EXPERIMENTS.items():
         mod = importlib.import_module(module)
-        ep = rsub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        helper = getattr(mod, "help_for", None)
+        ep = rsub.add_parser(name, help=helper(name) if helper else (mod.__doc__ or "").strip().splitlines()[0])
         mod.add_arguments(ep)
 
     # issue 6: `distill specialists` = `distill reproduce specialists` (same flags, same code)

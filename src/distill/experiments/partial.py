@@ -248,7 +248,14 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def main_for(name: str, args) -> list[dict]:
+def help_for(name: str) -> str:
+    """One-line help of ``distill reproduce NAME`` (one module serves several experiments)."""
+    return SPECS[name].title
+
+
+def main(args) -> list[dict]:
+    """``distill reproduce omit-3|only-7-8``: the experiment name comes from the subcommand."""
+    name = args.experiment
     out = args.out or f"runs/{name}"
     records = run(name, args.preset, out, args.cache, args.data_dir, not args.no_progress)
     print(f"wrote {out}/results.json and {out}/results.md")
