@@ -80,6 +80,8 @@ class Preset:
 
 PRESETS = {
     "paper": Preset(min_steps=2000),
+    # the same students distilled from the `mnist` paper-long teacher (200 epochs)
+    "paper-long": Preset(teacher=mnist.PRESETS["paper-long"], min_steps=2000),
     "quick": Preset(teacher=QUICK_TEACHER, student_hidden=(400, 400),
                     student=TrainConfig(epochs=3, lr=0.1, momentum=0.9, schedule="cosine", loss="distill",
                                         temperature=20.0, hard_weight=0.1), min_steps=600, calibration_size=5000),

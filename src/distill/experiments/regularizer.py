@@ -51,6 +51,7 @@ class Preset:
 
 PRESETS = {
     "paper": Preset(),
+    "paper-long": Preset(teacher=mnist.PRESETS["paper-long"]),   # the `mnist` paper-long teacher
     "quick": Preset(teacher=QUICK_TEACHER, student_hidden=(400, 400),
                     full=TrainConfig(epochs=2, lr=0.1, momentum=0.9, schedule="cosine"),
                     small=TrainConfig(epochs=10, lr=0.1, momentum=0.9, schedule="cosine"), min_steps=600,
