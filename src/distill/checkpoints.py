@@ -74,6 +74,19 @@ def save_tensors(stem: Path, tensors: dict[str, torch.Tensor], sidecar: dict) ->
     return stem
 
 
+def read_format_json(path: Path, fmt: str, damaged: str, wrong: str, error=DistillError) -> dict:
+    """Read a JSON object whose ``format`` field must equal ``fmt``. Invalid JSON raises
+    ``error("<path> is not valid JSON (...); <damaged>")``; another object raises
+    ``error("<path> is not <wrong>")``."""
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({e}); {damaged}") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise error(f"{path} is not {wrong}")
+    return record
+
+
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Read and cross-check a tensor file and its sidecar; errors say what to do."""
     stem = stem_of(path)
@@ -82,12 +95,8 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         if not p.is_file():
             raise DistillError(f"checkpoint file {p} not found; check the path (a checkpoint is a "
                                ".safetensors file with a .json sidecar)")
-    try:
-        sidecar = json.loads(jpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DistillError(f"{jpath} is not valid JSON ({e}); the checkpoint is damaged, retrain it") from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
-        raise DistillError(f"{jpath} is not a distill checkpoint sidecar (format {FORMAT!r} expected)")
+    sidecar = read_format_json(jpath, FORMAT, "the checkpoint is damaged, retrain it",
+                               f"a distill checkpoint sidecar (format {FORMAT!r} expected)")
     blob = wpath.read_bytes()
     if hashlib.sha256(blob).hexdigest() != sidecar.get("weights_sha256"):
         raise DistillError(f"{wpath} does not match its sidecar {jpath} (SHA-256 differs); "

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from distill.checkpoints import read_format_json
 from distill.errors import DistillError
 
 FORMAT = "distill-soft-targets/1"
@@ -169,12 +170,8 @@ class SoftTargetStore:
         mpath = path / "meta.json"
         if not mpath.is_file():
             raise StoreError(f"{path} is not a complete soft-target store (no meta.json); {fix}")
-        try:
-            meta = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StoreError(f"{mpath} is not valid JSON ({e}); the store is damaged: {fix}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise StoreError(f"{mpath} is not a soft-target store of format {FORMAT!r}; {fix}")
+        meta = read_format_json(mpath, FORMAT, f"the store is damaged: {fix}",
+                                f"a soft-target store of format {FORMAT!r}; {fix}", error=StoreError)
         if expect_key is not None and meta.get("key") != expect_key:
             raise StaleStoreError(f"{path} holds soft targets for another teacher, data set or selection "
                                   f"(key {meta.get('key')}, wanted {expect_key})")

@@ -70,8 +70,9 @@ class Preset:
     # 0.1: at T = 20 the T²-scaled soft loss behaves like logit matching (targets up to ~35) and
     # lr 0.1 with momentum 0.9 killed the 800-800 student (every ReLU dead, 9,026 test errors) in a
     # trial on the 3 % transfer set.
-    student: TrainConfig = TrainConfig(epochs=40, lr=0.03, momentum=0.9, schedule="cosine", loss="distill",
-                                       temperature=20.0, hard_weight=0.1)
+    student: TrainConfig = replace(mnist.PRESETS["paper"].student, loss="distill", lr=mnist.PRESETS["paper"].distilled_lr,
+                                   temperature=mnist.PRESETS["paper"].temperature,
+                                   hard_weight=mnist.PRESETS["paper"].hard_weight)
     min_steps: int = 0                # small transfer sets get more epochs, up to this many SGD steps
     epoch_size: int = 30000           # smaller transfer sets are repeated up to this many rows per epoch
     calibration_size: int = 10000
