@@ -186,6 +186,10 @@ def _train(args, teacher_mode: bool):
               meta=dict(name=name, dataset=data.name, teacher_checkpoint=getattr(args, "teacher", None)),
               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     m = res.metrics
+    from distill import distributed
+
+    if distributed.world()[0]:
+        return  # process 0 reports
     print(f"{name}: {m['errors']} test errors / {m['n']} ({100 * m['accuracy']:.2f}%), nll {m['nll']:.4f}, "
           f"{res.wall_seconds:.0f}s -> {Path(args.out) / 'model.safetensors'}")
 
@@ -224,7 +228,12 @@ def main(argv=None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once in logs too
     args = build_parser().parse_args(argv)
+    from distill import distributed
+
     try:
+        if distributed.init_from_env() and args.command not in ("teacher", "student"):
+            raise DistillError("under torchrun only the `teacher` and `student` commands train data-parallel; "
+                               f"run `distill {args.command}` as a single process")
         if args.command == "teacher":
             _train(args, teacher_mode=True)
         elif args.command == "student":
@@ -246,6 +255,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("distill: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from distill import losses
+from distill import distributed, losses
 from distill.augment import jitter
 from distill.checkpoints import atomic_write_json, load_tensors, save_checkpoint, save_tensors
 from distill.errors import DistillError
@@ -146,6 +146,35 @@ def _restore_state(tensors: dict, model, optimizer, gen: torch.Generator) -> Non
     gen.set_state(tensors["rng.data"])
 
 
+def _restore_run(run_dir: Path, key: str, model, optimizer, gen, config, log):
+    """Look in ``run_dir`` for this run: finished (load the weights; return its sidecar as
+    ``skipped``) or interrupted (restore the whole state). Returns ``(skipped, history, start_epoch)``."""
+    final = run_dir / "model.json"
+    if final.is_file():
+        done = json.loads(final.read_text())
+        if done.get("run_key") == key:
+            from distill.checkpoints import load_checkpoint
+
+            trained, sidecar = load_checkpoint(run_dir / "model")
+            model.load_state_dict(trained.state_dict())
+            log(f"[skip] {run_dir} already holds this finished run")
+            return sidecar, sidecar.get("history", []), 0
+        raise DistillError(f"{run_dir} holds a different finished run; choose another output folder")
+    if (run_dir / "state.json").is_file():
+        tensors, side = load_tensors(run_dir / "state")
+        if side.get("run_key") != key:
+            raise DistillError(f"{run_dir} holds an unfinished different run; choose another output folder "
+                               "or delete it")
+        _restore_state(tensors, model, optimizer, gen)
+        log(f"[resume] {run_dir}: continuing after epoch {side['epoch']}/{config.epochs}")
+        return None, side["history"], side["epoch"]
+    return None, [], 0
+
+
+def _silent(*_args) -> None:
+    pass
+
+
 def fit(
     model: nn.Module,
     data,
@@ -170,6 +199,12 @@ def fit(
 
     With ``run_dir`` the state is checkpointed every epoch; a second call with the same
     arguments resumes an interrupted run, or returns at once when the run had finished.
+
+    Under ``torchrun`` (a process group is initialised, see :mod:`distill.distributed`) the model
+    is wrapped in ``DistributedDataParallel`` and each process trains on its slice of every
+    global batch of ``config.batch_size``; one step equals the single-process step on the whole
+    batch. Process 0 alone evaluates each epoch, logs and writes ``run_dir``; the others return
+    the same final model and metrics, with an empty history.
     """
     t_start = time.perf_counter()
     has_teacher = teacher is not None or teacher_targets is not None
@@ -206,30 +241,38 @@ def fit(
     optimizer = make_optimizer(model, config)
     history: list[dict] = []
     start_epoch = 0
-    if run_dir is not None:
-        final = run_dir / "model.json"
-        if final.is_file():
-            done = json.loads(final.read_text())
-            if done.get("run_key") == key:
-                from distill.checkpoints import load_checkpoint
+    rank, world_size = distributed.world()
+    skipped = None
+    error = None
+    if run_dir is not None and rank == 0:  # under DDP process 0 alone reads run_dir and tells the rest
+        try:
+            skipped, history, start_epoch = _restore_run(run_dir, key, model, optimizer, gen, config, log)
+        except DistillError as e:
+            error = e
+    if world_size > 1:
+        got = distributed.from_process_0(dict(
+            error=str(error) if error else None, skipped=skipped, history=history, start_epoch=start_epoch,
+            model=model.state_dict(), optim=optimizer.state_dict(), gen=gen.get_state()))
+        error = DistillError(got["error"]) if got["error"] else None
+        if rank and not error:
+            skipped, history, start_epoch = got["skipped"], got["history"], got["start_epoch"]
+            model.load_state_dict(got["model"])
+            optimizer.load_state_dict(got["optim"])
+            gen.set_state(got["gen"])
+    if error:
+        raise error
+    if skipped is not None:
+        return FitResult(model, skipped["metrics"], history, skipped.get("wall_seconds", 0.0), run_dir,
+                         skipped=True)
 
-                trained, sidecar = load_checkpoint(run_dir / "model")
-                model.load_state_dict(trained.state_dict())
-                log(f"[skip] {run_dir} already holds this finished run")
-                return FitResult(model, sidecar["metrics"], sidecar.get("history", []),
-                                 sidecar.get("wall_seconds", 0.0), run_dir, skipped=True)
-            raise DistillError(f"{run_dir} holds a different finished run; choose another output folder")
-        state_json = run_dir / "state.json"
-        if state_json.is_file():
-            tensors, side = load_tensors(run_dir / "state")
-            if side.get("run_key") != key:
-                raise DistillError(f"{run_dir} holds an unfinished different run; choose another output folder "
-                                   "or delete it")
-            _restore_state(tensors, model, optimizer, gen)
-            history = side["history"]
-            start_epoch = side["epoch"]
-            log(f"[resume] {run_dir}: continuing after epoch {start_epoch}/{config.epochs}")
+    net = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
+        net = DistributedDataParallel(model)  # broadcasts process 0's weights
+        progress = progress and rank == 0
+        if rank:
+            log = _silent
     n = x.shape[0]
     steps = math.ceil(n / config.batch_size)
     constrain = getattr(model, "constrain", None)
@@ -243,14 +286,21 @@ def fit(
         lr = lr_at(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if world_size > 1:
+            torch.manual_seed(distributed.epoch_seed(config.seed, rank, epoch))
         perm = torch.randperm(n, generator=gen)
         total = torch.zeros(())
         for i in range(0, n, config.batch_size):
             idx = perm[i:i + config.batch_size]
             xb = x[idx]
-            yb = y[idx] if y is not None else None
-            if config.jitter:
+            if config.jitter:  # the whole global batch, so every process draws the same shifts
                 xb = jitter(xb, data.image_shape, config.jitter, gen)
+            weight = 1.0
+            if world_size > 1:
+                pos = distributed.shard(torch.arange(len(idx)), rank, world_size)
+                weight = distributed.shard_weight(len(pos), len(idx), world_size)
+                idx, xb = idx[pos], xb[pos]
+            yb = y[idx] if y is not None else None
             if teacher_targets is not None:
                 tb = teacher_targets[idx]
             elif teacher is not None:
@@ -258,15 +308,21 @@ def fit(
                     tb = teacher(xb)
             else:
                 tb = None
-            loss = _batch_loss(config, model(xb), yb, tb, teacher_kind)
+            if len(idx):
+                loss = _batch_loss(config, net(xb), yb, tb, teacher_kind)
+            else:  # an empty slice still joins DDP's gradient all-reduce, with zero gradient
+                loss = net(x[:1]).sum() * 0.0
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             optimizer.step()
             if constrain is not None:
                 constrain()
             total += loss.detach() * len(idx)
             bar.update(1)
+        total = distributed.all_sum(total)
         t_train = time.perf_counter() - t0
+        if rank:
+            continue  # process 0 evaluates, logs and checkpoints
         metrics = classification_metrics(predict_logits(model, data.x_test), data.y_test)
         rec = dict(epoch=epoch + 1, lr=lr, train_loss=float(total) / n, train_seconds=t_train, test_errors=metrics["errors"],
                    test_accuracy=metrics["accuracy"], test_nll=metrics["nll"],
@@ -284,10 +340,11 @@ def fit(
     metrics = classification_metrics(predict_logits(model, data.x_test), data.y_test)
     wall = time.perf_counter() - t_start + sum(h["seconds"] for h in history[:start_epoch])
     result = FitResult(model, metrics, history, wall, run_dir, resumed_from=start_epoch)
-    if run_dir is not None:
+    if run_dir is not None and rank == 0:
         save_checkpoint(run_dir / "model", model, dict(
             meta or {}, run_key=key, config=config.to_dict(), data_fingerprint=data.fingerprint,
             seed=config.seed, teacher=teacher_id, metrics=metrics, history=history, wall_seconds=wall))
         (run_dir / "state.json").unlink(missing_ok=True)
         (run_dir / "state.safetensors").unlink(missing_ok=True)
+    distributed.barrier()  # no process returns before process 0 has written the model
     return result

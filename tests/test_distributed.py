@@ -1,0 +1,156 @@
+"""Data-parallel training (torch.distributed, gloo): the batch slicing arithmetic, and a
+2-process DDP run of ``fit`` that must end with the weights of the single-process run."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from distill import distributed
+from distill.data import Dataset
+from distill.models import MLP
+from distill.training import TrainConfig, fit, seed_everything
+
+
+def test_shards_partition_the_batch_in_order():
+    for b in (0, 1, 3, 10, 128, 129):
+        for w in (1, 2, 3, 8):
+            idx = torch.randperm(1000)[:b]
+            parts = [distributed.shard(idx, r, w) for r in range(w)]
+            assert torch.equal(torch.cat(parts), idx)
+            sizes = [len(p) for p in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_shard_rejects_bad_rank():
+    with pytest.raises(ValueError, match="rank"):
+        distributed.shard(torch.arange(4), 2, 2)
+
+
+def test_shard_weights_make_the_ddp_average_the_global_mean():
+    torch.manual_seed(0)
+    losses = torch.rand(13)  # per-example losses of a global batch of 13
+    for w in (2, 3, 5):
+        parts = [distributed.shard(losses, r, w) for r in range(w)]
+        ddp_avg = sum(distributed.shard_weight(len(p), 13, w) * (p.mean() if len(p) else 0.0)
+                      for p in parts) / w
+        assert float(ddp_avg) == pytest.approx(float(losses.mean()), rel=1e-6)
+
+
+def test_epoch_seeds_differ_by_rank_and_epoch():
+    seeds = {distributed.epoch_seed(0, r, e) for r in range(4) for e in range(50)}
+    assert len(seeds) == 200
+
+
+def test_not_distributed_by_default():
+    assert distributed.world() == (0, 1)
+    assert distributed.all_sum(torch.tensor(3.0)).item() == 3.0
+
+
+def _toy(n=41, d=12, c=3):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(n, d, generator=g), torch.randint(0, c, (n,), generator=g)
+    return Dataset("toy", x, y, x[:20], y[:20], tuple("abc"), "toy-fingerprint")
+
+
+def _train(run_dir, progress=False, hook=None):
+    data = _toy()
+    targets = torch.randn(len(data.x_train), 3, generator=torch.Generator().manual_seed(2)) * 3
+    seed_everything(0)
+    model = MLP(12, [16, 16], 3, max_norm=1.0)
+    if hook is not None:
+        model.register_forward_pre_hook(hook)
+    # batch 10 over 41 rows: the last global batch has one row, so one process gets none
+    cfg = TrainConfig(epochs=3, batch_size=10, lr=0.2, temperature=4.0, hard_weight=0.3)
+    return fit(model, data, cfg, teacher_targets=targets, run_dir=run_dir, progress=progress, log=lambda *a: None)
+
+
+def _worker(rank, world_size, rdv, out, other):
+    """One DDP process; process 1 gets ``other`` as its run folder (as on another machine)."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world_size)
+    try:
+        res = _train(out if rank == 0 else other)
+        torch.save(dict(weights=res.model.state_dict(), metrics=res.metrics, history=len(res.history),
+                        skipped=res.skipped, resumed_from=res.resumed_from), f"{out}.rank{rank}.pt")
+    finally:
+        distributed.shutdown()
+
+
+def _spawn(tmp_path, out, tag):
+    mp.spawn(_worker, args=(2, str(tmp_path / f"rdv-{tag}"), str(out), str(tmp_path / f"elsewhere-{tag}")),
+             nprocs=2, join=True)
+    return [torch.load(f"{out}.rank{r}.pt") for r in range(2)]
+
+
+def test_ddp_fit_matches_single_process(tmp_path):
+    single = _train(tmp_path / "single")
+    ranks = _spawn(tmp_path, tmp_path / "ddp", "a")
+    for k, v in single.model.state_dict().items():
+        for r in ranks:  # both processes end with the single-process weights
+            assert torch.allclose(r["weights"][k], v, atol=1e-5), k
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+    assert ranks[0]["history"] == 3 and ranks[1]["history"] == 0  # process 0 evaluates each epoch
+    side = json.loads((tmp_path / "ddp" / "model.json").read_text())  # written once, by process 0
+    assert side["metrics"]["errors"] == single.metrics["errors"]
+    assert not (tmp_path / "ddp" / "state.json").exists()
+    assert not (tmp_path / "elsewhere-a").exists()  # process 1 writes nothing
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_ddp_resumes_from_process_0s_checkpoint_then_skips(tmp_path):
+    reference = _train(None)
+    calls = {"n": 0}
+
+    def bomb(module, inputs):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == 5 * 2 + 2:  # in epoch 3 (5 batches per epoch)
+                raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _train(tmp_path / "b", hook=bomb)
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["epoch"] == 2
+    # process 1 looks at an empty folder ("another machine"): it must take process 0's state
+    ranks = _spawn(tmp_path, tmp_path / "b", "b")
+    for r in ranks:
+        assert r["resumed_from"] == 2 and not r["skipped"]
+        for k, v in reference.model.state_dict().items():
+            assert torch.allclose(r["weights"][k], v, atol=1e-5), k
+    again = _spawn(tmp_path, tmp_path / "b", "c")
+    assert all(r["skipped"] for r in again)
+    for k, v in ranks[0]["weights"].items():
+        assert torch.equal(again[1]["weights"][k], v)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
+def test_cli_refuses_reproduce_under_torchrun(tmp_path):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "distill",
+                        "reproduce", "mnist", "--preset", "tiny", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode != 0
+    assert "only the `teacher` and `student` commands" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
+def test_cli_student_trains_under_torchrun(tmp_path, mnist):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29518", "-m", "distill",
+                        "student", "--train-size", "300", "--test-size", "100", "--epochs", "2", "--hidden", "32",
+                        "--no-progress", "--out", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("student-hard:") == 1  # one report, from process 0
+    side = json.loads((tmp_path / "s" / "model.json").read_text())
+    assert side["metrics"]["n"] == 100 and len(side["history"]) == 2
