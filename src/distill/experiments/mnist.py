@@ -41,8 +41,8 @@ class Preset:
 PRESETS = {
     # teacher 200 epochs (about 53 min alone on 2 cores) + six 40-epoch students: about 80 minutes
     "paper": Preset(),
-    # the earlier teachers at lr 0.1: 100 epochs (103 test errors; the temperature study's teacher)
-    # and 200 epochs (82 test errors); kept so that the README's earlier tables stay reproducible
+    # the earlier teachers at lr 0.1: 100 epochs (103 test errors) and 200 epochs (82 test errors);
+    # kept so that the README's earlier tables stay reproducible
     "paper-100": Preset(teacher=replace(Preset().teacher, epochs=100, lr=0.1)),
     "paper-long": Preset(teacher=replace(Preset().teacher, epochs=200, lr=0.1)),
     # a few minutes: a shorter teacher run, students on 10,000 of the 60,000 training images

@@ -22,7 +22,7 @@ class Preset:
 
 
 PRESETS = {
-    "paper": Preset(base="paper-100"),
+    "paper": Preset(),
     "quick": Preset(base="quick", sizes=(300, 30), temperatures=(1.0, 4.0, 20.0), student_epochs=None),
     "tiny": Preset(base="tiny", sizes=(16,), temperatures=(1.0, 4.0), student_epochs=None),
 }
