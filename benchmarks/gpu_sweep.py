@@ -10,9 +10,9 @@ recipe, B (last 5,000) to check the choice. Matrix products use TF32.
     # here: MNIST + teacher weights as plain files (the GPU machine has no MNIST, no distill)
     python benchmarks/gpu_sweep.py export --cache runs/cache \
         --teacher paper=teacher-a00df8efc46616fc --teacher long=teacher-549b1f6577277e37 --out .gpu
-    # on the GPU machine, with .gpu carried: writes OUT/<group>.json and OUT/sweep.log
-    python benchmarks/gpu_sweep.py run students reg teachers --assets .gpu
-    python benchmarks/gpu_sweep.py run best --assets .gpu   # students of OUT's saved best teacher
+    # on the GPU machine (the repo travels; .gpu carried): writes OUT/<group>.json and OUT/sweep.log
+    PYTHONPATH=src python benchmarks/gpu_sweep.py run students reg teachers --assets .gpu
+    PYTHONPATH=src python benchmarks/gpu_sweep.py run best --assets .gpu   # students of OUT's best teacher
 
 Set TINY=1 for a smoke test on CPU (3,000 training images, 5 % of the epochs).
 """
@@ -20,12 +20,13 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from distill.augment import jitter  # the package's own jitter (runs on the tensors' device)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 OUT = os.environ.get("OUT", "/tmp/sweep_out")
@@ -102,17 +103,6 @@ def load_teacher(name):
     return [(w.to(DEV), b.to(DEV)) for w, b in ws]
 
 
-def jitter(x, s, gen):
-    """x (N, 784) -> each image shifted by its own (dy, dx) in [-s, s], zero fill."""
-    n = x.shape[0]
-    img = F.pad(x.view(n, 28, 28), (s, s, s, s))
-    sh = torch.randint(-s, s + 1, (n, 2), device=x.device, generator=gen)
-    ar = torch.arange(28, device=x.device)
-    rows = ar[None] + s - sh[:, :1]
-    cols = ar[None] + s - sh[:, 1:]
-    return img[torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]].view(n, 784)
-
-
 def run_group(name, sizes, cfgs, x, y, targets=None, batch=128, jit=0, drop_in=0.0, drop_hid=0.0,
               eval_every=10, seed=0, budget=None, keep_best=False):
     """cfgs: list of dicts with lr, E (cosine horizon, epochs), mom, mn (max-norm or None),
@@ -136,6 +126,7 @@ def run_group(name, sizes, cfgs, x, y, targets=None, batch=128, jit=0, drop_in=0
     sw = torch.tensor([1.0 if c["mode"] == "soft" else 0.0 for c in cfgs], device=DEV).view(K, 1)
     mw = torch.tensor([1.0 if c["mode"] == "mse" else 0.0 for c in cfgs], device=DEV).view(K, 1)
     tidx = torch.tensor([c.get("teacher", 0) for c in cfgs], device=DEV)
+    per_model = targets[tidx] if targets is not None else None  # (K, N, C), gathered once
     n = x.shape[0]
     maxE = max(E)
     results = {i: dict(cfg=cfgs[i], curve=[]) for i in range(K)}
@@ -173,13 +164,13 @@ def run_group(name, sizes, cfgs, x, y, targets=None, batch=128, jit=0, drop_in=0
             xb = x[idx]
             B = xb.shape[0]
             if jit:
-                xb = jitter(xb.unsqueeze(0).expand(K, -1, -1).reshape(K * B, 784), jit, g).view(K, B, 784)
+                xb = jitter(xb.unsqueeze(0).expand(K, -1, -1).reshape(K * B, 784), (28, 28), jit, g).view(K, B, 784)
             else:
                 xb = xb.unsqueeze(0).expand(K, -1, -1)
             z = forward(xb, True)  # (K, B, C)
             loss = hw * F.cross_entropy(z.reshape(K * B, -1), y[idx].repeat(K), reduction="none").view(K, B)
             if targets is not None:
-                tv = targets[tidx][:, idx]  # (K, B, C)
+                tv = per_model[:, idx]  # (K, B, C)
                 p = torch.softmax(tv / T, -1)
                 soft = -(p * torch.log_softmax(z / T, -1)).sum(-1) * (T * T).view(K, 1)
                 zc = z - z.mean(-1, keepdim=True)

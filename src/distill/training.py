@@ -297,9 +297,9 @@ def fit(
                 xb = jitter(xb, data.image_shape, config.jitter, gen)
             weight = 1.0
             if world_size > 1:
-                pos = distributed.shard(torch.arange(len(idx)), rank, world_size)
-                weight = distributed.shard_weight(len(pos), len(idx), world_size)
-                idx, xb = idx[pos], xb[pos]
+                b = len(idx)
+                idx, xb = distributed.shard(idx, rank, world_size), distributed.shard(xb, rank, world_size)
+                weight = distributed.shard_weight(len(idx), b, world_size)
             yb = y[idx] if y is not None else None
             if teacher_targets is not None:
                 tb = teacher_targets[idx]

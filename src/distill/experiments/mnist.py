@@ -39,7 +39,7 @@ class Preset:
 
 
 PRESETS = {
-    # teacher 200 epochs (about 53 min alone on 2 cores) + six 40-epoch students: about 80 minutes
+    # teacher 200 epochs (57 min measured on 2 cores) + six 40-epoch students: about 83 minutes
     "paper": Preset(),
     # the earlier teachers at lr 0.1: 100 epochs (103 test errors) and 200 epochs (82 test errors);
     # kept so that the README's earlier tables stay reproducible
