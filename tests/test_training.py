@@ -125,3 +125,29 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"")
     with pytest.raises(DistillError, match="not valid JSON"):
         load_checkpoint(tmp_path / "bad")
+
+
+def test_device_resolution_and_errors(monkeypatch):
+    from distill.training import resolve_device
+
+    monkeypatch.delenv("DISTILL_DEVICE", raising=False)
+    assert resolve_device() == torch.device("cpu")
+    monkeypatch.setenv("DISTILL_DEVICE", "cpu")
+    assert resolve_device() == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("DISTILL_DEVICE", "cuda")
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            fit(_model(), None, TrainConfig(epochs=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_on_gpu_matches_cpu_and_returns_home(small):
+    """Without dropout the only difference is float arithmetic: same order, same steps."""
+    cfg = TrainConfig(epochs=2, lr=0.05, jitter=2, seed=1)
+    cpu = fit(_model(2), small, cfg, progress=False)
+    gpu = fit(_model(2), small, cfg, progress=False, device="cuda")
+    assert next(gpu.model.parameters()).device.type == "cpu"
+    assert torch.allclose(_weights(cpu.model), _weights(gpu.model), atol=1e-3)
+    assert abs(cpu.metrics["errors"] - gpu.metrics["errors"]) <= 3

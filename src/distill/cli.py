@@ -80,6 +80,8 @@ def _common_train(p, epochs, lr, hidden):
     p.add_argument("--momentum", type=_nonneg_float, default=0.9)
     p.add_argument("--schedule", choices=["constant", "cosine", "exponential"], default="cosine")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="where the training steps run: cpu, cuda, cuda:N (default "
+                                    "$DISTILL_DEVICE, else cpu); `distill reproduce` reads $DISTILL_DEVICE")
     p.add_argument("--out", required=True, help="output folder (checkpoint, state for resuming, log)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
 
@@ -184,7 +186,7 @@ def _train(args, teacher_mode: bool):
     name = "teacher" if teacher_mode else ("student-distilled" if teacher is not None else "student-hard")
     res = fit(model, data, config, teacher=teacher, teacher_id=teacher_id, run_dir=args.out,
               meta=dict(name=name, dataset=data.name, teacher_checkpoint=getattr(args, "teacher", None)),
-              progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+              progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr), device=args.device)
     m = res.metrics
     from distill import distributed
 

@@ -8,11 +8,14 @@ from torch import nn
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """The model's logits for every row of ``x``, in eval mode, without autograd."""
+    """The model's logits for every row of ``x``, in eval mode, without autograd. Each chunk runs
+    on the model's device; the logits come back on ``x``'s."""
     was_training = model.training
     model.eval()
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else x.device
     try:
-        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat([model(x[i:i + batch_size].to(dev)).to(x.device) for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)
 

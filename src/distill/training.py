@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -175,6 +176,19 @@ def _silent(*_args) -> None:
     pass
 
 
+def resolve_device(device=None) -> torch.device:
+    """The device :func:`fit` trains on: ``device`` if given, else ``$DISTILL_DEVICE``, else the CPU.
+    An unknown name or an absent CUDA is a ``ValueError`` that says so."""
+    name = device if device is not None else os.environ.get("DISTILL_DEVICE") or "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this torch sees no CUDA GPU")
+    return dev
+
+
 def fit(
     model: nn.Module,
     data,
@@ -188,6 +202,7 @@ def fit(
     meta: dict | None = None,
     progress: bool = True,
     log=print,
+    device=None,
 ) -> FitResult:
     """Train ``model`` on ``data`` (a :class:`distill.data.Dataset` or anything with
     ``x_train, y_train, x_test, y_test, fingerprint, image_shape``).
@@ -205,8 +220,15 @@ def fit(
     global batch of ``config.batch_size``; one step equals the single-process step on the whole
     batch. Process 0 alone evaluates each epoch, logs and writes ``run_dir``; the others return
     the same final model and metrics, with an empty history.
+
+    ``device`` (default ``$DISTILL_DEVICE``, else the CPU) is where the steps run: the data stay
+    in host memory and each batch is copied over, so the order, the jitter and everything keyed
+    by the config are the same as on the CPU; the model comes back on the device it came in on.
+    Resuming is exact on the CPU; on a GPU dropout draws from the GPU's own generator.
     """
     t_start = time.perf_counter()
+    dev = resolve_device(device)
+    home = next(model.parameters()).device
     has_teacher = teacher is not None or teacher_targets is not None
     if config.loss == "auto":
         config = TrainConfig(**{**config.to_dict(), "loss": "distill" if has_teacher else "hard"})
@@ -265,6 +287,11 @@ def fit(
         return FitResult(model, skipped["metrics"], history, skipped.get("wall_seconds", 0.0), run_dir,
                          skipped=True)
 
+    model.to(dev)
+    teacher_home = None
+    if teacher is not None and teacher_targets is None:  # run on every (jittered) batch
+        teacher_home = next(teacher.parameters()).device
+        teacher.to(dev)
     net = model
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -289,20 +316,21 @@ def fit(
         if world_size > 1:
             torch.manual_seed(distributed.epoch_seed(config.seed, rank, epoch))
         perm = torch.randperm(n, generator=gen)
-        total = torch.zeros(())
+        total = torch.zeros((), device=dev)
         for i in range(0, n, config.batch_size):
             idx = perm[i:i + config.batch_size]
             xb = x[idx]
             if config.jitter:  # the whole global batch, so every process draws the same shifts
                 xb = jitter(xb, data.image_shape, config.jitter, gen)
+            xb = xb.to(dev, non_blocking=True)
             weight = 1.0
             if world_size > 1:
                 b = len(idx)
                 idx, xb = distributed.shard(idx, rank, world_size), distributed.shard(xb, rank, world_size)
                 weight = distributed.shard_weight(len(idx), b, world_size)
-            yb = y[idx] if y is not None else None
+            yb = y[idx].to(dev) if y is not None else None
             if teacher_targets is not None:
-                tb = teacher_targets[idx]
+                tb = teacher_targets[idx].to(dev)
             elif teacher is not None:
                 with torch.no_grad():
                     tb = teacher(xb)
@@ -311,7 +339,7 @@ def fit(
             if len(idx):
                 loss = _batch_loss(config, net(xb), yb, tb, teacher_kind)
             else:  # an empty slice still joins DDP's gradient all-reduce, with zero gradient
-                loss = net(x[:1]).sum() * 0.0
+                loss = net(x[:1].to(dev)).sum() * 0.0
             optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()
             optimizer.step()
@@ -337,6 +365,9 @@ def fit(
                          dict(run_key=key, epoch=epoch + 1, history=history, config=config.to_dict()))
     bar.close()
     model.eval()
+    model.to(home)
+    if teacher_home is not None:
+        teacher.to(teacher_home)
     metrics = classification_metrics(predict_logits(model, data.x_test), data.y_test)
     wall = time.perf_counter() - t_start + sum(h["seconds"] for h in history[:start_epoch])
     result = FitResult(model, metrics, history, wall, run_dir, resumed_from=start_epoch)
