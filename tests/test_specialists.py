@@ -316,3 +316,13 @@ def test_accelerated_and_plain_em_agree():
     slow = S.combine(p_g, spec, subsets, active, tol=1e-9, max_iter=20000, accelerate=False)
     assert fast.converged and slow.converged and fast.iterations <= slow.iterations
     torch.testing.assert_close(fast.q, slow.q, atol=1e-6, rtol=0)
+
+
+def test_error_coverage_counts_errors_inside_one_subset():
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    pred = torch.tensor([1, 1, 0, 4, 0, 0])  # errors: 0->1 (in S_0), 2->0 (in S_1), 3->4 (in S_2), 4->0 (none)
+    subsets = [(0, 1), (0, 2), (3, 4)]
+    assert S.error_coverage(y, pred, subsets, 5) == pytest.approx(3 / 4)
+    assert S.error_coverage(y, pred, [(0, 1)], 5) == pytest.approx(1 / 4)
+    assert S.error_coverage(y, pred, [], 5) == 0.0
+    assert math.isnan(S.error_coverage(y, y, subsets, 5))

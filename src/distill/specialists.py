@@ -502,6 +502,22 @@ def coverage_counts(y: torch.Tensor, subsets, num_classes: int) -> torch.Tensor:
     return membership(subsets, num_classes).long().sum(0)[y]
 
 
+def error_coverage(y: torch.Tensor, pred: torch.Tensor, subsets, num_classes: int) -> float:
+    """Share of the misclassified examples (``pred != y``) whose true and predicted class lie in one
+    subset: ``|{i : pred_i != y_i, exists m: y_i in S_m and pred_i in S_m}| / |{i : pred_i != y_i}|``.
+    Only these errors can a specialist see (top-1 activation puts ``pred_i``'s specialists to work, and
+    only one that also knows ``y_i`` can move the answer there), so it bounds what the specialists can
+    fix. On training labels it is a way to choose the number of clusters without the test set."""
+    wrong = pred != y
+    if not bool(wrong.any()):
+        return float("nan")
+    if not subsets:
+        return 0.0
+    mem = membership(subsets, num_classes)  # (subsets, classes)
+    both = (mem[:, y[wrong]] & mem[:, pred[wrong]]).any(0)
+    return float(both.float().mean())
+
+
 def accuracy_by_coverage(y: torch.Tensor, pred_g: torch.Tensor, pred_c: torch.Tensor, subsets,
                          num_classes: int) -> list[dict]:
     """Rows like the paper's Table 4: for each number ``k`` of specialists covering the true class,

@@ -69,14 +69,14 @@ _SYN = dict(num_classes=100, group_size=5)
 _IMG_SPEC = TrainConfig(epochs=6, lr=0.05, momentum=0.9, schedule="cosine")
 _IMG_BACK = TrainConfig(epochs=5, lr=0.02, momentum=0.9, schedule="cosine")
 PRESETS = {
-    # 4 clusters of the T = 3 softened predictions with overlap 1.5: {T-shirt, Dress, Shirt}, {Trouser, Bag},
-    # {Pullover, Coat, Shirt}, {Sandal, Sneaker, Ankle boot} -- Shirt, the most confused class (30 % of
-    # the generalist's errors), in two subsets as in the paper. At T = 1 with 5 clusters Shirt was only
-    # paired with T-shirt, leaving its confusions with Pullover and Coat uncovered (+0.3 %).
-    # Specialists train 30 epochs: after 6 they had not moved from the generalist (within-subset test
-    # accuracy on {Pullover, Coat, Shirt} 84.5 % vs 84.4 %); after 30, 85.6 %.
-    ("fashion-mnist", "paper"): Preset(specialist=replace(_IMG_SPEC, epochs=30), distill_back=_IMG_BACK, n_clusters=4,
-                                       cluster_temperature=3.0, overlap_ratio=1.5),
+    # 2 clusters of the T = 3 softened predictions: {T-shirt, Pullover, Dress, Coat, Shirt} and {Trouser,
+    # Sandal, Sneaker, Bag, Ankle boot}, the same for the generalists of seeds 0-4, and holding true and
+    # predicted class of 97 % of each one's *training* errors (train_error_coverage; chosen on that, not on
+    # test results). The earlier 4 clusters with overlap 1.5 changed with the seed (Shirt in two subsets
+    # or in one) and covered 57-87 %: +2.9 to +5.5 % (README). Specialists train 30 epochs: after 6 they
+    # had not moved from the generalist (within-subset test accuracy 84.5 % vs 84.4 %); after 30, 85.6 %.
+    ("fashion-mnist", "paper"): Preset(specialist=replace(_IMG_SPEC, epochs=30), distill_back=_IMG_BACK, n_clusters=2,
+                                       cluster_temperature=3.0),
     ("fashion-mnist", "quick"): replace(_IMG_QUICK, n_clusters=5),
     ("mnist", "paper"): Preset(generalist=TrainConfig(epochs=20, lr=0.05, momentum=0.9, schedule="cosine"),
                                specialist=_IMG_SPEC, distill_back=_IMG_BACK, n_clusters=4, cluster_temperature=3.0),
@@ -286,6 +286,11 @@ def run(dataset: str = "fashion-mnist", preset: str = "quick", out="runs/special
     grec["n_clusters"] = p.n_clusters
     grec["cluster_temperature"] = p.cluster_temperature
     grec["overlap_ratio"] = p.overlap_ratio
+    # how many of the generalist's errors the subsets could fix (training labels; see S.error_coverage)
+    pred_train = predict_logits(generalist, data.x_train).argmax(1)
+    grec["train_error_coverage"] = S.error_coverage(data.y_train, pred_train, subsets, data.num_classes)
+    log(f"the subsets hold true and predicted class of {100 * grec['train_error_coverage']:.1f} % of the "
+        "generalist's training errors")
     if dataset == "synthetic":
         from distill.data.synthetic import planted_groups
 
@@ -297,6 +302,7 @@ def run(dataset: str = "fashion-mnist", preset: str = "quick", out="runs/special
     runner.write()
 
     pred_g = predict_logits(generalist, data.x_test).argmax(1)
+    grec["test_error_coverage"] = S.error_coverage(data.y_test, pred_g, subsets, data.num_classes)
     gen_err = grec["test_errors"]
     combined = {}
     for variant in variants:
