@@ -13,6 +13,7 @@ recipe, B (last 5,000) to check the choice. Matrix products use TF32.
     # on the GPU machine (the repo travels; .gpu carried): writes OUT/<group>.json and OUT/sweep.log
     PYTHONPATH=src python benchmarks/gpu_sweep.py run students reg teachers --assets .gpu
     PYTHONPATH=src python benchmarks/gpu_sweep.py run best --assets .gpu   # students of OUT's best teacher
+    PYTHONPATH=src python benchmarks/gpu_sweep.py run long --assets .gpu --best-teacher .gpu/teacher_best.pt
 
 Set TINY=1 for a smoke test on CPU (3,000 training images, 5 % of the epochs).
 """
@@ -245,6 +246,21 @@ def run_best(path, ep):
               XTR[sel], YTR[sel], tgt[:, sel], eval_every=50, seed=6, budget=30)
 
 
+def run_long(path, ep):
+    """Longer, slower student schedules from a saved teacher (2026-11-26): a 200-epoch group
+    (stopped by the budget at epoch 130 on the H200) and three seeds of lr 0.01 / 80 epochs beside
+    three of the preset's lr 0.03 / 40 epochs."""
+    tb = [(w.float().to(DEV), b.float().to(DEV)) for w, b in torch.load(path)]
+    log(f"teacher {path}: test errors {(logits_of(tb, XTE).argmax(1) != YTE).sum().item()}")
+    tgt = logits_of(tb, XTR)[None]
+    D = dict(mode="soft", T=20, hw=0.1, teacher=0)
+    run_group("long", [784, 800, 800, 10], [dict(D, lr=0.003, mom=0.99, E=ep(200)), dict(D, lr=0.01, mom=0.99, E=ep(200)),
+                                             dict(D, lr=0.03, E=ep(200)), dict(D, lr=0.01, E=ep(200)),
+                                             dict(D, lr=0.03, E=ep(40))], XTR, YTR, tgt, seed=11, budget=150)
+    run_group("long_seeds", [784, 800, 800, 10], [dict(D, lr=0.01, E=ep(80))] * 3 + [dict(D, lr=0.03, E=ep(40))] * 3,
+              XTR, YTR, tgt, seed=11, budget=115)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -253,7 +269,7 @@ def main():
     e.add_argument("--teacher", action="append", default=[], help="NAME=STAGE_DIR (e.g. paper=teacher-a00d...)")
     e.add_argument("--out", default=".gpu")
     r = sub.add_parser("run")
-    r.add_argument("groups", nargs="+", choices=["students", "reg", "teachers", "best"])
+    r.add_argument("groups", nargs="+", choices=["students", "reg", "teachers", "best", "long"])
     r.add_argument("--assets", default=".gpu")
     r.add_argument("--best-teacher", help="for 'best': a teacher file (default OUT/best_teacher.pt)")
     args = ap.parse_args()
@@ -268,6 +284,8 @@ def main():
 
     if which == ["best"]:
         return run_best(args.best_teacher or os.path.join(OUT, "best_teacher.pt"), ep)
+    if which == ["long"]:  # e.g. --best-teacher .gpu/teacher_best.pt
+        return run_long(args.best_teacher or os.path.join(OUT, "best_teacher.pt"), ep)
     tp, tl = load_teacher("paper"), load_teacher("long")
     tgt = torch.stack([logits_of(tp, XTR), logits_of(tl, XTR)])  # (2, N, 10)
     for nm, ws in (("paper", tp), ("long", tl)):

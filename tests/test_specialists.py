@@ -47,6 +47,7 @@ def test_full_coverage_optimum_is_arithmetic_mean():
     assert res.converged
     expected = (p_g + full[0] + full[1]) / 3
     torch.testing.assert_close(res.q, expected, atol=1e-9, rtol=0)
+    torch.testing.assert_close(S.mean_of_full_coverage([p_g, *full]), expected, atol=1e-12, rtol=0)
     # the closed form is a stationary point of the objective: zero gradient
     T, pD, k, notB = S._pack(p_g, spec, subsets, active)
     assert S.combine_gradient(expected, p_g, T, pD, k, notB).abs().max() < 1e-12
@@ -279,12 +280,14 @@ def test_experiment_tiny_end_to_end(tmp_path):
 
     recs = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, distill_back=True, log=lambda m: None)
     names = [r["model"] for r in recs]
-    for name in ("generalist", "generalist+specialists", "distilled-back"):
+    for name in ("generalist", "generalist+specialists", "generalist+extra", "distilled-back"):
         assert name in names
     combos = [r for r in recs if r["model"] == "generalist+specialists"]
+    ctrl = next(r for r in recs if r["model"] == "generalist+extra")
     assert [c["variant"] for c in combos] == ["hard", "soft"]
     for c in combos:
         assert c["solver_converged"]
+        assert c["gain_beyond_control"] == pytest.approx((ctrl["test_errors"] - c["test_errors"]) / ctrl["test_errors"])
         assert sum(row["n"] for row in c["by_coverage"]) == 240
     gen = recs[0]
     assert gen["model"] == "generalist" and 0.0 <= gen["clustering_ari"] <= 1.0

@@ -401,6 +401,16 @@ def _objective_packed(q, pg, T, pD, notB):
     return -((pg + T) * torch.log(q.clamp_min(1e-300))).sum(1) - (pD * torch.log(qD.clamp_min(1e-300))).sum(1)
 
 
+def mean_of_full_coverage(probs) -> torch.Tensor:
+    """``q* = (1/K) sum_k p_k``: the minimiser of ``sum_k KL(p_k||q)`` when every model covers all classes
+    (the gradient ``sum_k (q - p_k)`` of :func:`combine_gradient` vanishes there), so :func:`combine`'s
+    answer for models without a dustbin, in closed form."""
+    probs = list(probs)
+    if not probs:
+        raise ValueError("need at least one distribution")
+    return torch.stack(probs).mean(0)
+
+
 def combine(p_g: torch.Tensor, spec_probs, subsets, active: torch.Tensor, tol: float = 1e-6,
             max_iter: int = 2000, accelerate: bool = True) -> CombineResult:
     """Minimise ``KL(p_g||q) + sum_{m active} KL(p_m||A_m q)`` over ``q = softmax(z)`` for every row at once.
