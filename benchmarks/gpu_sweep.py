@@ -231,11 +231,16 @@ def stratified(y, fraction, seed=0):
     return torch.cat(sel).to(y.device)
 
 
-def run_best(path, ep):
-    """Students (full data and 3 %) distilled from a teacher saved by the ``teachers`` group."""
+def saved_teacher_targets(path):
+    """Logits ``(1, N, C)`` over the training images of a teacher saved by the ``teachers`` group."""
     tb = [(w.float().to(DEV), b.float().to(DEV)) for w, b in torch.load(path)]
     log(f"teacher {path}: test errors {(logits_of(tb, XTE).argmax(1) != YTE).sum().item()}")
-    tgt = logits_of(tb, XTR)[None]
+    return logits_of(tb, XTR)[None]
+
+
+def run_best(path, ep):
+    """Students (full data and 3 %) distilled from a teacher saved by the ``teachers`` group."""
+    tgt = saved_teacher_targets(path)
     D = dict(mode="soft", T=20, hw=0.1, lr=0.03, E=ep(40), teacher=0)
     cfgs = [dict(D), dict(D), dict(D), dict(D, T=10), dict(D, mode="mse"), dict(D, E=ep(80)), dict(D, T=5),
             dict(mode="hard", lr=0.1, E=ep(40))]
@@ -250,9 +255,7 @@ def run_long(path, ep):
     """Longer, slower student schedules from a saved teacher (2026-11-26): a 200-epoch group
     (stopped by the budget at epoch 130 on the H200) and three seeds of lr 0.01 / 80 epochs beside
     three of the preset's lr 0.03 / 40 epochs."""
-    tb = [(w.float().to(DEV), b.float().to(DEV)) for w, b in torch.load(path)]
-    log(f"teacher {path}: test errors {(logits_of(tb, XTE).argmax(1) != YTE).sum().item()}")
-    tgt = logits_of(tb, XTR)[None]
+    tgt = saved_teacher_targets(path)
     D = dict(mode="soft", T=20, hw=0.1, teacher=0)
     run_group("long", [784, 800, 800, 10], [dict(D, lr=0.003, mom=0.99, E=ep(200)), dict(D, lr=0.01, mom=0.99, E=ep(200)),
                                              dict(D, lr=0.03, E=ep(200)), dict(D, lr=0.01, E=ep(200)),

@@ -322,12 +322,12 @@ def fit(
             xb = x[idx]
             if config.jitter:  # the whole global batch, so every process draws the same shifts
                 xb = jitter(xb, data.image_shape, config.jitter, gen)
-            xb = xb.to(dev, non_blocking=True)
             weight = 1.0
             if world_size > 1:
                 b = len(idx)
                 idx, xb = distributed.shard(idx, rank, world_size), distributed.shard(xb, rank, world_size)
                 weight = distributed.shard_weight(len(idx), b, world_size)
+            xb = xb.to(dev)  # only this process's slice travels
             yb = y[idx].to(dev) if y is not None else None
             if teacher_targets is not None:
                 tb = teacher_targets[idx].to(dev)
