@@ -13,9 +13,12 @@ recipe, B (last 5,000) to check the choice. Matrix products use TF32.
     # on the GPU machine (the repo travels; .gpu carried): writes OUT/<group>.json and OUT/sweep.log
     PYTHONPATH=src python benchmarks/gpu_sweep.py run students reg teachers --assets .gpu
     PYTHONPATH=src python benchmarks/gpu_sweep.py run best --assets .gpu   # students of OUT's best teacher
-    PYTHONPATH=src python benchmarks/gpu_sweep.py run long --assets .gpu --best-teacher .gpu/teacher_best.pt
+    PYTHONPATH=src python benchmarks/gpu_sweep.py run long --assets .gpu --best-teacher .gpu/teacher_best.npz
 
 Set TINY=1 for a smoke test on CPU (3,000 training images, 5 % of the epochs).
+
+Teacher weights travel as NumPy ``.npz`` files (``w0, b0, w1, b1, ...``, ``W`` of shape (in, out)),
+read with ``allow_pickle=False``: nothing in this script unpickles.
 """
 import argparse
 import json
@@ -63,9 +66,26 @@ def load_assets(assets):
         XTR, YTR = XTR[:3000], YTR[:3000]
 
 
+def save_weights(path, ws, dtype=np.float32):
+    """``[(W (in, out), b)]`` per layer as ``path`` (.npz: w0, b0, w1, b1, ...)."""
+    arrays = {}
+    for i, (w, b) in enumerate(ws):
+        arrays[f"w{i}"] = w.detach().float().cpu().numpy().astype(dtype)
+        arrays[f"b{i}"] = b.detach().float().cpu().numpy().reshape(-1).astype(dtype)
+    np.savez(path, **arrays)
+
+
+def load_weights(path):
+    """The layers saved by :func:`save_weights`, as float32 tensors on the device."""
+    with np.load(path, allow_pickle=False) as d:
+        n = len([k for k in d.files if k.startswith("w")])
+        return [(torch.tensor(d[f"w{i}"], dtype=torch.float32, device=DEV),
+                 torch.tensor(d[f"b{i}"], dtype=torch.float32, device=DEV)) for i in range(n)]
+
+
 def export(cache, teachers, out):
-    """Write ``out/mnist.npz`` and ``out/teacher_<name>.pt`` ([(W (in, out), b)] per layer) from
-    distill's MNIST loader and checkpoints; the GPU machine then needs only torch and numpy."""
+    """Write ``out/mnist.npz`` and ``out/teacher_<name>.npz`` (see :func:`save_weights`) from
+    distill's MNIST loader and MLP checkpoints; the GPU machine then needs only torch and numpy."""
     from distill.checkpoints import load_tensors
     from distill.data import load_mnist
 
@@ -80,12 +100,11 @@ def export(cache, teachers, out):
     for spec in teachers:
         name, stage = spec.split("=", 1)
         t, side = load_tensors(os.path.join(cache, stage, "model"))
-        if side["arch"]["kind"] != "mlp":
-            raise SystemExit(f"{stage} is not an MLP checkpoint")
+        if (side.get("factory") or {}).get("target") != "distill.models:MLP":
+            raise SystemExit(f"{stage} is not a distill.models.MLP checkpoint")
         keys = sorted((k for k in t if k.endswith("weight")), key=lambda k: int(k.split(".")[1]))
-        torch.save([(t[k].float().T.contiguous(), t[k[:-6] + "bias"].float()) for k in keys],
-                   os.path.join(out, f"teacher_{name}.pt"))
-        print(f"wrote {out}/teacher_{name}.pt from {stage}")
+        save_weights(os.path.join(out, f"teacher_{name}.npz"), [(t[k].T, t[k[:-6] + "bias"]) for k in keys])
+        print(f"wrote {out}/teacher_{name}.npz from {stage}")
     print(f"wrote {out}/mnist.npz")
 
 
@@ -99,9 +118,7 @@ def teacher_forward(ws, x):
 
 
 def load_teacher(name):
-    path = name if name.endswith(".pt") else os.path.join(ASSETS, f"teacher_{name}.pt")
-    ws = torch.load(path)
-    return [(w.to(DEV), b.to(DEV)) for w, b in ws]
+    return load_weights(name if name.endswith(".npz") else os.path.join(ASSETS, f"teacher_{name}.npz"))
 
 
 def run_group(name, sizes, cfgs, x, y, targets=None, batch=128, jit=0, drop_in=0.0, drop_hid=0.0,
@@ -233,7 +250,7 @@ def stratified(y, fraction, seed=0):
 
 def saved_teacher_targets(path):
     """Logits ``(1, N, C)`` over the training images of a teacher saved by the ``teachers`` group."""
-    tb = [(w.float().to(DEV), b.float().to(DEV)) for w, b in torch.load(path)]
+    tb = load_weights(path)
     log(f"teacher {path}: test errors {(logits_of(tb, XTE).argmax(1) != YTE).sum().item()}")
     return logits_of(tb, XTR)[None]
 
@@ -274,7 +291,7 @@ def main():
     r = sub.add_parser("run")
     r.add_argument("groups", nargs="+", choices=["students", "reg", "teachers", "best", "long"])
     r.add_argument("--assets", default=".gpu")
-    r.add_argument("--best-teacher", help="for 'best': a teacher file (default OUT/best_teacher.pt)")
+    r.add_argument("--best-teacher", help="for 'best'/'long': a teacher .npz (default OUT/best_teacher.npz)")
     args = ap.parse_args()
     if args.cmd == "export":
         return export(args.cache, args.teacher, args.out)
@@ -286,9 +303,9 @@ def main():
         return max(1, int(e * sc))
 
     if which == ["best"]:
-        return run_best(args.best_teacher or os.path.join(OUT, "best_teacher.pt"), ep)
-    if which == ["long"]:  # e.g. --best-teacher .gpu/teacher_best.pt
-        return run_long(args.best_teacher or os.path.join(OUT, "best_teacher.pt"), ep)
+        return run_best(args.best_teacher or os.path.join(OUT, "best_teacher.npz"), ep)
+    if which == ["long"]:  # e.g. --best-teacher .gpu/teacher_best.npz
+        return run_long(args.best_teacher or os.path.join(OUT, "best_teacher.npz"), ep)
     tp, tl = load_teacher("paper"), load_teacher("long")
     tgt = torch.stack([logits_of(tp, XTR), logits_of(tl, XTR)])  # (2, N, 10)
     for nm, ws in (("paper", tp), ("long", tl)):
@@ -321,10 +338,10 @@ def main():
                             drop_hid=0.5, eval_every=20, seed=3, budget=budget, keep_best=True)
         # chosen on half A of the test set only
         best = min(range(len(cfgs)), key=lambda i: res[i]["final"][1] if res[i]["finished"] else 1e9)
-        torch.save([(w[best].cpu().half(), b[best, 0].cpu().half()) for w, b in ws], os.path.join(OUT, "best_teacher.pt"))
+        save_weights(os.path.join(OUT, "best_teacher.npz"), [(w[best], b[best, 0]) for w, b in ws], np.float16)
         log(f"saved teacher {best} ({json.dumps(cfgs[best])})")
     if "best" in which:
-        run_best(args.best_teacher or os.path.join(OUT, "best_teacher.pt"), ep)
+        run_best(args.best_teacher or os.path.join(OUT, "best_teacher.npz"), ep)
     log(f"all done in {time.time() - T0:.0f}s")
 
 

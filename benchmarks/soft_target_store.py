@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
+import distill
 from distill import losses
 from distill.data import load_mnist
 from distill.models import MLP
-from distill.soft_targets import get_store
-from distill.teachers import load_teacher, module_id
 
 
 def epoch(student, opt, x, y, targets, gen, batch_size=128, temperature=20.0, hard_weight=0.1):
@@ -55,16 +54,14 @@ def main():
     d = load_mnist(log=lambda *_: None)
     d = d.subset(train=a.train_size) if a.train_size < len(d.y_train) else d
     if a.teacher:
-        teacher, tid = load_teacher(a.teacher)
+        teacher = distill.Teacher(a.teacher)  # a checkpoint: the model rebuilt from its recorded factory
     else:
         torch.manual_seed(123)
-        teacher = MLP(784, [1200, 1200], 10, 0.2, 0.5, 3.5)
-        tid = module_id(teacher)
-    teacher.eval()
+        teacher = distill.Teacher(MLP(784, [1200, 1200], 10, 0.2, 0.5, 3.5))
+    module = teacher.module  # eval mode, frozen
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        store = get_store(Path(tmp) / "store", teacher, d.x_train, teacher_id=tid, data_fingerprint=d.fingerprint,
-                          dtype=a.dtype, progress=False, log=lambda *_: None)
+        store = distill.get_store(Path(tmp), teacher, d.x_train, dtype=a.dtype, progress=False, log=lambda *_: None)
         build = time.perf_counter() - t
 
         def from_store(idx, xb):
@@ -72,7 +69,7 @@ def main():
 
         @torch.no_grad()
         def on_the_fly(idx, xb):
-            return teacher(xb)
+            return module(xb)
 
         times = {"store": [], "on the fly": []}
         cpu = {"store": [], "on the fly": []}
@@ -91,7 +88,7 @@ def main():
                     cpu[which].append(time.process_time() - c)
     ms, mf = statistics.median(times["store"]), statistics.median(times["on the fly"])
     print(f"threads {torch.get_num_threads()}, {len(d.y_train)} examples/epoch, student {a.hidden}, "
-          f"teacher {getattr(teacher, 'arch', {}).get('hidden')}, store {a.dtype}")
+          f"teacher {getattr(module, 'arch', {}).get('hidden')}, store {a.dtype}")
     print(f"store build (once): {build:.2f} s")
     print(f"store:      {ms:.2f} s/epoch  ({1 / ms:.3f} epochs/s)  all: {[round(v, 2) for v in times['store']]}")
     print(f"on the fly: {mf:.2f} s/epoch  ({1 / mf:.3f} epochs/s)  all: {[round(v, 2) for v in times['on the fly']]}")

@@ -131,9 +131,14 @@ def test_real_mnist_is_official(mnist):
     assert len(mnist.fingerprint) == 16
 
 
-def test_subset_is_stratified_deterministic_and_refingerprinted(mnist):
-    a = mnist.subset(train=500, test=200, seed=1)
-    b = mnist.subset(train=500, test=200, seed=1)
-    assert (a.y_train == b.y_train).all() and a.y_train.bincount().tolist() == [50] * 10
-    assert a.fingerprint != mnist.fingerprint
-    assert (a.x_test == b.x_test).all() and len(a.y_test) == 200
+def test_subset_is_stratified_deterministic_and_refingerprinted(toy):
+    a = toy.subset(train=300, test=100, seed=1)
+    b = toy.subset(train=300, test=100, seed=1)
+    assert (a.y_train == b.y_train).all() and a.y_train.bincount().tolist() == [30] * 10
+    assert a.fingerprint != toy.fingerprint and a.fingerprint != toy.subset(train=300, test=100, seed=2).fingerprint
+    assert (a.x_test == b.x_test).all() and len(a.y_test) == 100 and a.y_test.bincount().tolist() == [10] * 10
+    # rows stay paired with their labels: every kept row is a row of the full set with the same label
+    rows = {tuple(x.tolist()): int(y) for x, y in zip(toy.x_train, toy.y_train)}
+    assert all(rows[tuple(x.tolist())] == int(y) for x, y in zip(a.x_train, a.y_train))
+    with pytest.raises(DistillError, match="at least one example"):
+        toy.subset(train=0)

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -57,33 +58,60 @@ def _toy(n=41, d=12, c=3):
     return Dataset("toy", x, y, x[:20], y[:20], tuple("abc"), "toy-fingerprint")
 
 
-def _train(run_dir, progress=False, hook=None):
+def _train(run_dir, progress=False, hook=None, dropout=0.0):
     data = _toy()
-    targets = torch.randn(len(data.x_train), 3, generator=torch.Generator().manual_seed(2)) * 3
+    # teacher logits from a linear rule of the inputs, peaked enough at T = 4 that the student
+    # leaves the constant-prediction loss within 3 epochs (fit's divergence check would stop it)
+    rule = torch.randn(12, 3, generator=torch.Generator().manual_seed(3))
+    targets = (data.x_train - 0.5) @ rule * 30
     seed_everything(0)
-    model = MLP(12, [16, 16], 3, max_norm=1.0)
+    model = MLP(12, [16, 16], 3, dropout_hidden=dropout, max_norm=1.0)
     if hook is not None:
         model.register_forward_pre_hook(hook)
     # batch 10 over 41 rows: the last global batch has one row, so one process gets none
-    cfg = TrainConfig(epochs=3, batch_size=10, lr=0.2, temperature=4.0, hard_weight=0.3)
-    return fit(model, data, cfg, teacher_targets=targets, run_dir=run_dir, progress=progress, log=lambda *a: None)
+    cfg = TrainConfig(epochs=3, batch_size=10, lr=0.1, temperature=4.0, hard_weight=0.3)
+    return fit(model, data, cfg, teacher=targets, run_dir=run_dir, progress=progress, log=lambda *a: None)
 
 
-def _worker(rank, world_size, rdv, out, other):
-    """One DDP process; process 1 gets ``other`` as its run folder (as on another machine)."""
+class Interrupt(Exception):
+    pass
+
+
+def _bomb(at: int):
+    """A forward pre-hook that raises :class:`Interrupt` at the ``at``-th training forward pass."""
+    calls = {"n": 0}
+
+    def bomb(module, inputs):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise Interrupt
+
+    return bomb
+
+
+def _worker(rank, world_size, rdv, out, other, dropout=0.0, bomb_at=None):
+    """One DDP process; process 1 gets ``other`` as its run folder (as on another machine).
+    With ``bomb_at`` every process is interrupted at that training step (before its all-reduce)."""
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world_size)
     try:
-        res = _train(out if rank == 0 else other)
-        torch.save(dict(weights=res.model.state_dict(), metrics=res.metrics, history=len(res.history),
+        hook = _bomb(bomb_at) if bomb_at else None
+        try:
+            res = _train(out if rank == 0 else other, hook=hook, dropout=dropout)
+        except Interrupt:
+            return
+        torch.save(dict(weights=res.model.state_dict(), test=res.test, history=len(res.history),
                         skipped=res.skipped, resumed_from=res.resumed_from), f"{out}.rank{rank}.pt")
     finally:
         distributed.shutdown()
 
 
-def _spawn(tmp_path, out, tag):
-    mp.spawn(_worker, args=(2, str(tmp_path / f"rdv-{tag}"), str(out), str(tmp_path / f"elsewhere-{tag}")),
-             nprocs=2, join=True)
+def _spawn(tmp_path, out, tag, dropout=0.0, bomb_at=None):
+    mp.spawn(_worker, args=(2, str(tmp_path / f"rdv-{tag}"), str(out), str(tmp_path / f"elsewhere-{tag}"), dropout,
+                            bomb_at), nprocs=2, join=True)
+    if bomb_at:
+        return None
     return [torch.load(f"{out}.rank{r}.pt") for r in range(2)]
 
 
@@ -93,30 +121,19 @@ def test_ddp_fit_matches_single_process(tmp_path):
     for k, v in single.model.state_dict().items():
         for r in ranks:  # both processes end with the single-process weights
             assert torch.allclose(r["weights"][k], v, atol=1e-5), k
-    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+    assert ranks[0]["test"] == ranks[1]["test"]
+    assert ranks[0]["test"]["errors"] == single.test["errors"]
     assert ranks[0]["history"] == 3 and ranks[1]["history"] == 0  # process 0 evaluates each epoch
     side = json.loads((tmp_path / "ddp" / "model.json").read_text())  # written once, by process 0
-    assert side["metrics"]["errors"] == single.metrics["errors"]
+    assert side["test"]["errors"] == single.test["errors"]
     assert not (tmp_path / "ddp" / "state.json").exists()
     assert not (tmp_path / "elsewhere-a").exists()  # process 1 writes nothing
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_ddp_resumes_from_process_0s_checkpoint_then_skips(tmp_path):
     reference = _train(None)
-    calls = {"n": 0}
-
-    def bomb(module, inputs):
-        if module.training:
-            calls["n"] += 1
-            if calls["n"] == 5 * 2 + 2:  # in epoch 3 (5 batches per epoch)
-                raise Interrupt
-
     with pytest.raises(Interrupt):
-        _train(tmp_path / "b", hook=bomb)
+        _train(tmp_path / "b", hook=_bomb(5 * 2 + 2))  # in epoch 3 (5 batches per epoch)
     assert json.loads((tmp_path / "b" / "state.json").read_text())["epoch"] == 2
     # process 1 looks at an empty folder ("another machine"): it must take process 0's state
     ranks = _spawn(tmp_path, tmp_path / "b", "b")
@@ -130,11 +147,36 @@ def test_ddp_resumes_from_process_0s_checkpoint_then_skips(tmp_path):
         assert torch.equal(again[1]["weights"][k], v)
 
 
+def test_ddp_resume_with_dropout_ends_where_the_uninterrupted_ddp_run_does(tmp_path):
+    """Dropout draws per process and per epoch (distributed.epoch_seed): a DDP run interrupted in
+    epoch 3 and resumed under DDP ends with the uninterrupted DDP run's weights."""
+    whole = _spawn(tmp_path, tmp_path / "whole", "w", dropout=0.3)
+    plain = _train(None).model.state_dict()  # = the DDP run without dropout (test above)
+    assert any(not torch.allclose(whole[0]["weights"][k], v, atol=1e-3) for k, v in plain.items())  # dropout acts
+    _spawn(tmp_path, tmp_path / "cut", "x", dropout=0.3, bomb_at=5 * 2 + 2)  # both processes stop in epoch 3
+    assert json.loads((tmp_path / "cut" / "state.json").read_text())["epoch"] == 2
+    assert not (tmp_path / "cut" / "model.json").exists()
+    resumed = _spawn(tmp_path, tmp_path / "cut", "y", dropout=0.3)
+    for r in resumed:
+        assert r["resumed_from"] == 2 and not r["skipped"]
+        for k, v in whole[0]["weights"].items():
+            assert torch.equal(r["weights"][k], v), k
+    assert resumed[0]["test"] == whole[0]["test"]
+
+
+def _torchrun() -> list[str]:
+    """torchrun on a free port, picked now (a fixed port collides with other runs on the machine)."""
+    exe = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [exe, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port)]
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
 def test_cli_refuses_reproduce_under_torchrun(tmp_path):
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    r = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "distill",
+    r = subprocess.run([*_torchrun(), "-m", "distill",
                         "reproduce", "mnist", "--preset", "tiny", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode != 0
@@ -145,12 +187,12 @@ def test_cli_refuses_reproduce_under_torchrun(tmp_path):
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
 def test_cli_student_trains_under_torchrun(tmp_path, mnist):
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    r = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29518", "-m", "distill",
+    r = subprocess.run([*_torchrun(), "-m", "distill",
                         "student", "--train-size", "300", "--test-size", "100", "--epochs", "2", "--hidden", "32",
                         "--no-progress", "--out", str(tmp_path / "s")],
                        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("student-hard:") == 1  # one report, from process 0
     side = json.loads((tmp_path / "s" / "model.json").read_text())
-    assert side["metrics"]["n"] == 100 and len(side["history"]) == 2
+    assert side["test"]["n"] == 100 and len(side["history"]) == 2
+    assert side["config"]["lr"] == 0.1  # hard labels

@@ -131,3 +131,89 @@ def test_shape_and_value_errors_say_which():
         L.hard_cross_entropy(z, torch.tensor([0, 1, 2, 10]))
     with pytest.raises(ValueError, match="shape"):
         L.soften(torch.zeros(3), 1.0)
+
+
+@pytest.mark.parametrize("bad_t", ["2", True, False, None, [2.0]])
+def test_temperature_must_be_a_real_number_not_a_string_or_bool(bad_t):
+    z, v = _pair()
+    with pytest.raises(ValueError, match="temperature must be a"):
+        L.soft_cross_entropy(z, v, bad_t)
+    with pytest.raises(ValueError, match="temperature"):
+        L.Distillation(temperature=bad_t)
+    with pytest.raises(ValueError, match="temperature"):
+        L.check_temperature(bad_t)
+    assert L.check_temperature(2) == 2.0 and isinstance(L.check_temperature(2), float)
+
+
+def test_empty_batch_is_an_error_not_nan():
+    z = torch.zeros(0, 10)
+    y = torch.zeros(0, dtype=torch.long)
+    for call in (lambda: L.soft_cross_entropy(z, z, 2.0), lambda: L.hard_cross_entropy(z, y),
+                 lambda: L.logit_matching_loss(z, z), lambda: L.distillation_loss(z, z, y, 2.0),
+                 lambda: L.Distillation(2.0)(z, z, y), lambda: L.HardLabels()(z, None, y)):
+        with pytest.raises(ValueError, match="empty batch"):
+            call()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, "0.5", True])
+def test_bad_weights(bad):
+    z, v = _pair()
+    y = torch.tensor([0, 3, 9, 1])
+    with pytest.raises(ValueError, match="hard_weight"):
+        L.distillation_loss(z, v, y, 2.0, hard_weight=bad)
+    with pytest.raises(ValueError, match="soft_weight"):
+        L.distillation_loss(z, v, y, 2.0, soft_weight=bad)
+    with pytest.raises(ValueError, match="hard_weight"):
+        L.Distillation(2.0, hard_weight=bad)
+
+
+def test_integer_labels_of_any_width_are_accepted():
+    z, v = _pair()
+    y = torch.tensor([0, 3, 9, 1])
+    want = torch.nn.functional.cross_entropy(z, y)
+    for dtype in (torch.int32, torch.int16, torch.uint8, torch.int64):
+        assert torch.equal(L.hard_cross_entropy(z, y.to(dtype)), want)
+        assert torch.allclose(L.Distillation(3.0, 0.5, 1.0)(z, v, y.to(dtype)),
+                              L.soft_cross_entropy(z, v, 3.0) + 0.5 * want)
+    for bad in (y.float(), y.bool(), [0, 3, 9, 1]):
+        with pytest.raises(ValueError, match="labels must be an integer tensor"):
+            L.hard_cross_entropy(z, bad)
+
+
+def test_objectives_compute_their_formula_and_say_what_they_need():
+    z, v = _pair()
+    y = torch.tensor([0, 3, 9, 1])
+    d = L.Distillation(temperature=4.0, hard_weight=0.25, soft_weight=0.5)
+    assert torch.allclose(d(z, v, y), 0.5 * L.soft_cross_entropy(z, v, 4.0)
+                          + 0.25 * torch.nn.functional.cross_entropy(z, y))
+    assert torch.equal(L.HardLabels()(z, None, y), torch.nn.functional.cross_entropy(z, y))
+    assert torch.equal(L.LogitMatching()(z, v, None), L.logit_matching_loss(z, v))
+    assert L.needs(d, "teacher") and L.needs(d, "labels")
+    assert not L.needs(L.Distillation(4.0, hard_weight=0.0), "labels")
+    assert not L.needs(L.HardLabels(), "teacher") and L.needs(L.HardLabels(), "labels")
+    assert L.needs(L.LogitMatching(), "teacher") and not L.needs(L.LogitMatching(), "labels")
+    assert L.needs(lambda s, t, y: s.sum(), "teacher")  # a callable that does not say needs everything
+    with pytest.raises(ValueError, match="both 0"):
+        L.Distillation(2.0, hard_weight=0.0, soft_weight=0.0)
+    # the objective's identity (run keys) follows its parameters
+    assert L.objective_spec(d) == L.objective_spec(L.Distillation(4.0, 0.25, 0.5))
+    assert L.objective_spec(d) != L.objective_spec(L.Distillation(4.0, 0.25, 0.6))
+    assert L.objective_spec(L.HardLabels()) != L.objective_spec(L.LogitMatching())
+
+
+@pytest.mark.parametrize("value, kw, msg", [
+    (float("nan"), {}, "finite"), ("3", {}, "a number"), (True, {}, "a number"), (None, {}, "a number"),
+    (0, dict(positive=True), "> 0"), (-1, dict(minimum=0), ">= 0"), (2.5, dict(integer=True), "whole number"),
+    (2 ** 64, dict(integer=True), "too large"),
+])
+def test_check_number_refuses(value, kw, msg):
+    with pytest.raises(ValueError, match=f"lr .*{msg}|lr must be {msg}"):
+        L.check_number("lr", value, **kw)
+
+
+def test_check_number_accepts():
+    import numpy as np
+
+    assert L.check_number("lr", np.float32(0.5), positive=True) == 0.5
+    assert L.check_number("epochs", 3.0, integer=True, minimum=1) == 3 and isinstance(
+        L.check_number("epochs", 3.0, integer=True), int)

@@ -1,49 +1,79 @@
-import os
+import threading
 import time
 
+import pytest
 import torch
 
-from distill.experiments import partial, regularizer
+from distill import transfer
+from distill.errors import DistillError
+from distill.experiments import regularizer
+from distill.runs import RunDir
 from distill.training import TrainConfig
 
 
 def test_epochs_for_small_transfer_sets():
     cfg = TrainConfig(epochs=40, batch_size=128)
-    assert partial.epochs_for(cfg, 54000, 12000) == 40          # 422 steps/epoch * 40 > 12000
-    assert partial.epochs_for(cfg, 12000, 12000) == 128         # ceil(12000 / 94)
-    assert partial.epochs_for(cfg, 1800, 0) == 40
+    assert transfer.epochs_for(cfg, 54000, 12000) == 40          # 422 steps/epoch * 40 > 12000
+    assert transfer.epochs_for(cfg, 12000, 12000) == 128         # ceil(12000 / 94)
+    assert transfer.epochs_for(cfg, 1800, 0) == 40
+    with pytest.raises(ValueError):
+        transfer.epochs_for(cfg, 0, 100)
 
 
 def test_errors_on_named_classes():
     labels = torch.tensor([3, 3, 1, 7, 8])
     logits = torch.zeros(5, 10)
     logits[torch.arange(5), torch.tensor([3, 5, 1, 8, 8])] = 1.0  # wrong: second 3 (->5) and the 7 (->8)
-    assert partial.errors_on(logits, labels, [3]) == 1
-    assert partial.errors_on(logits, labels, [7, 8]) == 1
-    assert partial.errors_on(logits, labels, [1]) == 0
+    assert transfer.errors_on(logits, labels, [3]) == 1
+    assert transfer.errors_on(logits, labels, [7, 8]) == 1
+    assert transfer.errors_on(logits, labels, [1]) == 0
 
 
 def test_calibration_inputs_are_seeded_and_unlabeled(small):
-    a = partial.calibration_inputs(small, 100)
-    assert a.shape == (100, 784) and torch.equal(a, partial.calibration_inputs(small, 100))
+    a = transfer.calibration_inputs(small, 100)
+    assert a.shape == (100, 784) and torch.equal(a, transfer.calibration_inputs(small, 100))
+    assert not torch.equal(a, transfer.calibration_inputs(small, 100, seed=1))
+    train_rows = {tuple(r.tolist()) for r in small.x_train}
+    picked = [tuple(r.tolist()) for r in a]
+    assert set(picked) <= train_rows and len(set(picked)) == 100   # training inputs, without replacement
 
 
-def test_wait_only_for_a_fresh_unfinished_stage(tmp_path):
-    d = tmp_path / "stage"
-    partial.wait_while_trained_elsewhere(d, poll=0.01)          # nothing there: no wait
-    d.mkdir()
-    (d / "state.json").write_text("{}")
-    old = time.time() - 3600
-    os.utime(d / "state.json", (old, old))
-    partial.wait_while_trained_elsewhere(d, poll=0.01)          # stale state (a crashed run): resume, no wait
-    (d / "state.json").touch()
-    (d / "model.json").write_text("{}")
-    partial.wait_while_trained_elsewhere(d, poll=0.01)          # finished: no wait
-    (d / "model.json").unlink()
+def test_run_folder_lock_refuses_or_waits(tmp_path):
+    """Stages shared between experiments (and processes) are protected by the run folder's lock:
+    a second RunDir on a held folder fails at once naming the folder and the holder's pid, or,
+    with wait=True (what Runner.train uses), waits until the holder is done."""
+    import os
+
+    folder = tmp_path / "stage-abc"
+    with RunDir(folder, "k"):
+        with pytest.raises(DistillError) as e:
+            with RunDir(folder, "k", wait=False):
+                pass
+        msg = str(e.value)
+        assert str(folder) in msg and f"process {os.getpid()}@" in msg
+
+    # released on exit: a later RunDir takes it
+    with RunDir(folder, "k") as r:
+        assert r.path == folder
+
+    # wait=True: blocks while another holder has it, then proceeds once it lets go
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with RunDir(folder, "k"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(10)
     logs = []
-    t0 = time.time()
-    partial.wait_while_trained_elsewhere(d, log=logs.append, quiet_seconds=0.2, poll=0.05)
-    assert time.time() - t0 >= 0.1 and "waiting" in logs[0]     # fresh and unfinished: waited until quiet
+    threading.Timer(0.5, release.set).start()
+    t0 = time.monotonic()
+    with RunDir(folder, "k", wait=True, log=logs.append):
+        waited = time.monotonic() - t0
+    t.join()
+    assert waited >= 0.4 and len(logs) == 1 and "[wait]" in logs[0] and str(folder) in logs[0]
 
 
 def test_regularizer_gap_recovered():

@@ -211,6 +211,122 @@ def test_specialist_logits_apply_correction_and_aggregate():
     torch.testing.assert_close(sp.logits(x), z)
 
 
+def test_predict_combined_in_batches_equals_one_combine_over_all():
+    """predict_combined with batch_size < n: the same q, p_g and activations as computing the
+    generalist, the active specialists (uniform where inactive) and combine() on the whole batch."""
+    torch.manual_seed(0)
+    C, n = 6, 23
+    g = MLP(5, [8], C).eval()
+    subsets = [(0, 1, 2), (2, 3), (4, 5)]
+    specs = [S.Specialist(s, S.build_specialist_model(g, s).eval(), correction=0.3 * m)
+             for m, s in enumerate(subsets)]
+    with torch.no_grad():  # specialists that differ from the generalist
+        for sp in specs:
+            sp.model.output_layer.weight.add_(torch.randn_like(sp.model.output_layer.weight))
+    x = torch.randn(n, 5)
+    # (float32 probabilities sum to 1 only within ~1e-7, which bounds the reachable gradient)
+    q, p_g, active, info = S.predict_combined(g, specs, x, top_n=2, tol=1e-6, max_iter=2000, batch_size=7)
+
+    p_all = torch.softmax(g(x).detach(), 1)
+    a_all = S.active_specialists(p_all, subsets, 2)
+    probs = []
+    for m, sp in enumerate(specs):
+        pm = torch.full((n, len(sp.subset) + 1), 1.0 / (len(sp.subset) + 1))
+        pm[a_all[:, m]] = sp.probs(x[a_all[:, m]])
+        probs.append(pm)
+    whole = S.combine(p_all, probs, subsets, a_all, tol=1e-6, max_iter=2000)
+    assert whole.converged and info["converged"] and info["unconverged_rows"] == 0
+    assert torch.equal(active, a_all) and a_all.any(1).all() and (a_all.sum(1) > 1).any()
+    torch.testing.assert_close(p_g, p_all, atol=1e-7, rtol=0)
+    torch.testing.assert_close(q, whole.q, atol=1e-6, rtol=0)
+    assert not torch.allclose(q, p_all, atol=1e-3)  # the specialists did move the answer
+
+
+# ---------------------------------------------------------------- training the specialists (library)
+
+
+def _tiny_data():
+    return make_synthetic(num_classes=6, group_size=3, dim=4, train_per_class=30, test_per_class=10)
+
+
+def _no_training(calls):
+    """A fit_fn hook that records its arguments and returns the built model untrained."""
+    from distill.training import FitResult
+
+    def fit_fn(name, data, build, config, teacher, extra):
+        calls.append(dict(name=name, data=data, config=config, teacher=teacher, extra=extra))
+        return FitResult(build())
+    return fit_fn
+
+
+def test_train_specialists_hard_variant_wiring():
+    from distill.teachers import module_id
+    from distill.training import TrainConfig
+
+    data = _tiny_data()
+    torch.manual_seed(0)
+    g = MLP(4, [8], 6)
+    cfg = TrainConfig(epochs=1, lr=0.05, seed=3)
+    calls = []
+    specs, results = S.train_specialists(g, data, [(0, 1, 2), (3, 4)], cfg, fit_fn=_no_training(calls))
+    gid = module_id(g)
+    assert [c["name"] for c in calls] == [f"specialist-hard-0-{gid[:8]}", f"specialist-hard-1-{gid[:8]}"]
+    for m, (c, sp, subset) in enumerate(zip(calls, specs, [(0, 1, 2), (3, 4)])):
+        ds, _, corr = S.specialist_dataset(data, subset, seed=3 + m)
+        assert c["teacher"] is None and c["config"] == cfg  # hard labels: no teacher, config as given
+        assert c["data"].fingerprint == ds.fingerprint and torch.equal(c["data"].y_train, ds.y_train)
+        assert sp.subset == subset and not sp.full_softmax and sp.correction == pytest.approx(corr)
+        assert c["extra"] == dict(subset=list(subset), variant="hard", dustbin_correction=sp.correction,
+                                  generalist=gid)
+        assert sp.model.output_layer.out_features == len(subset) + 1
+    assert len(results) == 2
+    # another generalist (same structure, other weights) never shares a run name, so never a run folder
+    torch.manual_seed(1)
+    calls2 = []
+    S.train_specialists(MLP(4, [8], 6), data, [(0, 1, 2)], cfg, fit_fn=_no_training(calls2))
+    assert calls2[0]["name"] != calls[0]["name"]
+    with pytest.raises(ValueError, match="variant"):
+        S.train_specialists(g, data, [(0, 1)], cfg, variant="medium")
+
+
+def test_train_specialists_soft_variant_teacher_and_correction():
+    from distill.teachers import Teacher
+    from distill.training import TrainConfig
+
+    data = _tiny_data()
+    torch.manual_seed(0)
+    g = MLP(4, [8], 6).eval()
+    calls = []
+    h = 0.5
+    specs, _ = S.train_specialists(g, data, [(1, 2)], TrainConfig(epochs=1, lr=0.05), variant="soft",
+                                   soft_temperature=2.0, soft_hard_weight=h, fit_fn=_no_training(calls))
+    c, sp = calls[0], specs[0]
+    _, idx, corr = S.specialist_dataset(data, (1, 2), seed=0, relabel=False)
+    assert sp.full_softmax and sp.correction == pytest.approx(corr * h / (h + 1))  # hard share only
+    assert c["config"].temperature == 2.0 and c["config"].hard_weight == h and c["config"].soft_weight == 1.0
+    assert torch.equal(c["data"].y_train, data.y_train[idx])  # full labels (no dustbin relabelling)
+    t = c["teacher"]
+    assert isinstance(t, Teacher) and t.kind == "probs"
+    p_g = torch.softmax(g(data.x_train).detach(), 1)
+    torch.testing.assert_close(t.table, S.specialist_soft_targets(p_g[idx], data.y_train[idx], (1, 2)))
+    assert t.id.startswith("generalist-nonspecial:")
+
+
+def test_train_specialists_default_fit_trains():
+    """With the default hook every specialist is a real distill.fit from the generalist's weights."""
+    from distill.training import TrainConfig
+
+    data = _tiny_data()
+    torch.manual_seed(0)
+    g = MLP(4, [8], 6)
+    before = [p.detach().clone() for p in g.parameters()]
+    specs, results = S.train_specialists(g, data, [(0, 1, 2)], TrainConfig(epochs=2, lr=0.05))
+    assert all(torch.equal(a, b) for a, b in zip(before, g.parameters()))  # the generalist is untouched
+    assert len(results[0].history) == 2 and results[0].test["n"] == len(data.y_test)
+    start = S.build_specialist_model(g, (0, 1, 2))
+    assert not torch.equal(specs[0].model.output_layer.weight, start.output_layer.weight)
+
+
 # ---------------------------------------------------------------- clustering
 
 

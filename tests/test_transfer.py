@@ -6,20 +6,20 @@ from distill.errors import DistillError
 from distill.models import MLP
 
 
-def test_without_and_only_classes(small):
-    t = TR.without_classes(small, [3])
-    assert len(t.y_train) == int((small.y_train != 3).sum()) and not (t.y_train == 3).any()
-    assert t.fingerprint != small.fingerprint and "omit=3" in t.fingerprint
-    assert torch.equal(t.x_test, small.x_test)  # the test set is untouched
+def test_without_and_only_classes(toy):
+    t = TR.without_classes(toy, [3])
+    assert len(t.y_train) == int((toy.y_train != 3).sum()) and not (t.y_train == 3).any()
+    assert t.fingerprint != toy.fingerprint and "omit=3" in t.fingerprint
+    assert torch.equal(t.x_test, toy.x_test)  # the test set is untouched
     # rows stay paired with their labels
-    idx = TR.indices_without(small.y_train, [3], 10)
-    assert torch.equal(t.x_train, small.x_train[idx]) and torch.equal(t.y_train, small.y_train[idx])
-    o = TR.only_classes(small, [7, 8])
+    idx = TR.indices_without(toy.y_train, [3], 10)
+    assert torch.equal(t.x_train, toy.x_train[idx]) and torch.equal(t.y_train, toy.y_train[idx])
+    o = TR.only_classes(toy, [7, 8])
     assert set(o.y_train.unique().tolist()) == {7, 8}
-    assert len(o.y_train) == int(((small.y_train == 7) | (small.y_train == 8)).sum())
-    assert TR.absent_classes(small, t) == [3]
-    assert TR.absent_classes(small, o) == [0, 1, 2, 3, 4, 5, 6, 9]
-    assert TR.all_data(small) is small
+    assert len(o.y_train) == int(((toy.y_train == 7) | (toy.y_train == 8)).sum())
+    assert TR.absent_classes(toy, t) == [3]
+    assert TR.absent_classes(toy, o) == [0, 1, 2, 3, 4, 5, 6, 9]
+    assert TR.all_data(toy) is toy
 
 
 def test_fraction_is_stratified_seeded_and_sorted():
@@ -33,30 +33,30 @@ def test_fraction_is_stratified_seeded_and_sorted():
     assert len(TR.indices_fraction(y, 1.0)) == len(y)
 
 
-def test_random_fraction_dataset(small):
-    f = TR.random_fraction(small, 0.03, seed=0)
-    assert len(f.y_train) == sum(max(1, round(0.03 * int((small.y_train == c).sum()))) for c in range(10))
-    assert "frac=0.03" in f.fingerprint and f.fingerprint != TR.random_fraction(small, 0.03, seed=1).fingerprint
+def test_random_fraction_dataset(toy):
+    f = TR.random_fraction(toy, 0.03, seed=0)
+    assert len(f.y_train) == sum(max(1, round(0.03 * int((toy.y_train == c).sum()))) for c in range(10))
+    assert "frac=0.03" in f.fingerprint and f.fingerprint != TR.random_fraction(toy, 0.03, seed=1).fingerprint
 
 
-def test_unlabeled_transfer_set(small):
-    u = TR.unlabeled(small, small.x_test[:50], name="mnist-test-inputs")
-    assert u.y_train is None and u.x_train.shape == (50, 784) and "unlabeled" in u.fingerprint
+def test_unlabeled_transfer_set(toy):
+    u = TR.unlabeled(toy, toy.x_test[:50], name="mnist-test-inputs")
+    assert u.y_train is None and u.x_train.shape == (50, 64) and "unlabeled" in u.fingerprint
     with pytest.raises(ValueError, match="unlabeled transfer set has no known classes"):
-        TR.absent_classes(small, u)
-    with pytest.raises(ValueError, match=r"\(n, 784\)"):
-        TR.unlabeled(small, torch.zeros(3, 5), name="bad")
+        TR.absent_classes(toy, u)
+    with pytest.raises(ValueError, match=r"\(n, 64\)"):
+        TR.unlabeled(toy, torch.zeros(3, 5), name="bad")
 
 
-def test_selection_errors(small):
+def test_selection_errors(toy):
     with pytest.raises(ValueError, match="outside 0..9"):
-        TR.without_classes(small, [10])
+        TR.without_classes(toy, [10])
     with pytest.raises(ValueError, match="at least one class"):
-        TR.only_classes(small, [])
+        TR.only_classes(toy, [])
     with pytest.raises(DistillError, match="leaves no training examples"):
-        TR.without_classes(small, range(10))
+        TR.without_classes(toy, range(10))
     with pytest.raises(ValueError, match="fraction"):
-        TR.random_fraction(small, 0.0)
+        TR.random_fraction(toy, 0.0)
 
 
 def test_offsets_arithmetic():
@@ -118,15 +118,15 @@ def test_fit_offsets_bad_input():
         TR.fit_offsets(torch.zeros(0, 4), torch.zeros(0, 4))
 
 
-def test_repeat_small_transfer_sets(small):
-    f = TR.random_fraction(small, 0.05, seed=0)
+def test_repeat_small_transfer_sets(toy):
+    f = TR.random_fraction(toy, 0.05, seed=0)
     r = TR.repeat(f, 3)
     n = len(f.y_train)
     assert r.x_train.shape[0] == 3 * n and torch.equal(r.x_train[2 * n + 5], f.x_train[5])
     assert torch.equal(r.y_train[n:2 * n], f.y_train) and r.fingerprint.endswith(":repeat3")
     assert TR.repeat(f, 1) is f
     assert TR.repeats_for(1801, 30000) == 17 and TR.repeats_for(54000, 30000) == 1 and TR.repeats_for(10, 0) == 1
-    u = TR.repeat(TR.unlabeled(small, small.x_test[:4], name="t"), 2)
+    u = TR.repeat(TR.unlabeled(toy, toy.x_test[:4], name="t"), 2)
     assert u.y_train is None and u.x_train.shape[0] == 8
     with pytest.raises(ValueError, match="times"):
         TR.repeat(f, 0)

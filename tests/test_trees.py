@@ -81,7 +81,9 @@ def test_string_labels_round_trip(moons):
     names = np.array(["cat", "dog"])[y]
     clf = SoftTargetClassifier().fit(X, names)
     assert list(clf.classes_) == ["cat", "dog"]
-    assert set(clf.predict(X)) <= {"cat", "dog"}
+    # an unpruned tree reproduces its (distinct) training points' labels exactly
+    np.testing.assert_array_equal(clf.predict(X), names)
+    assert clf.predict(X).dtype == names.dtype
 
 
 def test_soft_targets_classes_are_column_indices(moons):
@@ -148,13 +150,14 @@ def test_teacher_module_equals_softmax_at_temperature(moons, T):
     net = _teacher()
     with torch.no_grad():
         logits = net(torch.as_tensor(X, dtype=torch.float32)).double().numpy()
-    # softmax(logits / T), written out in float64 the way distill.trees computes it: an unpruned
-    # tree's splits can flip on 1e-16 differences in its targets, so the comparison is exact
+    # softmax(logits / T) in float64 the way distill.trees computes it (torch's softmax, via
+    # distill.losses.soften): an unpruned tree's splits can flip on 1e-16 differences in its
+    # targets, so the comparison is exact; the formula itself is checked against NumPy
+    P = torch.softmax(torch.as_tensor(logits) / T, 1).numpy()
     z = logits / T
     e = np.exp(z - z.max(1, keepdims=True))
-    P = e / e.sum(1, keepdims=True)
-    np.testing.assert_allclose(P, torch.softmax(torch.as_tensor(logits) / T, 1).numpy(), atol=1e-12)
-    np.testing.assert_allclose(teacher_targets(net, X, T), P, atol=0)
+    np.testing.assert_allclose(P, e / e.sum(1, keepdims=True), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(teacher_targets(net, X, T), P)
     a = SoftTargetClassifier(temperature=T).fit(X, teacher=net)
     b = SoftTargetClassifier().fit(X, P)
     np.testing.assert_array_equal(a.classes_, np.arange(3))
@@ -201,10 +204,30 @@ def test_teacher_logits_array_and_store(moons, tmp_path):
         SoftTargetClassifier().fit(X, teacher=logits, teacher_kind="soft")
 
 
+def _linear_teacher(X, y):
+    """A 2-class torch teacher whose logit difference is a logistic regression fit to (X, y)."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression().fit(X, y)
+    net = torch.nn.Linear(2, 2).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.as_tensor(np.vstack([np.zeros(2), lr.coef_[0]])))
+        net.bias.copy_(torch.as_tensor([0.0, lr.intercept_[0]]))
+    return net.float(), lr
+
+
 def test_teacher_with_labels_for_grid_search(moons):
     X, y = moons
-    clf = SoftTargetClassifier().fit(X, y, teacher=_teacher(2))
-    assert clf.score(X, y) > 0.0
+    teacher, _ = _linear_teacher(X, y)
+    clf = SoftTargetClassifier().fit(X, y, teacher=teacher)  # y only for scoring (GridSearchCV passes it)
+    # the unpruned tree reproduces the teacher's soft targets, so its training predictions are the
+    # teacher's: its score is the teacher's accuracy, far above the majority-class baseline (0.5)
+    with torch.no_grad():
+        teacher_pred = teacher(torch.as_tensor(X, dtype=torch.float32)).argmax(1).numpy()
+    np.testing.assert_array_equal(clf.predict(X), teacher_pred)
+    majority = np.bincount(y).max() / len(y)
+    assert clf.score(X, y) == pytest.approx((teacher_pred == y).mean())
+    assert clf.score(X, y) >= majority + 0.25
     with pytest.raises(ValueError, match="0..1"):
         SoftTargetClassifier().fit(X, np.where(y == 1, "b", "a"), teacher=_teacher(2))
 
@@ -300,8 +323,8 @@ def test_experiment_2d_tiny_writes_records_table_and_picture(tmp_path):
 
 
 def test_experiment_mnist_path_on_synthetic_images(tmp_path, monkeypatch):
-    """The MNIST part's stages (CNN teacher, cached logits, temperature choice on held-out training
-    examples, hard and distilled students) on a small synthetic 28x28 data set."""
+    """The MNIST part's stages (CNN teacher, its logits in soft-target stores, temperature choice on
+    held-out training examples, hard and distilled students) on a small synthetic 28x28 data set."""
     from distill.experiments import trees as exp
 
     g = torch.Generator().manual_seed(0)
@@ -326,12 +349,114 @@ def test_experiment_mnist_path_on_synthetic_images(tmp_path, monkeypatch):
     tuning = json.loads((tmp_path / "tuning" / "results.json").read_text())
     assert sorted(r["temperature"] for r in tuning) == sorted(exp.PRESETS["tiny"].temperatures)
     assert all("held_out_errors" in r and "test_errors" not in r for r in tuning)
-    assert list((tmp_path / "stages").glob("cnn-teacher-logits-*.safetensors"))
+    # the teacher's logits: one soft-target store for the training set, one for the tuning split
+    assert len(list((tmp_path / "stages" / "soft-targets").glob("soft-*/meta.json"))) == 2
     assert "Distilled − hard-label student" in (tmp_path / "results.md").read_text()
     # a fixed --temperature skips the choice
     fixed = exp.run("tiny", parts=("mnist",), out=tmp_path / "fixed", cache=tmp_path / "stages", progress=False,
                     log=_quiet, temperature=3.0)
     assert fixed[-1]["temperature"] == 3.0 and not (tmp_path / "fixed" / "tuning").exists()
+    # the same teacher on the same training set: its stored logits are reused, not recomputed
+    assert len(list((tmp_path / "stages" / "soft-targets").glob("soft-*/meta.json"))) == 2
+
+
+# -- the library's tuning protocol (distill.tuning) --------------------------------------------
+def _tiny_dataset(n_train=50, n_test=20):
+    from distill.data import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    return Dataset("t", torch.randn(n_train, 3, generator=g), torch.arange(n_train) % 2,
+                   torch.randn(n_test, 3, generator=g) + 100.0, torch.arange(n_test) % 2, ("a", "b"), "t-v1")
+
+
+def test_holdout_split_never_touches_the_test_set():
+    from distill.errors import DistillError
+    from distill.tuning import holdout_split
+
+    data = _tiny_dataset()
+    fit_idx, held, tune = holdout_split(data, 12, seed=3)
+    assert len(held) == 12 and len(fit_idx) == 38
+    assert sorted(fit_idx.tolist() + held.tolist()) == list(range(50))  # a partition of the training set
+    assert torch.equal(tune.x_train, data.x_train[fit_idx]) and torch.equal(tune.y_train, data.y_train[fit_idx])
+    assert torch.equal(tune.x_test, data.x_train[held]) and torch.equal(tune.y_test, data.y_train[held])
+    assert (tune.x_test < 50).all()  # none of the test inputs (shifted by +100) is in it
+    assert tune.fingerprint != data.fingerprint
+    again = holdout_split(data, 12, seed=3)
+    assert torch.equal(again[1], held) and again[2].fingerprint == tune.fingerprint
+    assert not torch.equal(holdout_split(data, 12, seed=4)[1], held)
+    for bad in (0, 50, 2.5, True):
+        with pytest.raises((ValueError, DistillError)):
+            holdout_split(data, bad)
+
+
+def test_tune_temperature_picks_fewest_held_out_errors_lowest_t_on_ties():
+    from distill.training import FitResult, TrainConfig
+    from distill.tuning import tune_temperature
+
+    data = _tiny_dataset()
+    errors = {1.0: 5, 2.0: 3, 4.0: 3, 8.0: 7}
+    seen = []
+
+    def fit_fn(name, d, build, config, teacher, extra):
+        seen.append((name, config.temperature, d, teacher, extra))
+        n = len(d.y_test)
+        e = errors[config.temperature]
+        return FitResult(build(), test=dict(errors=e, accuracy=1 - e / n, nll=0.0, n=n))
+
+    cfg = TrainConfig(epochs=1, hard_weight=0.2, seed=0)
+    choice = tune_temperature(lambda: torch.nn.Linear(3, 2), data, cfg, "the-teacher", [8.0, 4.0, 2.0, 1.0],
+                              holdout=10, fit_fn=fit_fn, name="probe", extra=dict(part="x"))
+    assert choice.temperature == 2.0  # 3 errors at T = 2 and T = 4: the lower T
+    assert [c["temperature"] for c in choice.candidates] == [8.0, 4.0, 2.0, 1.0]
+    assert [c["held_out_errors"] for c in choice.candidates] == [7, 3, 3, 5]
+    assert all(c["n"] == 10 for c in choice.candidates) and len(choice.results) == 4
+    for name, t, d, teacher, extra in seen:
+        assert name == "probe" and teacher == "the-teacher" and extra == dict(part="x", held_out=10)
+        assert len(d.y_train) == 40 and (d.x_test < 50).all()  # trained and scored on training rows only
+    with pytest.raises(ValueError, match="teacher"):
+        tune_temperature(lambda: None, data, cfg, None, [1.0], holdout=10, fit_fn=fit_fn)
+    with pytest.raises(ValueError, match="temperature"):
+        tune_temperature(lambda: None, data, cfg, "t", [1.0, 0.0], holdout=10, fit_fn=fit_fn)
+
+
+def test_tune_temperature_default_fit_trains_real_students():
+    """Without a hook, every candidate is a real distill.fit on the tune split, from a seeded build."""
+    from distill.training import TrainConfig
+    from distill.tuning import tune_temperature
+
+    x, y = make_moons(200, noise=0.2, random_state=0)
+    from distill.data import Dataset
+
+    data = Dataset("moons", torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y), torch.zeros(1, 2),
+                   torch.zeros(1, dtype=torch.int64), ("0", "1"), "moons-test")
+    teacher, _ = _linear_teacher(x, y)
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.1, hard_weight=0.1)
+    choice = tune_temperature(lambda: torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(),
+                                                          torch.nn.Linear(8, 2)),
+                              data, cfg, teacher, [1.0, 4.0], holdout=50)
+    assert choice.temperature in (1.0, 4.0)
+    assert [r.test["n"] for r in choice.results] == [50, 50]
+    # the held-out errors are the students' real errors on the held-out training rows
+    assert all(c["held_out_errors"] < 25 for c in choice.candidates)  # far better than chance on 50
+
+
+def test_teacher_targets_accept_a_distill_teacher_and_an_ensemble(moons):
+    from distill.teachers import Ensemble, Teacher
+
+    X, _ = moons
+    a, b = _teacher(), _teacher()
+    with torch.no_grad():
+        b[0].weight.mul_(-1.0)
+    T = 3.0
+    xt = torch.as_tensor(X, dtype=torch.float32)
+    with torch.no_grad():
+        mean = (torch.softmax(a(xt) / T, 1) + torch.softmax(b(xt) / T, 1)) / 2  # arithmetic mean at T
+    got = teacher_targets(Ensemble([a, b]), X, T)
+    np.testing.assert_allclose(got, mean.double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(teacher_targets(Teacher(Ensemble([a, b])), X, T), got, atol=1e-12)
+    probs = mean.double() / mean.double().sum(1, keepdim=True)
+    np.testing.assert_allclose(teacher_targets(Teacher(probs.float(), kind="probs"), X, T), probs.numpy(),
+                               atol=1e-6)
 
 
 def test_cli_reproduce_trees_parses():

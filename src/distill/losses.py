@@ -8,7 +8,10 @@ examples of a per-example sum over classes: nothing is divided by ``N`` unless s
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
+from dataclasses import asdict, dataclass, is_dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,13 +25,48 @@ DEFAULT_HARD_WEIGHT = 0.1
 TEACHER_KINDS = ("logits", "probs")
 
 
-def _check_temperature(temperature: float) -> float:
+def check_number(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
+                 positive: bool = False, integer: bool = False) -> float:
+    """``value`` as a float (or int with ``integer``) after checking that it is a real number (not a
+    bool or a string), finite, ``> 0`` with ``positive`` and ``>= minimum`` when given. Every numeric
+    setting of the toolkit goes through here, so a bad one is a ``ValueError`` naming ``name``."""
+    import numpy as np
+
+    if value is None or isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
     try:
-        t = float(temperature)
-    except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}") from None
-    if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if integer:
+        if v != int(v):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        if abs(v) >= 2 ** 63:
+            raise ValueError(f"{name} is too large, got {value!r}")
+    if positive and not v > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g}, got {value!r}")
+    return int(v) if integer else v
+
+
+#: largest weight of a loss term (larger ones overflow float32 losses)
+MAX_WEIGHT = 1e6
+#: temperatures outside this range overflow or underflow ``z / T`` in float32
+TEMPERATURE_RANGE = (1e-3, 1e6)
+
+
+def check_temperature(temperature) -> float:
+    """The one temperature validator: a real number in :data:`TEMPERATURE_RANGE` (bools and strings
+    refused; outside the range ``z / T`` over- or underflows in float32)."""
+    t = check_number("temperature", temperature, positive=True)
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= t <= hi:
+        raise ValueError(f"temperature must lie in [{lo:g}, {hi:g}], got {temperature!r}")
     return t
 
 
@@ -37,6 +75,10 @@ def _check_logits(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (batch, classes), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch; a mean over no examples is undefined")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {x.dtype}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains non-finite values (nan or inf)")
 
@@ -59,7 +101,7 @@ def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
     T = 1 is the ordinary softmax; T -> infinity tends to the uniform 1/N.
     """
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
     _check_logits("logits", logits)
     return torch.softmax(logits / t, dim=-1)
 
@@ -97,7 +139,7 @@ def soft_cross_entropy(
     teacher's soft targets. Its gradient is ``dL/dz_bi = T * (q_bi - p_bi) / B``, i.e. ``T**2``
     times the paper's ``(q_i - p_i)/T``, so gradient sizes stay comparable across T.
     """
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
     _check_pair(student_logits, teacher_logits)
     p = teacher_distribution(teacher_logits, t, teacher_kind)
     log_q = F.log_softmax(student_logits / t, dim=-1)
@@ -107,6 +149,10 @@ def soft_cross_entropy(
 def hard_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Hard-label cross-entropy at T = 1: ``(1/B) * sum_b -log softmax(z_b)[y_b]``."""
     _check_logits("student_logits", student_logits)
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool \
+            or labels.is_complex():
+        raise ValueError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    labels = labels.long()
     if labels.dim() != 1 or labels.shape[0] != student_logits.shape[0]:
         raise ValueError(
             f"labels must have shape ({student_logits.shape[0]},), got {tuple(labels.shape)}"
@@ -132,8 +178,8 @@ def distillation_loss(
     ``p_T`` are the teacher's soft targets at T, ``q_T`` the student's softmax at T and ``q_1``
     at T = 1. ``labels`` may be None only when ``hard_weight == 0`` (unlabeled transfer set).
     """
-    if hard_weight < 0 or soft_weight < 0:
-        raise ValueError("hard_weight and soft_weight must be >= 0")
+    hard_weight = check_number("hard_weight", hard_weight, minimum=0, maximum=MAX_WEIGHT)
+    soft_weight = check_number("soft_weight", soft_weight, minimum=0, maximum=MAX_WEIGHT)
     loss = soft_weight * soft_cross_entropy(
         student_logits, teacher_logits, temperature, teacher_kind=teacher_kind
     )
@@ -159,3 +205,84 @@ def logit_matching_loss(student_logits: torch.Tensor, teacher_logits: torch.Tens
     _check_pair(student_logits, teacher_logits)
     d = zero_mean(student_logits) - zero_mean(teacher_logits)
     return 0.5 * (d * d).mean(dim=-1).mean()
+
+
+# ---------------------------------------------------------------- objectives
+# A training objective is any callable ``(student_out, teacher_out, labels) -> scalar tensor``.
+# ``teacher_out`` is the teacher's logits for the batch (for a teacher given as probabilities, the
+# effective logits ``T * log p``, whose softmax at T is ``p``); ``labels`` is None for an unlabeled
+# transfer set. The built-in ones say what they need through three attributes, which a user's
+# callable may also set (defaults: ``needs_teacher=True``, ``needs_labels=True``, ``temperature=1``).
+
+
+@dataclass(frozen=True)
+class HardLabels:
+    """Cross-entropy with the true labels at T = 1 (a teacher, a hard-label student)."""
+
+    needs_teacher = False
+    needs_labels = True
+    temperature = None
+
+    def __call__(self, student_out, teacher_out, labels):
+        return hard_cross_entropy(student_out, labels)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Hinton's loss, :func:`distillation_loss`:
+    ``soft_weight * T**2 * CE(softmax(v/T), softmax(z/T)) + hard_weight * CE(y, softmax(z))``."""
+
+    temperature: float = 1.0
+    hard_weight: float = DEFAULT_HARD_WEIGHT
+    soft_weight: float = DEFAULT_SOFT_WEIGHT
+
+    needs_teacher = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "temperature", check_temperature(self.temperature))
+        for name in ("hard_weight", "soft_weight"):
+            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0, maximum=MAX_WEIGHT))
+        if self.hard_weight == 0 and self.soft_weight == 0:
+            raise ValueError("hard_weight and soft_weight are both 0: the loss would be constant")
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.hard_weight > 0
+
+    def __call__(self, student_out, teacher_out, labels):
+        return distillation_loss(student_out, teacher_out, labels, self.temperature, self.hard_weight,
+                                 self.soft_weight)
+
+
+@dataclass(frozen=True)
+class LogitMatching:
+    """:func:`logit_matching_loss`: half the MSE of zero-meaned logits (the high-T limit)."""
+
+    needs_teacher = True
+    needs_labels = False
+    needs_logits = True
+    temperature = None
+
+    def __call__(self, student_out, teacher_out, labels):
+        return logit_matching_loss(student_out, teacher_out)
+
+
+def objective_spec(objective) -> dict:
+    """What identifies an objective in a run key: a dataclass's class and fields; for any other
+    callable its qualified name and a digest of its source code (when Python can read it)."""
+    cls = type(objective)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if is_dataclass(objective):
+        return dict(objective=name, **asdict(objective))
+    fn = objective if inspect.isfunction(objective) or inspect.ismethod(objective) else cls
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+    try:
+        src = hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+    except (OSError, TypeError):
+        src = None
+    return dict(objective=name, source=src)
+
+
+def needs(objective, what: str) -> bool:
+    """``objective.needs_<what>`` (``teacher`` / ``labels``), True for a callable that does not say."""
+    return bool(getattr(objective, f"needs_{what}", True))

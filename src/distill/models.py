@@ -1,7 +1,9 @@
 """Model builders: an MLP (dropout, max-norm) and a small CNN. Nothing else lives here.
 
-Every model carries ``arch``, a JSON-able dict from which :func:`build_model` rebuilds it,
-and ``constrain()``, which the training loop calls after each optimiser step.
+Every model carries ``arch``, the JSON-able keyword arguments that rebuild it, and
+``distill_factory`` (``"distill.models:MLP"`` + ``arch``), which :mod:`distill.checkpoints` records
+so :func:`distill.load_checkpoint` rebuilds it without unpickling; and ``constrain()``, which the
+training loop calls after each optimiser step.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ class MLP(nn.Module):
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
         if max_norm is not None and max_norm <= 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
-        self.arch = dict(kind="mlp", in_features=in_features, hidden=hidden, num_classes=num_classes,
+        self.arch = dict(in_features=in_features, hidden=hidden, num_classes=num_classes,
                          dropout_input=dropout_input, dropout_hidden=dropout_hidden, max_norm=max_norm)
         layers: list[nn.Module] = []
         if dropout_input > 0:
@@ -62,6 +64,10 @@ class MLP(nn.Module):
                 _max_norm_(m, self.max_norm)
 
     @property
+    def distill_factory(self) -> tuple[str, dict]:
+        return "distill.models:MLP", dict(self.arch)
+
+    @property
     def hidden_layers(self) -> list[nn.Linear]:
         return [m for m in self.net if isinstance(m, nn.Linear)][:-1]
 
@@ -79,7 +85,7 @@ class CNN(nn.Module):
         super().__init__()
         h, w = (int(s) for s in image_shape)
         hidden = [int(x) for x in hidden]
-        self.arch = dict(kind="cnn", image_shape=[h, w], channels=channels, hidden=hidden,
+        self.arch = dict(image_shape=[h, w], channels=channels, hidden=hidden,
                          num_classes=num_classes, dropout_hidden=dropout_hidden, max_norm=max_norm)
         self.image_shape = (h, w)
         self.features = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
@@ -94,6 +100,10 @@ class CNN(nn.Module):
         self.head = nn.Sequential(*layers)
         self.max_norm = max_norm
 
+    @property
+    def distill_factory(self) -> tuple[str, dict]:
+        return "distill.models:CNN", dict(self.arch)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], 1, *self.image_shape)
         return self.head(self.features(x).flatten(1))
@@ -103,18 +113,6 @@ class CNN(nn.Module):
         for m in self.head:
             if isinstance(m, nn.Linear):
                 _max_norm_(m, self.max_norm)
-
-
-BUILDERS = {"mlp": MLP, "cnn": CNN}
-
-
-def build_model(arch: dict) -> nn.Module:
-    """Rebuild a model from its ``arch`` dict (as stored in a checkpoint's sidecar)."""
-    arch = dict(arch)
-    kind = arch.pop("kind", None)
-    if kind not in BUILDERS:
-        raise ValueError(f"unknown model kind {kind!r}; known: {sorted(BUILDERS)}")
-    return BUILDERS[kind](**arch)
 
 
 def count_params(model: nn.Module) -> int:

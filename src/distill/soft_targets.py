@@ -12,12 +12,13 @@ Row ``i`` belongs to example ``i`` of the transfer set the store was built from,
 the *same indices* that pick the inputs (``x[idx]`` and ``store[idx]``) stays paired under any
 shuffling – no batch positions are involved anywhere.
 
-Identity: the key is the SHA-256 of the teacher's identity (checkpoint weights hash), the data
-fingerprint, the transfer-set selection, a digest of the inputs themselves, the storage dtype,
-top-k and (for teachers whose logits depend on it, e.g. an arithmetic ensemble) the temperature.
-:func:`get_store` rebuilds a store whose key differs (stale) and never reuses it; a store that
-fails its checks (missing file, wrong size, SHA-256 mismatch, bad JSON) is an error telling the
-user to rebuild it. Writes go to a temporary folder renamed into place, ``meta.json`` last.
+Identity: the key is the SHA-256 of the teacher's identity (:attr:`distill.Teacher.id`: weights
+digest, combination, and the temperature where the outputs depend on it), the data's content
+fingerprint (:mod:`distill.sources`), an optional selection tag, the storage dtype and top-k.
+:func:`get_store` keeps each store under ``root/soft-<key>``, so another teacher or other data
+never reuse a store; a store that fails its checks (missing file, wrong size, SHA-256 mismatch,
+bad JSON) is an error telling the user to rebuild it. Writes go to a temporary folder renamed into
+place, ``meta.json`` last.
 
 Top-k stores (for many classes) keep the k largest logits per example and replace the rest by
 their mean, which keeps every row's mean logit exact (so the high-temperature limit, matching
@@ -29,15 +30,13 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from distill.checkpoints import read_format_json
+from distill.checkpoints import fault_point, read_format_json
 from distill.errors import DistillError
 
 FORMAT = "distill-soft-targets/1"
@@ -50,26 +49,19 @@ class StoreError(DistillError):
 
 # ---------------------------------------------------------------- keys
 
-def inputs_digest(x: torch.Tensor, samples: int = 257) -> str:
-    """SHA-256 (16 hex) of the input count, shape and ``samples`` evenly spaced rows of ``x`` – a
-    cheap check that the store's rows were computed from these inputs, in this order."""
-    n = int(x.shape[0])
-    rows = torch.linspace(0, max(n - 1, 0), min(samples, n)).round().long() if n else torch.zeros(0, dtype=torch.long)
-    h = hashlib.sha256(f"{tuple(x.shape)}".encode())
-    h.update(x[rows].detach().float().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def key_parts(teacher_id: str, data_fingerprint: str, selection: str = "", *, inputs: str = "",
-              dtype: str = "float32", top_k: int | None = None, temperature: float | None = None) -> dict:
-    """Everything that decides a store's content (see the module docstring)."""
+def key_parts(teacher_id: str, data_fingerprint: str, selection: str = "", *, dtype: str = "float32",
+              top_k: int | None = None) -> dict:
+    """Everything that decides a store's content: the teacher's identity (which includes the
+    temperature when its outputs depend on it, see :attr:`distill.Teacher.id`), the data's content
+    fingerprint, an optional selection tag, the storage dtype and top-k."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if not teacher_id:
         raise ValueError("a soft-target store needs the teacher's identity (e.g. its weights hash)")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
+        raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}")
     return dict(format=FORMAT, teacher=str(teacher_id), data=str(data_fingerprint), selection=str(selection),
-                inputs=inputs, dtype=dtype, top_k=None if top_k is None else int(top_k),
-                temperature=None if temperature is None else float(temperature))
+                dtype=dtype, top_k=None if top_k is None else int(top_k))
 
 
 def store_key(parts: dict) -> str:
@@ -78,24 +70,6 @@ def store_key(parts: dict) -> str:
 
 
 # ---------------------------------------------------------------- compute
-
-@torch.no_grad()
-def compute_logits(teacher: torch.nn.Module, x: torch.Tensor, batch_size: int = 2000, progress: bool = True,
-                   desc: str = "soft targets") -> torch.Tensor:
-    """The teacher's logits for every row of ``x``: batched, eval mode, no autograd."""
-    was = teacher.training
-    teacher.eval()
-    out = []
-    bar = tqdm(total=len(x), disable=not (progress and sys.stderr.isatty()), desc=desc, unit="ex", leave=False)
-    try:
-        for i in range(0, len(x), batch_size):
-            out.append(teacher(x[i:i + batch_size]).float())
-            bar.update(min(batch_size, len(x) - i))
-    finally:
-        bar.close()
-        teacher.train(was)
-    return torch.cat(out) if out else torch.zeros(0, 0)
-
 
 def top_k_summary(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``k`` largest logits per row, their classes, and the mean of the other ``N-k``
@@ -215,7 +189,8 @@ def write_store(path, logits: torch.Tensor, parts: dict) -> SoftTargetStore:
     np_dtype = DTYPES[parts["dtype"]]
     n, n_cls = logits.shape
     arrays = {}
-    if parts.get("top_k") and parts["top_k"] < n_cls:
+    top_k = parts.get("top_k") if parts.get("top_k") and parts["top_k"] < n_cls else None
+    if top_k:
         vals, idx, rest = top_k_summary(logits, parts["top_k"])
         arrays["values.npy"] = vals.numpy().astype(np_dtype)
         arrays["indices.npy"] = idx.numpy().astype(np.int16 if n_cls < 2 ** 15 else np.int32)
@@ -233,14 +208,23 @@ def write_store(path, logits: torch.Tensor, parts: dict) -> SoftTargetStore:
                 np.save(f, arr, allow_pickle=False)
                 f.flush()
                 os.fsync(f.fileno())
+            fault_point(f"written {tmp / name}")
             files[name] = dict(bytes=(tmp / name).stat().st_size, sha256=_sha256_file(tmp / name))
-        meta = dict(parts, key=store_key(parts), rows=int(n), num_classes=int(n_cls), files=files)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        # the key is the one asked for; top_k records what was stored (None: the full logits, when
+        # top_k >= the number of classes)
+        meta = dict(parts, key=store_key(parts), top_k=top_k, rows=int(n), num_classes=int(n_cls), files=files)
+        with open(tmp / "meta.json", "w") as f:
+            f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point(f"written {tmp / 'meta.json'}")
         old = None
         if path.exists():
             old = path.with_name(path.name + f".old-{os.getpid()}")
             os.replace(path, old)
+            fault_point(f"moved aside {path}")
         os.replace(tmp, path)
+        fault_point(f"renamed {path}")
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -249,59 +233,33 @@ def write_store(path, logits: torch.Tensor, parts: dict) -> SoftTargetStore:
     return SoftTargetStore.open(path, expect_key=store_key(parts), verify=False)
 
 
-def get_store(path, teacher: torch.nn.Module, x: torch.Tensor, *, teacher_id: str, data_fingerprint: str,
-              selection: str = "", dtype: str = "float32", top_k: int | None = None,
-              temperature: float | None = None, rebuild: bool = False, verify: bool = True,
-              batch_size: int = 2000, progress: bool = True, log=print) -> SoftTargetStore:
-    """The store of ``teacher``'s logits over ``x`` at ``path``: reused when its key matches,
-    rebuilt (with a log line saying why) when it is stale or ``rebuild`` is set. A damaged store
-    raises :class:`StoreError` unless ``rebuild`` is set. For teachers whose logits depend on the
-    temperature (an arithmetic :class:`~distill.teachers.Ensemble`), pass ``temperature``: the
-    teacher is then asked for ``teacher.logits(x, temperature)``."""
-    path = Path(path)
-    parts = key_parts(teacher_id, data_fingerprint, selection, inputs=inputs_digest(x), dtype=dtype,
-                      top_k=top_k, temperature=temperature)
+def get_store(root, teacher, data, *, selection: str = "", dtype: str = "float32", top_k: int | None = None,
+              rebuild: bool = False, verify: bool = True, batch_size: int = 2000, progress: bool = True,
+              log=print) -> SoftTargetStore:
+    """The store of ``teacher``'s effective logits (a :class:`distill.Teacher`, or anything it
+    accepts) over ``data`` (any source :func:`distill.sources.as_source` accepts), kept at
+    ``root/soft-<key>``: reused when it exists, built (atomically) when it does not or ``rebuild``
+    is set. A damaged store raises :class:`StoreError` unless ``rebuild`` is set."""
+    from distill.metrics import predict_logits
+    from distill.runs import FolderLock
+    from distill.sources import as_source
+    from distill.teachers import Teacher
+
+    teacher = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
+    source = as_source(data, name="transfer set")
+    parts = key_parts(teacher.id, source.fingerprint, selection, dtype=dtype, top_k=top_k)
     key = store_key(parts)
-    if path.exists() and not rebuild:
-        try:
+    path = Path(root) / f"soft-{key}"
+    with FolderLock(path.with_name(path.name + ".lock"), path, wait=True, log=log):
+        for litter in path.parent.glob(f"{path.name}.*"):  # a killed write's temporaries (we hold the lock)
+            if litter.is_dir() and (litter.suffix == ".tmp" or ".old-" in litter.name):
+                shutil.rmtree(litter, ignore_errors=True)
+        if path.exists() and not rebuild:
             store = SoftTargetStore.open(path, expect_key=key, verify=verify)
-            if len(store) != len(x):
-                raise StoreError(f"{path} has {len(store)} rows for {len(x)} inputs; delete it to rebuild")
+            if source.n is not None and len(store) != source.n:
+                raise StoreError(f"{path} has {len(store)} rows for {source.n} inputs; delete it to rebuild")
             log(f"[soft targets] reusing {path} ({len(store)} x {store.num_classes}, {dtype})")
             return store
-        except StaleStoreError as e:
-            log(f"[soft targets] stale store: {e}; rebuilding")
-    if temperature is not None and hasattr(teacher, "logits") and callable(teacher.logits):
-        forward = _TemperatureForward(teacher, temperature)
-    else:
-        forward = teacher
-    log(f"[soft targets] computing the teacher's logits for {len(x)} examples -> {path}")
-    logits = compute_logits(forward, x, batch_size, progress)
-    return write_store(path, logits, parts)
-
-
-def default_path(root, teacher_id: str, data_fingerprint: str, selection: str = "", **kw) -> Path:
-    """``root/<key>`` for callers that keep many stores side by side (``kw`` as in :func:`key_parts`,
-    without ``inputs``)."""
-    return Path(root) / f"soft-{store_key(key_parts(teacher_id, data_fingerprint, selection, **kw))}"
-
-
-class _TemperatureForward(torch.nn.Module):
-    def __init__(self, teacher, temperature):
-        super().__init__()
-        self.teacher, self.temperature = teacher, temperature
-
-    def forward(self, x):
-        return self.teacher.logits(x, self.temperature)
-
-
-def targets_for_training(config, teacher: torch.nn.Module, store: SoftTargetStore | None, log=print):
-    """What to hand :func:`distill.training.fit`: ``(teacher_targets, teacher)``. Without jitter,
-    the store; with jitter the store is not valid (its rows belong to the unshifted inputs), so
-    say so and return the teacher to run on the fly on every jittered batch."""
-    if config.jitter:
-        if store is not None:
-            log("[soft targets] training inputs are jittered: the stored soft targets belong to the "
-                "unshifted inputs, so the teacher runs on the fly instead")
-        return None, teacher
-    return store, None
+        log(f"[soft targets] computing the teacher's logits for {source.n} examples -> {path}")
+        logits = predict_logits(teacher.forward, source, batch_size, progress=progress, desc="soft targets")
+        return write_store(path, logits, parts)

@@ -10,7 +10,7 @@ Four parts, each a small function whose docstring states its formula:
    rows of ``S_m`` copied, a dustbin row), :func:`specialist_indices` (half from ``S_m``, half from the
    rest), :func:`dustbin_correction` (the prior-shift correction added to the dustbin logit after
    training), :class:`Specialist` (a trained model + its subset + correction -> log-probabilities over
-   ``S_m`` and the dustbin).
+   ``S_m`` and the dustbin), :func:`train_specialists` (all of it, one :func:`distill.fit` per subset).
 3. **Inference** -- :func:`active_specialists`, :func:`combine` (minimise
    ``KL(p_g||q) + sum_m KL(p_m||A_m q)`` over ``q = softmax(z)`` for a whole batch),
    :func:`predict_combined` (generalist -> active specialists -> combined ``q``).
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distill.errors import DistillError
@@ -173,11 +172,11 @@ def build_specialist_model(generalist: nn.Module, subset, full_softmax: bool = F
         raise DistillError("specialists are built from an MLP generalist")
     s = _check_subset(subset, generalist.arch["num_classes"])
     if full_softmax:
-        return copy.deepcopy(generalist)
-    a = dict(generalist.arch)
-    a.pop("kind")
-    a["num_classes"] = len(s) + 1
-    model = MLP(**a)
+        model = copy.deepcopy(generalist).train()
+        for p in model.parameters():  # a frozen generalist (e.g. one used as a teacher) trains as a copy
+            p.requires_grad_(True)
+        return model
+    model = MLP(**dict(generalist.arch, num_classes=len(s) + 1))
     src = [m for m in generalist.net if isinstance(m, nn.Linear)]
     dst = [m for m in model.net if isinstance(m, nn.Linear)]
     with torch.no_grad():
@@ -310,6 +309,74 @@ class Specialist:
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(x), 1)
+
+
+VARIANTS = ("hard", "soft")
+
+
+def specialist_run_name(variant: str, m: int, generalist_id: str) -> str:
+    """Run name of specialist ``m``: ``specialist-<variant>-<m>-<first 8 hex of the generalist's id>``.
+
+    A run key (:func:`distill.runs.run_key`) covers the model's *structure*, not its initial
+    weights, and a specialist starts from the generalist's weights: the generalist's id in the name
+    gives specialists of different generalists different run folders, so none is ever reused for
+    another generalist."""
+    return f"specialist-{variant}-{m}-{generalist_id[:8]}"
+
+
+def train_specialists(generalist: nn.Module, data, subsets, config, *, variant: str = "hard",
+                      soft_temperature: float = 1.0, soft_hard_weight: float = 1.0, rest_ratio: float = 1.0,
+                      fit_fn=None) -> tuple[list[Specialist], list]:
+    """One specialist per subset ``S_m`` of ``subsets``, each started from ``generalist`` and trained
+    with :func:`distill.fit` (through ``fit_fn``, see :mod:`distill.tuning`; default
+    :func:`distill.tuning.fit_fresh`). Returns ``(specialists, fit_results)``.
+
+    Specialist ``m`` trains on :func:`specialist_dataset` ``(data, S_m, seed=config.seed + m,
+    rest_ratio)`` (every example of ``S_m`` plus as many from the rest), with ``config``, in one of
+    two variants:
+
+    * ``"hard"`` (paper section 5): :func:`build_specialist_model` (``|S_m|+1`` outputs, dustbin
+      last) on hard labels remapped to ``S_m`` + dustbin (no teacher, cross-entropy). The dustbin
+      correction is ``c = dustbin_correction(f_S, f_S')`` for the natural and training fractions.
+    * ``"soft"`` (paper section 6): a full-softmax copy of the generalist trained with Hinton's loss
+      ``T**2 * CE(t, q_T) + h * CE(y, q_1)`` (``T = soft_temperature``, ``h = soft_hard_weight``,
+      soft weight 1) on the targets ``t`` of :func:`specialist_soft_targets` (the generalist's
+      probabilities on the training rows outside ``S_m``), given as
+      ``Teacher(t, kind="probs", id="generalist-nonspecial:<generalist id>")``. The model learns a
+      mixture of the re-balanced posterior (hard share ``h/(h+1)``) and the generalist's natural one
+      (soft share), so only the hard share is corrected: ``c = dustbin_correction(f_S, f_S') * h/(h+1)``
+      (an approximation, exact at either end: ``h = 0`` or no soft term).
+
+    Runs are named by :func:`specialist_run_name`; every call of ``fit_fn`` gets ``extra`` =
+    ``dict(subset, variant, dustbin_correction, generalist)``.
+    """
+    from distill.teachers import Teacher, module_id
+    from distill.tuning import fit_fresh
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    hard_share = soft_hard_weight / (soft_hard_weight + 1.0)
+    fit_fn = fit_fn or fit_fresh
+    gen_id = module_id(generalist)
+    full = variant == "soft"
+    p_g = torch.softmax(predict_logits(generalist, data.x_train), 1) if full else None
+    if full:
+        config = replace(config, temperature=soft_temperature, hard_weight=soft_hard_weight, soft_weight=1.0)
+    specialists, results = [], []
+    for m, subset in enumerate(subsets):
+        s = _check_subset(subset, data.num_classes)
+        ds, idx, corr = specialist_dataset(data, s, seed=config.seed + m, rest_ratio=rest_ratio, relabel=not full)
+        teacher = None
+        if full:
+            corr = corr * hard_share
+            teacher = Teacher(specialist_soft_targets(p_g[idx], data.y_train[idx], s), kind="probs",
+                              id=f"generalist-nonspecial:{gen_id}")
+        extra = dict(subset=list(s), variant=variant, dustbin_correction=corr, generalist=gen_id)
+        res = fit_fn(specialist_run_name(variant, m, gen_id), ds,
+                     lambda s=s: build_specialist_model(generalist, s, full_softmax=full), config, teacher, extra)
+        results.append(res)
+        specialists.append(Specialist(s, res.model.eval(), corr, full_softmax=full))
+    return specialists, results
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,20 +1,24 @@
-"""One training loop for teachers, hard-label students and distilled students.
+"""``fit``: one training loop for teachers, hard-label students and distilled students.
 
-Read top to bottom: :func:`fit` shuffles in-memory tensors with a seeded generator, optionally
-jitters the batch, computes the loss (hard labels, distillation or logit matching), steps the
-optimiser, applies the model's weight constraint, evaluates on the test set every epoch and
-checkpoints the whole state (weights, optimiser, RNGs, history) so an interrupted run resumes
-and ends exactly where an uninterrupted one would.
+It composes small parts, each in its own module, and reads top to bottom:
+
+    source    = as_source(train)                    distill.sources   tensors, arrays, Dataset, DataLoader
+    objective = config.objective_for(teacher)       distill.losses    HardLabels | Distillation | ... | callable
+    teacher   = as_teacher(teacher, objective's T)  distill.teachers  module | Ensemble | store | outputs
+    run       = RunDir(run_dir, key)                distill.runs      lock, skip, resume, atomic save
+    per epoch:  batches -> jitter -> teacher.targets -> objective -> step -> evaluate val/test -> save state
+
+Every epoch's whole state (weights, optimiser, RNGs, history, best weights) is saved in the run
+folder, so an interrupted run resumes and ends exactly where an uninterrupted one would.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -23,63 +27,112 @@ from tqdm.auto import tqdm
 
 from distill import distributed, losses
 from distill.augment import jitter
-from distill.checkpoints import atomic_write_json, load_tensors, save_checkpoint, save_tensors
+from distill.checkpoints import check_checkpointable, resolve_factory
 from distill.errors import DistillError
-from distill.metrics import classification_metrics, predict_logits
+from distill.losses import check_number
+from distill.metrics import evaluate
+from distill.runs import RunDir, model_signature, run_key
+from distill.sources import as_source, dataset_test_split
+from distill.teachers import as_teacher, module_id
 
-LOSSES = ("auto", "hard", "distill", "logits")
 SCHEDULES = ("constant", "cosine", "exponential")
 OPTIMIZERS = ("sgd", "adam")
+SELECT = ("last", "best")
+#: default learning rates (SGD): hard labels, and distillation, where the soft term is scaled by
+#: T**2 and SGD at 0.1 is at the edge of stability (it killed the 800-800 MNIST student at T = 20)
+DEFAULT_LR = 0.1
+DEFAULT_DISTILL_LR = 0.03
+
+
+class TrainingDiverged(DistillError):
+    """The loss or the outputs became non-finite, or the loss exploded or stuck and stayed there; the
+    state after the last finished epoch is kept in the run folder (the message says which and its loss)."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run's result (and so keys its checkpoints).
+    """Everything that decides a training run's result (and so keys its run folder).
 
-    ``loss="auto"`` means hard labels without a teacher and ``distill`` with one.
-    ``jitter`` is the maximum translation in pixels (0 = off).
+    ``objective``: the loss, a callable ``(student_out, teacher_out, labels) -> scalar`` (see
+    :mod:`distill.losses`); None means :class:`~distill.losses.HardLabels` without a teacher and
+    ``Distillation(temperature, hard_weight, soft_weight)`` with one (the shorthand fields).
+    ``lr`` None means 0.1 on hard labels and 0.03 when a teacher is used. ``jitter``: maximum
+    translation in pixels (0 = off), applied once per batch, the same view going to the teacher.
+    ``select``: return the ``last`` epoch's weights, or the ``best`` on the validation set.
     """
 
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "sgd"
-    lr: float = 0.1
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
     lr_decay: float = 0.95
     jitter: int = 0
-    loss: str = "auto"
     temperature: float = 1.0
     hard_weight: float = losses.DEFAULT_HARD_WEIGHT
     soft_weight: float = losses.DEFAULT_SOFT_WEIGHT
+    objective: object = None
+    select: str = "last"
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("schedule", self.schedule, SCHEDULES), ("loss", self.loss, LOSSES)):
+        ints = dict(epochs=1, batch_size=1, jitter=0, seed=0)
+        for name, lo in ints.items():
+            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=lo, integer=True))
+        if self.lr is not None:
+            object.__setattr__(self, "lr", check_number("lr", self.lr, positive=True))
+        for name in ("momentum", "weight_decay", "hard_weight", "soft_weight"):
+            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0))
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be < 1, got {self.momentum}")
+        object.__setattr__(self, "lr_decay", check_number("lr_decay", self.lr_decay, positive=True))
+        object.__setattr__(self, "temperature", losses.check_temperature(self.temperature))
+        for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+                                     ("select", self.select, SELECT)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.jitter < 0:
-            raise ValueError("jitter must be >= 0 pixels")
-        losses._check_temperature(self.temperature)
+        if self.objective is not None:
+            if not callable(self.objective):
+                raise ValueError(f"objective must be a callable (student_out, teacher_out, labels) -> loss, "
+                                 f"got {type(self.objective).__name__}")
+            shorthand = {f.name: f.default for f in fields(self) if f.name in ("temperature", "hard_weight",
+                                                                               "soft_weight")}
+            changed = [k for k, v in shorthand.items() if getattr(self, k) != v]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} are the shorthand for Hinton's loss; with an explicit "
+                                 "objective, give them to the objective instead")
+
+    def objective_for(self, has_teacher: bool):
+        """The training objective: ``objective``, else the shorthand (see the class docstring)."""
+        if self.objective is not None:
+            return self.objective
+        if has_teacher:
+            return losses.Distillation(self.temperature, self.hard_weight, self.soft_weight)
+        return losses.HardLabels()
+
+    def resolved(self, objective) -> "TrainConfig":
+        """This config with ``lr`` filled in (:data:`DEFAULT_LR` / :data:`DEFAULT_DISTILL_LR`)."""
+        if self.lr is not None:
+            return self
+        return replace(self, lr=DEFAULT_DISTILL_LR if losses.needs(objective, "teacher") else DEFAULT_LR)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["objective"] = None if self.objective is None else losses.objective_spec(self.objective)
+        return d
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
     """Learning rate for 0-based ``epoch``: constant; cosine ``lr * (1 + cos(pi*e/E)) / 2``;
     or exponential ``lr * lr_decay**e``."""
+    lr = config.lr if config.lr is not None else DEFAULT_LR
     if config.schedule == "constant":
-        return config.lr
+        return lr
     if config.schedule == "cosine":
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
-    return config.lr * config.lr_decay ** epoch
+        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return lr * config.lr_decay ** epoch
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -95,87 +148,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclass
-class FitResult:
-    model: nn.Module
-    metrics: dict
-    history: list = field(default_factory=list)
-    wall_seconds: float = 0.0
-    run_dir: Path | None = None
-    resumed_from: int = 0
-    skipped: bool = False
-
-
-def run_key(config: TrainConfig, model: nn.Module, data_fingerprint: str, teacher_id: str | None) -> str:
-    """Identity of a run: config + architecture + data fingerprint + teacher identity."""
-    blob = json.dumps(dict(config=config.to_dict(), arch=getattr(model, "arch", None),
-                           data=data_fingerprint, teacher=teacher_id), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _batch_loss(config: TrainConfig, logits, yb, tb, teacher_kind):
-    if config.loss == "hard":
-        return losses.hard_cross_entropy(logits, yb)
-    if config.loss == "logits":
-        return losses.logit_matching_loss(logits, tb)
-    return losses.distillation_loss(logits, tb, yb, config.temperature, config.hard_weight,
-                                    config.soft_weight, teacher_kind=teacher_kind)
-
-
-def _state_tensors(model, optimizer, gen: torch.Generator) -> dict:
-    t = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for i, st in optimizer.state_dict()["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                t[f"optim.{i}.{k}"] = v
-    t["rng.torch"] = torch.get_rng_state()
-    t["rng.data"] = gen.get_state()
-    return t
-
-
-def _restore_state(tensors: dict, model, optimizer, gen: torch.Generator) -> None:
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    sd = optimizer.state_dict()
-    state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    sd["state"] = state
-    optimizer.load_state_dict(sd)
-    torch.set_rng_state(tensors["rng.torch"])
-    gen.set_state(tensors["rng.data"])
-
-
-def _restore_run(run_dir: Path, key: str, model, optimizer, gen, config, log):
-    """Look in ``run_dir`` for this run: finished (load the weights; return its sidecar as
-    ``skipped``) or interrupted (restore the whole state). Returns ``(skipped, history, start_epoch)``."""
-    final = run_dir / "model.json"
-    if final.is_file():
-        done = json.loads(final.read_text())
-        if done.get("run_key") == key:
-            from distill.checkpoints import load_checkpoint
-
-            trained, sidecar = load_checkpoint(run_dir / "model")
-            model.load_state_dict(trained.state_dict())
-            log(f"[skip] {run_dir} already holds this finished run")
-            return sidecar, sidecar.get("history", []), 0
-        raise DistillError(f"{run_dir} holds a different finished run; choose another output folder")
-    if (run_dir / "state.json").is_file():
-        tensors, side = load_tensors(run_dir / "state")
-        if side.get("run_key") != key:
-            raise DistillError(f"{run_dir} holds an unfinished different run; choose another output folder "
-                               "or delete it")
-        _restore_state(tensors, model, optimizer, gen)
-        log(f"[resume] {run_dir}: continuing after epoch {side['epoch']}/{config.epochs}")
-        return None, side["history"], side["epoch"]
-    return None, [], 0
-
-
-def _silent(*_args) -> None:
-    pass
-
-
 def resolve_device(device=None) -> torch.device:
     """The device :func:`fit` trains on: ``device`` if given, else ``$DISTILL_DEVICE``, else the CPU.
     An unknown name or an absent CUDA is a ``ValueError`` that says so."""
@@ -189,193 +161,384 @@ def resolve_device(device=None) -> torch.device:
     return dev
 
 
-def fit(
-    model: nn.Module,
-    data,
-    config: TrainConfig,
-    *,
-    teacher: nn.Module | None = None,
-    teacher_targets: torch.Tensor | None = None,
-    teacher_kind: str = "logits",
-    teacher_id: str | None = None,
-    run_dir: str | Path | None = None,
-    meta: dict | None = None,
-    progress: bool = True,
-    log=print,
-    device=None,
-) -> FitResult:
-    """Train ``model`` on ``data`` (a :class:`distill.data.Dataset` or anything with
-    ``x_train, y_train, x_test, y_test, fingerprint, image_shape``).
+#: the "stuck at a constant prediction" rule judges only after this many optimiser steps
+MIN_STUCK_STEPS = 30
 
-    Soft targets come from ``teacher_targets`` (one row per training example, looked up by the
-    same shuffled indices as the inputs) or from ``teacher`` (an ``nn.Module``; without jitter its
-    logits are computed once up front, with jitter it runs on every jittered batch in eval mode
-    under ``no_grad``). Cached targets with jitter are refused: they would pair with other inputs.
 
-    With ``run_dir`` the state is checkpointed every epoch; a second call with the same
-    arguments resumes an interrupted run, or returns at once when the run had finished.
+def divergence(epoch_losses: list[float], chance: float | None, patience: int = 2, factor: float = 2.0,
+               floor: float = 0.0, steps_per_epoch: int | None = None) -> str | None:
+    """Why training has diverged, or None. ``chance`` is the loss of a constant, uniform prediction
+    (``log C`` for hard labels, ``T**2 log C`` for the soft term); ``floor`` the loss of a model that
+    copies its teacher (0 without one; ``T**2 H(p)`` for the soft term, which is near ``chance`` when
+    the teacher's soft targets are nearly uniform), so ``gap = chance - floor`` is what training can
+    gain. Diverged when the last epoch's mean loss is not finite; or the last ``patience`` epochs each
+    exceed ``factor`` times the best loss before them and are no lower than ``chance - 0.01 gap``
+    (exploded and stayed); or the last ``patience + 1`` epochs, holding at least
+    :data:`MIN_STUCK_STEPS` optimiser steps (``steps_per_epoch``, None = unknown = enough), all sit at
+    ``chance - 0.005 gap`` or above (the model predicts the same output for every input)."""
+    if not epoch_losses:
+        return None
+    last = epoch_losses[-1]
+    if not math.isfinite(last):
+        return f"the loss is {last}"
+    floor = floor if floor is not None and math.isfinite(floor) and floor >= 0 else 0.0
+    known = chance is not None and math.isfinite(chance) and chance > floor
+    gap = chance - floor if known else 0.0
+    if len(epoch_losses) > patience:
+        best = min(epoch_losses[:-patience])
+        tail = epoch_losses[-patience:]
+        if all(v > factor * best and (not known or v >= chance - 0.01 * gap) for v in tail):
+            return (f"the loss rose from {best:.4g} to {last:.4g} and stayed there for {patience} epochs"
+                    + (f" (a constant prediction costs {chance:.4g})" if known else ""))
+    enough = steps_per_epoch is None or (patience + 1) * steps_per_epoch >= MIN_STUCK_STEPS
+    if known and enough and len(epoch_losses) > patience and all(v >= chance - 0.005 * gap
+                                                      for v in epoch_losses[-patience - 1:]):
+        return (f"the loss has stayed at the cost of a constant prediction ({chance:.4g}) for {patience + 1} epochs "
+                f"(now {last:.4g}): the model gives every input the same output, as when its ReLUs have died")
+    return None
 
-    Under ``torchrun`` (a process group is initialised, see :mod:`distill.distributed`) the model
-    is wrapped in ``DistributedDataParallel`` and each process trains on its slice of every
-    global batch of ``config.batch_size``; one step equals the single-process step on the whole
-    batch. Process 0 alone evaluates each epoch, logs and writes ``run_dir``; the others return
-    the same final model and metrics, with an empty history.
 
-    ``device`` (default ``$DISTILL_DEVICE``, else the CPU) is where the steps run: the data stay
-    in host memory and each batch is copied over, so the order, the jitter and everything keyed
-    by the config are the same as on the CPU; the model comes back on the device it came in on.
-    Resuming is exact on the CPU; on a GPU dropout draws from the GPU's own generator.
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained model (on the device it came in on, eval mode), the
+    per-epoch history, the final ``val`` and ``test`` metrics (None without those sets), the
+    epoch whose weights were kept, and where the run folder is."""
+
+    model: nn.Module
+    history: list = field(default_factory=list)
+    val: dict | None = None
+    test: dict | None = None
+    epoch: int = 0
+    wall_seconds: float = 0.0
+    run_dir: Path | None = None
+    resumed_from: int = 0
+    skipped: bool = False
+    sidecar: dict | None = None
+
+
+def _state_tensors(model, optimizer, gen: torch.Generator, best: dict | None) -> dict:
+    t = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, st in optimizer.state_dict()["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                t[f"optim.{i}.{k}"] = v
+    t["rng.torch"] = torch.get_rng_state()
+    t["rng.data"] = gen.get_state()
+    for k, v in (best or {}).items():
+        t[f"best.{k}"] = v
+    return t
+
+
+def _restore_state(tensors: dict, model, optimizer, gen: torch.Generator) -> dict | None:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    sd = optimizer.state_dict()
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+    torch.set_rng_state(tensors["rng.torch"])
+    gen.set_state(tensors["rng.data"])
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    return best or None
+
+
+def _silent(*_args) -> None:
+    pass
+
+
+def _probe(model: nn.Module, source, dev) -> tuple[int, list]:
+    """Run the model on two training examples before epoch 1: a model that cannot take these
+    inputs, or does not return class logits ``[B, C]``, is an error now, not after an epoch."""
+    x, y, _ = next(iter(source.batches(2, None)))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x.to(dev))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"the model cannot take the training inputs of shape {tuple(x.shape[1:])} ({first})") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model must return class logits of shape (batch, classes); it returned {shape}")
+    num_classes = int(out.shape[1])
+    labels = getattr(source, "y", None)
+    if labels is not None and len(labels) and int(labels.max()) >= num_classes:
+        raise ValueError(f"the training labels go up to {int(labels.max())} but the model predicts "
+                         f"{num_classes} classes")
+    return num_classes, list(x.shape[1:])
+
+
+def _chance_loss(objective, out, tb, yb) -> tuple[float | None, float]:
+    """For the divergence check, on one batch: the loss of a constant (all-zero) prediction, and the
+    loss of copying the teacher's effective logits (0 without a teacher)."""
+    try:
+        with torch.no_grad():
+            chance = float(objective(torch.zeros_like(out), tb, yb))
+    except Exception:  # a user's objective may not accept constant logits; the check then skips the floor
+        return None, 0.0
+    floor = 0.0
+    if isinstance(tb, torch.Tensor) and tb.shape == out.shape:
+        try:
+            with torch.no_grad():
+                floor = float(objective(tb.to(out.dtype), tb, yb))
+        except Exception:
+            floor = 0.0
+    return chance, floor
+
+
+def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=None, val=None, test=None,
+        run_dir: str | Path | None = None, device=None, factory=None, meta: dict | None = None,
+        progress: bool = True, log=print, wait: bool = False) -> FitResult:
+    """Train ``model`` (any ``nn.Module`` returning class logits) on ``train``.
+
+    ``train``, ``val``, ``test``: anything :func:`distill.sources.as_source` accepts (``(x, y)``
+    tensors or NumPy arrays, a Dataset, an IterableDataset, a DataLoader, a distill Dataset, which
+    also brings its test split). ``teacher``: anything :class:`distill.Teacher` accepts; its
+    outputs are computed once when they can be, and on every (jittered) batch otherwise.
+    ``config.objective`` decides the loss (hard labels without a teacher, Hinton's with one).
+
+    ``val`` is evaluated every epoch (and picks the weights with ``config.select="best"``); ``test``
+    is reported every epoch and never chooses anything. With ``run_dir`` (which may contain
+    ``{key}``), the folder is locked (``wait`` for another process instead of failing), every
+    epoch's state is saved, a second call with the same arguments resumes an interrupted run or
+    returns the finished one at once, and the model is saved at the end with its ``factory``
+    (``"pkg.module:callable"`` or ``(that, kwargs)``, default: the model's ``distill_factory``).
+    A diverging loss stops the run with :class:`TrainingDiverged`, keeping the last good state.
+
+    Under ``torchrun`` (see :mod:`distill.distributed`) each process trains on its slice of every
+    global batch of ``config.batch_size`` and one step equals the single-process step; process 0
+    alone evaluates, logs and writes ``run_dir``. ``device`` (default ``$DISTILL_DEVICE``, else the
+    CPU) is where the steps run; the data stay on the host and each batch is copied over.
     """
     t_start = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    config = config if config is not None else TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a distill.TrainConfig, got {type(config).__name__}")
     dev = resolve_device(device)
-    home = next(model.parameters()).device
-    has_teacher = teacher is not None or teacher_targets is not None
-    if config.loss == "auto":
-        config = TrainConfig(**{**config.to_dict(), "loss": "distill" if has_teacher else "hard"})
-    if config.loss in ("distill", "logits") and not has_teacher:
-        raise ValueError(f"loss={config.loss!r} needs a teacher or teacher_targets")
-    if config.loss == "logits" and teacher_kind != "logits":
+    home = next(model.parameters()).device if next(model.parameters(), None) is not None else torch.device("cpu")
+
+    # the parts: data, objective, teacher
+    source = as_source(train, name="train")
+    val_src = as_source(val, name="val") if val is not None else None
+    test_src = as_source(test, name="test") if test is not None else dataset_test_split(train)
+    objective = config.objective_for(teacher is not None)
+    config = config.resolved(objective)
+    teacher = as_teacher(teacher, getattr(objective, "temperature", None) or 1.0)
+    if losses.needs(objective, "teacher") and teacher is None:
+        raise ValueError(f"the objective {type(objective).__name__} needs a teacher; pass teacher=")
+    if teacher is not None and not losses.needs(objective, "teacher"):
+        raise ValueError(f"a teacher was given but the objective {type(objective).__name__} does not use one")
+    if getattr(objective, "needs_logits", False) and teacher.kind != "logits":
         raise ValueError("logit matching needs teacher logits, not probabilities")
-    x, y = data.x_train, data.y_train
-    needs_labels = config.loss == "hard" or (config.loss == "distill" and config.hard_weight > 0)
-    if y is None and needs_labels:
+    if losses.needs(objective, "labels") and not source.labeled:
         raise ValueError("this transfer set has no labels: use a teacher with hard_weight=0")
-    if config.jitter and data.image_shape is None:
-        raise ValueError("jitter needs image data (data.image_shape is None)")
-    if teacher_targets is not None:
-        if config.jitter:
-            raise ValueError("cached teacher targets cannot be used with jitter: the student would see "
-                             "shifted inputs paired with targets of unshifted ones; pass the teacher module")
-        if teacher_targets.shape[0] != x.shape[0]:
-            raise ValueError(f"teacher_targets has {teacher_targets.shape[0]} rows for {x.shape[0]} examples")
-    if teacher is not None:
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        if teacher_targets is None and not config.jitter:
-            teacher_targets = predict_logits(teacher, x)
-            teacher_kind = "logits"
+    if config.jitter and source.image_shape is None:
+        raise ValueError("jitter needs image data: examples of shape (H, W) or (C, H, W), or a distill Dataset "
+                         "with an image_shape")
+    if config.select == "best" and val_src is None:
+        raise ValueError('select="best" picks the epoch with the fewest validation errors; pass val=')
+    for name, src in (("val", val_src), ("test", test_src)):
+        if src is not None and not src.labeled:
+            raise ValueError(f"{name} needs labels")
+    num_classes, input_shape = _probe(model, source, home)
+    factory_spec = check_checkpointable(model, factory) if run_dir is not None else resolve_factory(model, factory)
 
-    model_id = teacher_id
-    key = run_key(config, model, data.fingerprint, model_id)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    gen = torch.Generator().manual_seed(config.seed)
-    optimizer = make_optimizer(model, config)
-    history: list[dict] = []
-    start_epoch = 0
+    # the run folder: the key covers everything that decides the result
+    key = run_key(dict(config={k: v for k, v in config.to_dict().items()
+                               if k not in ("temperature", "hard_weight", "soft_weight", "objective")},
+                       objective=losses.objective_spec(objective), model=model_signature(model),
+                       data=source.fingerprint, val=val_src.fingerprint if val_src else None,
+                       teacher=teacher.id if teacher else None))
     rank, world_size = distributed.world()
-    skipped = None
-    error = None
-    if run_dir is not None and rank == 0:  # under DDP process 0 alone reads run_dir and tells the rest
-        try:
-            skipped, history, start_epoch = _restore_run(run_dir, key, model, optimizer, gen, config, log)
-        except DistillError as e:
-            error = e
-    if world_size > 1:
-        got = distributed.from_process_0(dict(
-            error=str(error) if error else None, skipped=skipped, history=history, start_epoch=start_epoch,
-            model=model.state_dict(), optim=optimizer.state_dict(), gen=gen.get_state()))
-        error = DistillError(got["error"]) if got["error"] else None
-        if rank and not error:
-            skipped, history, start_epoch = got["skipped"], got["history"], got["start_epoch"]
-            model.load_state_dict(got["model"])
-            optimizer.load_state_dict(got["optim"])
-            gen.set_state(got["gen"])
-    if error:
-        raise error
-    if skipped is not None:
-        return FitResult(model, skipped["metrics"], history, skipped.get("wall_seconds", 0.0), run_dir,
-                         skipped=True)
-
-    model.to(dev)
-    teacher_home = None
-    if teacher is not None and teacher_targets is None:  # run on every (jittered) batch
-        teacher_home = next(teacher.parameters()).device
-        teacher.to(dev)
-    net = model
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model)  # broadcasts process 0's weights
-        progress = progress and rank == 0
-        if rank:
-            log = _silent
-    n = x.shape[0]
-    steps = math.ceil(n / config.batch_size)
-    constrain = getattr(model, "constrain", None)
-    show_bar = progress and sys.stderr.isatty()
-    bar = tqdm(total=steps * config.epochs, initial=steps * start_epoch, disable=not show_bar,
-               desc=str(meta.get("name", "train")) if meta else "train", unit="batch", leave=False,
-               mininterval=1.0)
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        lr = lr_at(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    run = RunDir(run_dir, key, wait=wait, log=log) if run_dir is not None and rank == 0 else None
+    with run if run is not None else contextlib.nullcontext():
+        gen = torch.Generator().manual_seed(config.seed)
+        optimizer = make_optimizer(model, config)
+        history: list[dict] = []
+        start_epoch, best, finished, error = 0, None, None, None
+        init = module_id(model) if run is not None else None  # not in the key (see the warning below)
+        if run is not None:  # under DDP process 0 alone reads run_dir and tells the rest
+            try:
+                finished = run.finished(model)
+                side = None if finished else run.resume()
+                recorded = (finished or (side[1] if side else None) or {}).get("init_weights")
+                if recorded not in (None, init):
+                    log(f"[warning] {run.path} holds a run that started from other initial weights than this "
+                        "model's; it is used because the run key does not cover the initial weights. Seed them "
+                        "with distill.seed_everything(config.seed) before building the model, or give "
+                        "this run another run_dir (or another config.seed)")
+                resumed = side
+                if resumed is not None:
+                    tensors, side = resumed
+                    best = _restore_state(tensors, model, optimizer, gen)
+                    history, start_epoch = side["history"], side["epoch"]
+                    log(f"[resume] {run.path}: continuing after epoch {start_epoch}/{config.epochs}")
+            except DistillError as e:
+                error = e
         if world_size > 1:
-            torch.manual_seed(distributed.epoch_seed(config.seed, rank, epoch))
-        perm = torch.randperm(n, generator=gen)
-        total = torch.zeros((), device=dev)
-        for i in range(0, n, config.batch_size):
-            idx = perm[i:i + config.batch_size]
-            xb = x[idx]
-            if config.jitter:  # the whole global batch, so every process draws the same shifts
-                xb = jitter(xb, data.image_shape, config.jitter, gen)
-            weight = 1.0
+            got = distributed.from_process_0(dict(
+                error=str(error) if error else None, finished=finished, history=history, start_epoch=start_epoch,
+                model=model.state_dict(), optim=optimizer.state_dict(), gen=gen.get_state(), best=best))
+            error = DistillError(got["error"]) if got["error"] else None
+            if rank and not error:
+                finished, history, start_epoch, best = got["finished"], got["history"], got["start_epoch"], got["best"]
+                model.load_state_dict(got["model"])
+                optimizer.load_state_dict(got["optim"])
+                gen.set_state(got["gen"])
+        if error:
+            raise error
+        if finished is not None:
+            model.eval()
+            test_metrics = finished.get("test")
+            if test_src is not None and finished.get("test_fingerprint") != test_src.fingerprint:
+                test_metrics = evaluate(model, test_src)
+            return FitResult(model, finished.get("history", []), finished.get("val"), test_metrics,
+                             finished.get("epoch", config.epochs), finished.get("wall_seconds", 0.0),
+                             run.path if run else None, skipped=True, sidecar=finished)
+
+        # training
+        model.to(dev)
+        teacher_home = teacher.device if teacher is not None else None
+        if teacher is not None:
+            teacher.prepare(source, augmented=bool(config.jitter), device=dev, progress=progress and rank == 0,
+                            log=log)
+            teacher.to(dev)
+        net = model
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model)  # broadcasts process 0's weights
+            progress = progress and rank == 0
+            if rank:
+                log = _silent
+        constrain = getattr(model, "constrain", None)
+        steps = math.ceil(source.n / (source.batch_size or config.batch_size)) if source.n else None
+        show_bar = progress and sys.stderr.isatty()
+        bar = tqdm(total=steps * config.epochs if steps else None, initial=(steps or 0) * start_epoch,
+                   disable=not show_bar, desc=str((meta or {}).get("name", "train")), unit="batch", leave=False,
+                   mininterval=1.0)
+        chance = None
+        epoch_losses = [h["train_loss"] for h in history]  # every process keeps these (divergence check)
+
+        def diverged(epoch: int, why: str, lr: float) -> TrainingDiverged:
+            bar.close()
+            model.to(home)
+            hint = (f" for the T²-scaled soft loss at T = {objective.temperature:g}"
+                    if isinstance(objective, losses.Distillation) else "")
+            # the state saved last (epoch ``epoch``) may already be part of an exploded tail: say
+            # which one it is and its loss rather than calling it good
+            kept = (f"; the state after epoch {epoch} (train loss {history[-1]['train_loss']:.4g}) is kept in "
+                    f"{run.path}" if run is not None and epoch and history else "")
+            return TrainingDiverged(f"training diverged at epoch {epoch + 1}: {why}; the learning rate {lr:.3g} "
+                                    f"is likely too high{hint}, try a lower lr (e.g. {config.lr / 3:.2g}){kept}")
+
+        model.train()
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            lr = lr_at(config, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             if world_size > 1:
-                b = len(idx)
-                idx, xb = distributed.shard(idx, rank, world_size), distributed.shard(xb, rank, world_size)
-                weight = distributed.shard_weight(len(idx), b, world_size)
-            xb = xb.to(dev)  # only this process's slice travels
-            yb = y[idx].to(dev) if y is not None else None
-            if teacher_targets is not None:
-                tb = teacher_targets[idx].to(dev)
-            elif teacher is not None:
-                with torch.no_grad():
-                    tb = teacher(xb)
-            else:
-                tb = None
-            if len(idx):
-                loss = _batch_loss(config, net(xb), yb, tb, teacher_kind)
-            else:  # an empty slice still joins DDP's gradient all-reduce, with zero gradient
-                loss = net(x[:1].to(dev)).sum() * 0.0
-            optimizer.zero_grad(set_to_none=True)
-            (loss * weight).backward()
-            optimizer.step()
-            if constrain is not None:
-                constrain()
-            total += loss.detach() * len(idx)
-            bar.update(1)
-        total = distributed.all_sum(total)
-        t_train = time.perf_counter() - t0
-        if rank:
-            continue  # process 0 evaluates, logs and checkpoints
-        metrics = classification_metrics(predict_logits(model, data.x_test), data.y_test)
-        rec = dict(epoch=epoch + 1, lr=lr, train_loss=float(total) / n, train_seconds=t_train, test_errors=metrics["errors"],
-                   test_accuracy=metrics["accuracy"], test_nll=metrics["nll"],
-                   seconds=time.perf_counter() - t0)
-        history.append(rec)
-        msg = (f"epoch {epoch + 1}/{config.epochs}  loss {rec['train_loss']:.4f}  test errors "
-               f"{metrics['errors']}/{metrics['n']}  nll {metrics['nll']:.4f}  lr {lr:.4g}  {rec['seconds']:.1f}s")
-        if progress:
-            (bar.write if show_bar else log)(msg)
-        if run_dir is not None:
-            save_tensors(run_dir / "state", _state_tensors(model, optimizer, gen),
-                         dict(run_key=key, epoch=epoch + 1, history=history, config=config.to_dict()))
-    bar.close()
-    model.eval()
-    model.to(home)
-    if teacher_home is not None:
-        teacher.to(teacher_home)
-    metrics = classification_metrics(predict_logits(model, data.x_test), data.y_test)
-    wall = time.perf_counter() - t_start + sum(h["seconds"] for h in history[:start_epoch])
-    result = FitResult(model, metrics, history, wall, run_dir, resumed_from=start_epoch)
-    if run_dir is not None and rank == 0:
-        save_checkpoint(run_dir / "model", model, dict(
-            meta or {}, run_key=key, config=config.to_dict(), data_fingerprint=data.fingerprint,
-            seed=config.seed, teacher=teacher_id, metrics=metrics, history=history, wall_seconds=wall))
-        (run_dir / "state.json").unlink(missing_ok=True)
-        (run_dir / "state.safetensors").unlink(missing_ok=True)
+                torch.manual_seed(distributed.epoch_seed(config.seed, rank, epoch))
+            total = torch.zeros((), device=dev)
+            count = torch.zeros((), device=dev)
+            for xb, yb, idx in source.batches(config.batch_size, gen):
+                if config.jitter:  # the whole global batch, so every process draws the same shifts
+                    xb = jitter(xb, source.image_shape, config.jitter, gen)
+                weight = 1.0
+                if world_size > 1:
+                    b = len(xb)
+                    xb = distributed.shard(xb, rank, world_size)
+                    yb = distributed.shard(yb, rank, world_size) if yb is not None else None
+                    idx = distributed.shard(idx, rank, world_size) if idx is not None else None
+                    weight = distributed.shard_weight(len(xb), b, world_size)
+                xb = xb.to(dev)  # only this process's slice travels
+                yb = yb.to(dev) if yb is not None else None
+                if len(xb):
+                    tb = teacher.targets(xb, idx) if teacher is not None else None
+                    out = net(xb)
+                    if not torch.isfinite(out.detach()).all():  # else the objective's input check fires
+                        raise diverged(epoch, "the model's outputs became nan or infinite", lr)
+                    loss = objective(out, tb, yb)
+                    if chance is None:
+                        chance = _chance_loss(objective, out.detach(), tb, yb)
+                else:  # an empty slice still joins DDP's gradient all-reduce, with zero gradient
+                    loss = net(source_example(source).to(dev)).sum() * 0.0
+                optimizer.zero_grad(set_to_none=True)
+                (loss * weight).backward()
+                optimizer.step()
+                if constrain is not None:
+                    constrain()
+                total += loss.detach() * len(xb)
+                count += len(xb)
+                bar.update(1)
+            train_loss = float(distributed.all_sum(total) / distributed.all_sum(count))
+            t_train = time.perf_counter() - t0
+            epoch_losses.append(train_loss)
+            chance = distributed.from_process_0(chance)
+            chance_loss, floor = chance if chance is not None else (None, 0.0)
+            why = divergence(epoch_losses, chance_loss, floor=floor, steps_per_epoch=steps)
+            if why:
+                raise diverged(epoch, why, lr)
+            rec = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_seconds=t_train)
+            if not rank:  # process 0 evaluates, logs and checkpoints
+                msg = f"epoch {epoch + 1}/{config.epochs}  loss {train_loss:.4f}"
+                for name, src in (("val", val_src), ("test", test_src)):
+                    if src is not None:
+                        m = evaluate(model, src)
+                        rec.update({f"{name}_errors": m["errors"], f"{name}_accuracy": m["accuracy"],
+                                    f"{name}_nll": m["nll"]})
+                        msg += f"  {name} errors {m['errors']}/{m['n']}  nll {m['nll']:.4f}"
+                if val_src is not None and config.select == "best":
+                    prev = [h["val_errors"] for h in history]
+                    if not prev or rec["val_errors"] < min(prev):
+                        best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                        best["epoch"] = torch.tensor(epoch + 1)
+                rec["seconds"] = time.perf_counter() - t0
+                history.append(rec)
+                if progress:
+                    (bar.write if show_bar else log)(f"{msg}  lr {lr:.4g}  {rec['seconds']:.1f}s")
+                if run is not None:
+                    run.save_state(_state_tensors(model, optimizer, gen, best),
+                                   dict(epoch=epoch + 1, history=history, config=config.to_dict(), init_weights=init))
+        bar.close()
+        kept_epoch = config.epochs
+        if world_size > 1 and config.select == "best":
+            best = distributed.from_process_0(best)
+        if config.select == "best" and best is not None:
+            kept_epoch = int(best["epoch"])
+            model.load_state_dict({k: v for k, v in best.items() if k != "epoch"})
+        model.eval()
+        model.to(home)
+        if teacher_home is not None:
+            teacher.to(teacher_home)
+        val_metrics = evaluate(model, val_src) if val_src is not None else None
+        test_metrics = evaluate(model, test_src) if test_src is not None else None
+        wall = time.perf_counter() - t_start + sum(h.get("seconds", 0.0) for h in history[:start_epoch])
+        result = FitResult(model, history, val_metrics, test_metrics, kept_epoch, wall,
+                           run.path if run is not None else None, resumed_from=start_epoch)
+        if run is not None:
+            sidecar = dict(meta or {}, config=config.to_dict(), seed=config.seed, init_weights=init,
+                           num_classes=num_classes,
+                           input_shape=input_shape, data_fingerprint=source.fingerprint,
+                           test_fingerprint=test_src.fingerprint if test_src else None,
+                           teacher=teacher.id if teacher else None, val=val_metrics, test=test_metrics,
+                           epoch=kept_epoch, history=history, wall_seconds=wall)
+            run.save_final(model, sidecar, factory=factory_spec and (factory_spec["target"], factory_spec["kwargs"]))
+            result.sidecar = sidecar
     distributed.barrier()  # no process returns before process 0 has written the model
     return result
+
+
+def source_example(source) -> torch.Tensor:
+    """One input example as a batch of one (for the zero-gradient step of an empty DDP slice)."""
+    x, _, _ = next(iter(source.batches(1, None)))
+    return x

@@ -24,7 +24,6 @@ import torch
 
 from distill.errors import DistillError
 
-
 # ---------------------------------------------------------------- selection (pure index functions)
 
 def _check_classes(classes, num_classes: int) -> list[int]:
@@ -243,3 +242,32 @@ def fit_offsets(student_logits: torch.Tensor, teacher_probs: torch.Tensor, class
 def mean_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """``mean_x softmax(z(x))`` per class: what :func:`fit_offsets` matches to the teacher's."""
     return torch.softmax(logits, -1).mean(0)
+
+
+# ---------------------------------------------------------------- small transfer sets, calibration, per-class errors
+
+def epochs_for(config, n: int, min_steps: int) -> int:
+    """``max(epochs, ceil(min_steps / ceil(n / batch_size)))`` for a :class:`distill.TrainConfig`
+    ``config`` on ``n`` training rows: small transfer sets train for at least ``min_steps`` SGD
+    steps (``min_steps`` 0: ``config.epochs``)."""
+    if min_steps < 0 or n < 1:
+        raise ValueError(f"need n >= 1 and min_steps >= 0, got n={n}, min_steps={min_steps}")
+    steps = -(-int(n) // config.batch_size)
+    return max(config.epochs, -(-int(min_steps) // steps)) if min_steps else config.epochs
+
+
+def calibration_inputs(data, size: int, seed: int = 1234) -> torch.Tensor:
+    """``size`` training inputs of ``data`` drawn uniformly at random without replacement by a
+    generator seeded with ``seed`` (labels are never read): the unlabeled calibration set of
+    :func:`fit_offsets`."""
+    if size < 1:
+        raise ValueError(f"the calibration set needs at least one input, got size={size}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.x_train), generator=g)[:size]
+    return data.x_train[idx]
+
+
+def errors_on(logits: torch.Tensor, labels: torch.Tensor, classes) -> int:
+    """Errors (``argmax z != y``) among the examples whose true label ``y`` is in ``classes``."""
+    m = torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))
+    return int((logits[m].argmax(1) != labels[m]).sum())

@@ -6,20 +6,21 @@ decision function instead, leaf by leaf (see ``distill reproduce trees``). Nothi
 specific to trees: :class:`SoftTargetClassifier` wraps any regressor, fits it to one column of
 targets per class and turns its outputs back into probabilities.
 
-The module imports torch only to run a teacher module when one is passed to ``fit``.
+Teachers are run through :func:`distill.metrics.predict_logits` and softened by
+:func:`distill.losses.soften`, the package's one batched forward pass and one softmax.
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.multioutput import MultiOutputRegressor
 from sklearn.tree import DecisionTreeRegressor
 from sklearn.utils import get_tags
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
+
+from distill.losses import check_temperature, soften
 
 #: Rows of soft targets must sum to 1 within this tolerance (float32 softmax outputs sum to
 #: 1 only up to ~1e-6 per class; ensembles averaged in float32 drift a little more).
@@ -42,15 +43,6 @@ def normalize_rows(raw: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         probs = np.where(sums > 0, clipped / np.where(sums > 0, sums, 1.0), 1.0 / k)
     return probs
-
-
-def _check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    t = float(temperature)
-    if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return t
 
 
 def check_soft_targets(targets, n_samples: int | None = None, what: str = "soft targets") -> np.ndarray:
@@ -84,79 +76,62 @@ TEACHER_KINDS = ("logits", "probs")
 
 
 def _as_numpy(out) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(out, torch.Tensor):
-            return out.detach().cpu().double().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency of distill
-        pass
+    if isinstance(out, torch.Tensor):
+        return out.detach().cpu().double().numpy()
     return out
 
 
-def _module_logits(teacher, X: np.ndarray) -> np.ndarray:
-    """A torch module's logits for ``X`` in eval mode under ``no_grad`` (mode restored after)."""
-    import torch
-
-    try:
-        device = next(teacher.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        with torch.no_grad():
-            xt = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32)
-            return torch.cat([teacher(xt[i:i + 4096].to(device)).double().cpu()
-                              for i in range(0, len(xt), 4096)]).numpy()
-    finally:
-        teacher.train(was_training)
+def _module_device(module: torch.nn.Module):
+    p = next(module.parameters(), None)
+    return p.device if p is not None else None
 
 
-def _is_module(teacher) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(teacher, torch.nn.Module)
+def _teacher_outputs(teacher, X: np.ndarray, temperature: float):
+    """``(outputs, default kind)`` of a teacher for the rows of ``X`` (see :func:`teacher_targets`)."""
+    from distill.metrics import predict_logits
+    from distill.soft_targets import SoftTargetStore
+    from distill.teachers import Ensemble, Teacher
 
-
-def _is_store(teacher) -> bool:
-    try:
-        from distill.soft_targets import SoftTargetStore
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(teacher, SoftTargetStore)
+    if isinstance(teacher, (torch.nn.Module, Teacher)):
+        xt = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32)
+        if isinstance(teacher, Teacher):
+            t = teacher.at(temperature)
+            if t.stored:  # its stored rows: probabilities (kind "probs") or logits
+                return (t.table.all() if isinstance(t.table, SoftTargetStore) else t.table), t.kind
+            return predict_logits(t.forward, xt, device=t.device), "logits"
+        if isinstance(teacher, Ensemble):  # its combined distribution at T, not at T = 1 re-softened
+            return predict_logits(lambda x: teacher.logits(x, temperature), xt,
+                                  device=_module_device(teacher)), "logits"
+        return predict_logits(teacher, xt), "logits"  # eval mode, no_grad; the mode is restored after
+    if isinstance(teacher, SoftTargetStore):
+        return teacher.all(), "logits"
+    if callable(teacher) and not hasattr(teacher, "shape"):
+        return teacher(X), "probs"
+    return teacher, "probs"
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise ``softmax(v / T)`` in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise ``softmax(v / T)`` in float64, NumPy in and out: :func:`distill.losses.soften`."""
+    return soften(torch.as_tensor(np.asarray(logits, dtype=np.float64)), temperature).numpy()
 
 
 def teacher_targets(teacher, X: np.ndarray, temperature: float = 1.0, kind: str | None = None) -> np.ndarray:
     """The soft targets a ``teacher`` gives for the rows of ``X``.
 
-    ``teacher`` is a torch ``nn.Module`` (its logits for ``X``), a
+    ``teacher`` is a torch ``nn.Module`` (its logits for ``X``, run by
+    :func:`distill.metrics.predict_logits`; an :class:`distill.Ensemble` gives its effective logits
+    at ``temperature``, so the targets are its combined distribution at T), a
+    :class:`distill.Teacher` (the same, or its stored rows), a
     :class:`distill.soft_targets.SoftTargetStore` (its stored logits, one row per row of ``X``),
     a callable (``teacher(X)``) or an array / tensor with one row per row of ``X``. ``kind`` says
-    what those numbers are: ``"logits"`` become ``softmax(v / temperature)``; ``"probs"`` are
-    used as given (and validated). ``None`` means logits for modules and stores, probabilities
-    for callables and arrays.
+    what those numbers are: ``"logits"`` become ``softmax(v / temperature)``
+    (:func:`distill.losses.soften`); ``"probs"`` are used as given (and validated). ``None`` means
+    logits for modules and stores, probabilities for callables and arrays.
     """
     if kind is not None and kind not in TEACHER_KINDS:
         raise ValueError(f"teacher_kind must be one of {TEACHER_KINDS} or None, got {kind!r}")
-    if _is_module(teacher):
-        out, default = _module_logits(teacher, X), "logits"
-    elif _is_store(teacher):
-        out, default = teacher.all(), "logits"
-    elif callable(teacher) and not hasattr(teacher, "shape"):
-        out, default = teacher(X), "probs"
-    else:
-        out, default = teacher, "probs"
+    temperature = check_temperature(temperature)
+    out, default = _teacher_outputs(teacher, X, temperature)
     kind = kind or default
     out = _as_numpy(out)
     if kind == "probs":
@@ -205,7 +180,8 @@ class SoftTargetClassifier(ClassifierMixin, BaseEstimator):
     * ``fit(X, Y)`` with 2-D ``Y`` of shape ``(n_samples, k)``, ``k >= 2``: soft targets; every
       row must be a probability distribution (>= 0, summing to 1). A column vector
       ``(n_samples, 1)`` is read as labels (with scikit-learn's ``DataConversionWarning``).
-    * ``fit(X, teacher=...)``: a torch ``nn.Module`` or a
+    * ``fit(X, teacher=...)``: a torch ``nn.Module`` (an :class:`~distill.Ensemble`: its combined
+      distribution at ``temperature``), a :class:`~distill.Teacher`, or a
       :class:`~distill.soft_targets.SoftTargetStore` (logits, softened at ``temperature``), a
       callable returning probabilities for ``X``, or an array / tensor of probabilities with
       one row per row of ``X`` (``teacher_kind="logits"`` softens those too; see
@@ -221,7 +197,7 @@ class SoftTargetClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y=None, teacher=None, teacher_kind=None):
         """Fit the regressor to one-hot labels, soft targets, or a teacher's soft targets
         (``teacher_kind``: see :func:`teacher_targets`)."""
-        temperature = _check_temperature(self.temperature)
+        temperature = check_temperature(self.temperature)
         if teacher is None:
             if y is None:
                 raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None; "

@@ -28,9 +28,16 @@ from pathlib import Path
 
 import torch
 
-from distill import soft_targets, transfer
-from distill.experiments import mnist
-from distill.experiments.common import Runner, Stage
+from distill import transfer
+from distill.experiments.common import (
+    MNIST_PRESETS,
+    QUICK_TEACHER,
+    MnistPreset,
+    Runner,
+    Stage,
+    soft_teacher,
+    teacher_and_data,
+)
 from distill.metrics import classification_metrics, predict_logits
 from distill.models import MLP
 from distill.training import TrainConfig
@@ -57,114 +64,32 @@ SPECS = {
 }
 
 
-#: a small, fast teacher for the quick presets (same code path, 512-512, 2 epochs with jitter)
-QUICK_TEACHER = mnist.Preset(teacher_hidden=(512, 512),
-                             teacher=TrainConfig(epochs=2, lr=0.1, momentum=0.9, schedule="cosine", jitter=2))
-
-
 @dataclass(frozen=True)
 class Preset:
-    teacher: mnist.Preset = mnist.PRESETS["paper"]   # whose teacher (shared with `mnist` through --cache)
+    teacher: MnistPreset = MNIST_PRESETS["paper"]   # whose teacher (shared with `mnist` through --cache)
     student_hidden: tuple = (800, 800)
     # The ``mnist`` preset's distilled student (40 epochs, lr 0.03). Not the hard-label students'
     # 0.1: at T = 20 the T²-scaled soft loss behaves like logit matching (targets up to ~35) and
     # lr 0.1 with momentum 0.9 killed the 800-800 student (every ReLU dead, 9,026 test errors) in a
     # trial on the 3 % transfer set.
-    student: TrainConfig = replace(mnist.PRESETS["paper"].student, loss="distill", lr=mnist.PRESETS["paper"].distilled_lr,
-                                   temperature=mnist.PRESETS["paper"].temperature,
-                                   hard_weight=mnist.PRESETS["paper"].hard_weight)
+    student: TrainConfig = MNIST_PRESETS["paper"].distilled()
     min_steps: int = 0                # small transfer sets get more epochs, up to this many SGD steps
     epoch_size: int = 30000           # smaller transfer sets are repeated up to this many rows per epoch
     calibration_size: int = 10000
-    store_dtype: str = "float32"
 
 
 PRESETS = {
     "paper": Preset(min_steps=2000),
     # the same students distilled from the `mnist` preset's earlier lr-0.1 teachers (103 / 82 errors)
-    "paper-100": Preset(teacher=mnist.PRESETS["paper-100"], min_steps=2000),
-    "paper-long": Preset(teacher=mnist.PRESETS["paper-long"], min_steps=2000),
+    "paper-100": Preset(teacher=MNIST_PRESETS["paper-100"], min_steps=2000),
+    "paper-long": Preset(teacher=MNIST_PRESETS["paper-long"], min_steps=2000),
     "quick": Preset(teacher=QUICK_TEACHER, student_hidden=(400, 400),
-                    student=TrainConfig(epochs=3, lr=0.1, momentum=0.9, schedule="cosine", loss="distill",
-                                        temperature=20.0, hard_weight=0.1), min_steps=600, calibration_size=5000),
-    "tiny": Preset(teacher=mnist.PRESETS["tiny"], student_hidden=(32, 32),
-                   student=TrainConfig(epochs=2, lr=0.1, loss="distill", temperature=20.0, hard_weight=0.1),
+                    student=TrainConfig(epochs=3, lr=0.1, momentum=0.9, schedule="cosine", temperature=20.0,
+                                        hard_weight=0.1), min_steps=600, calibration_size=5000),
+    "tiny": Preset(teacher=MNIST_PRESETS["tiny"], student_hidden=(32, 32),
+                   student=TrainConfig(epochs=2, lr=0.1, temperature=20.0, hard_weight=0.1),
                    calibration_size=500, epoch_size=0),
 }
-
-
-# ---------------------------------------------------------------- shared with the regularizer experiment
-
-def stage_dir(runner: Runner, data, stage: Stage) -> Path:
-    """The folder ``runner.train(data, stage)`` will use (same key as :class:`Runner`)."""
-    from distill.training import run_key, seed_everything
-
-    seed_everything(stage.config.seed)
-    return runner.cache / f"{stage.name}-{run_key(stage.config, stage.build(), data.fingerprint, stage.teacher_id)}"
-
-
-def wait_while_trained_elsewhere(run_dir: Path, log=print, quiet_seconds: float = 600.0, poll: float = 30.0) -> None:
-    """Stages are shared between experiments through the cache. If another process is training
-    this stage right now (an unfinished ``state.json`` written less than ``quiet_seconds`` ago and
-    no ``model.json``), wait for it rather than train the same folder twice at once."""
-    said = False
-    while True:
-        state, final = run_dir / "state.json", run_dir / "model.json"
-        if final.is_file() or not state.is_file() or time.time() - state.stat().st_mtime > quiet_seconds:
-            return
-        if not said:
-            log(f"[wait] {run_dir} is being trained by another process; waiting for it to finish")
-            said = True
-        time.sleep(poll)
-
-
-def train_shared(runner: Runner, data, stage: Stage):
-    """``runner.train`` for a stage other experiments may be training at the same moment."""
-    wait_while_trained_elsewhere(stage_dir(runner, data, stage), runner.log)
-    return runner.train(data, stage)
-
-
-def teacher_and_data(runner: Runner, tp: mnist.Preset, data_dir=None, log=print):
-    """Train or reuse (through the runner's cache) the MNIST teacher of the ``mnist`` preset ``tp``
-    (the paper preset's teacher is the one ``distill reproduce mnist --preset paper`` trains).
-    Returns (data, teacher model, teacher id = first 16 hex of its weights' SHA-256)."""
-    from distill.checkpoints import load_tensors
-
-    data = mnist.load_data(tp, data_dir, log)
-    res = train_shared(runner, data, mnist.teacher_stage(tp, data))
-    _, side = load_tensors(res.run_dir / "model")
-    res.model.eval()
-    return data, res.model, side["weights_sha256"][:16]
-
-
-def store_for(runner: Runner, teacher, teacher_id: str, tset, selection: str, dtype="float32", progress=True,
-              log=print) -> soft_targets.SoftTargetStore:
-    """The teacher's soft-target store over the transfer set ``tset``, kept in ``cache/soft-targets``."""
-    path = soft_targets.default_path(runner.cache / "soft-targets", teacher_id, tset.fingerprint, selection,
-                                     dtype=dtype)
-    return soft_targets.get_store(path, teacher, tset.x_train, teacher_id=teacher_id,
-                                  data_fingerprint=tset.fingerprint, selection=selection, dtype=dtype,
-                                  progress=progress, log=log)
-
-
-def epochs_for(config: TrainConfig, n: int, min_steps: int) -> int:
-    """``max(epochs, ceil(min_steps / ceil(n / batch_size)))``: small transfer sets train for at
-    least ``min_steps`` SGD steps."""
-    steps = -(-n // config.batch_size)
-    return max(config.epochs, -(-min_steps // steps)) if min_steps else config.epochs
-
-
-def calibration_inputs(data, size: int, seed: int = 1234) -> torch.Tensor:
-    """``size`` training images drawn uniformly at random without replacement (labels unread)."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.x_train), generator=g)[:size]
-    return data.x_train[idx]
-
-
-def errors_on(logits: torch.Tensor, labels: torch.Tensor, classes) -> int:
-    """Test errors among the examples whose true label is in ``classes``."""
-    m = torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))
-    return int((logits[m].argmax(1) != labels[m]).sum())
 
 
 # ---------------------------------------------------------------- the experiment
@@ -191,7 +116,7 @@ def run(name: str, preset: str = "quick", out=None, cache=None, data_dir=None, p
     spec, p = SPECS[name], PRESETS[preset]
     out = Path(out or f"runs/{name}")
     runner = Runner(out, cache, progress, log, title=f"{spec.title} (preset {preset})", table=summarize(spec))
-    data, teacher, teacher_id = teacher_and_data(runner, p.teacher, data_dir, log)
+    data, teacher = teacher_and_data(runner, p.teacher, data_dir, log)
     t_logits = predict_logits(teacher, data.x_test)
 
     if spec.mode == "omit":
@@ -199,25 +124,25 @@ def run(name: str, preset: str = "quick", out=None, cache=None, data_dir=None, p
     else:
         tset = transfer.only_classes(data, spec.classes)
     absent = transfer.absent_classes(data, tset)
-    runner.records[-1].update(correction="none", errors_on_omitted=errors_on(t_logits, data.y_test, spec.classes),
-                              errors_on_absent=errors_on(t_logits, data.y_test, absent))
+    runner.records[-1].update(correction="none",
+                              errors_on_omitted=transfer.errors_on(t_logits, data.y_test, spec.classes),
+                              errors_on_absent=transfer.errors_on(t_logits, data.y_test, absent))
     log(f"[{name}] transfer set: {len(tset.y_train)} of {len(data.y_train)} training images; "
         f"classes absent: {absent}")
     n_transfer = len(tset.y_train)
     reps = transfer.repeats_for(n_transfer, p.epoch_size)
     tset = transfer.repeat(tset, reps)
-    store = store_for(runner, teacher, teacher_id, tset, name, p.store_dtype, progress, log)
-    cfg = replace(p.student, epochs=epochs_for(p.student, len(tset.y_train), p.min_steps))
+    cfg = replace(p.student, epochs=transfer.epochs_for(p.student, len(tset.y_train), p.min_steps))
     hidden = tuple(p.student_hidden)
     stage = Stage("student-distilled", lambda: MLP(data.num_features, hidden, data.num_classes), cfg,
-                  teacher_targets=store, teacher_id=teacher_id,
+                  teacher=soft_teacher(runner, teacher),
                   extra=dict(hidden=list(hidden), transfer=name, transfer_size=n_transfer, repeats=reps))
     res = runner.train(tset, stage)
     student = res.model.eval()
 
     test_logits = predict_logits(student, data.x_test)
     t0 = time.perf_counter()
-    calib = calibration_inputs(data, p.calibration_size)
+    calib = transfer.calibration_inputs(data, p.calibration_size)
     teacher_p = torch.softmax(predict_logits(teacher, calib), -1)
     auto = transfer.fit_offsets(predict_logits(student, calib), teacher_p, classes=absent)
     log(f"[{name}] automatic offsets from {len(calib)} unlabeled calibration images "
@@ -231,8 +156,8 @@ def run(name: str, preset: str = "quick", out=None, cache=None, data_dir=None, p
         nz = {int(c): round(float(v), 3) for c, v in enumerate(b) if float(v) != 0.0}
         runner.add(dict(base, correction=correction, offsets=nz, test_errors=m["errors"],
                         test_accuracy=m["accuracy"], test_nll=m["nll"],
-                        errors_on_omitted=errors_on(logits, data.y_test, spec.classes),
-                        errors_on_absent=errors_on(logits, data.y_test, absent),
+                        errors_on_omitted=transfer.errors_on(logits, data.y_test, spec.classes),
+                        errors_on_absent=transfer.errors_on(logits, data.y_test, absent),
                         omitted_classes=list(spec.classes), absent_classes=absent,
                         calibration=(f"{len(calib)} unlabeled training images, teacher T=1 probabilities"
                                      if correction == "auto" else None)))

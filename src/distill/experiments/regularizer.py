@@ -17,12 +17,18 @@ epochs (selected on the test set, hence optimistic for the baseline) and the gap
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from distill import soft_targets, transfer
-from distill.experiments import mnist
-from distill.experiments.common import Runner, Stage, gap_closed
-from distill.experiments.partial import QUICK_TEACHER, epochs_for, store_for, teacher_and_data, train_shared
+from distill import transfer
+from distill.experiments.common import (
+    MNIST_PRESETS,
+    QUICK_TEACHER,
+    MnistPreset,
+    Runner,
+    Stage,
+    gap_closed,
+    soft_teacher,
+    teacher_and_data,
+)
 from distill.models import MLP
 from distill.training import TrainConfig
 
@@ -32,9 +38,9 @@ PAPER_RECOVERED = (57.0 - 44.5) / (58.9 - 44.5)
 
 @dataclass(frozen=True)
 class Preset:
-    teacher: mnist.Preset = mnist.PRESETS["paper"]
+    teacher: MnistPreset = MNIST_PRESETS["paper"]
     student_hidden: tuple = (800, 800)
-    full: TrainConfig = mnist.PRESETS["paper"].student      # the 100 % hard-label student (as in `mnist`)
+    full: TrainConfig = MNIST_PRESETS["paper"].student      # the 100 % hard-label student (as in `mnist`)
     small: TrainConfig = TrainConfig(epochs=1, lr=0.1, momentum=0.9, schedule="cosine")   # hard labels, 3 %
     # soft targets at T = 20: lr 0.1 killed the student in a trial (see partial.py). Over 10 epochs of
     # 30,000 rows, lr 0.01 / 0.03 / Adam 1e-3 ended at 435 / 405 / 439 test errors (T = 8: 419, T = 4:
@@ -52,13 +58,13 @@ class Preset:
 PRESETS = {
     "paper": Preset(),
     # the `mnist` preset's earlier lr-0.1 teachers (103 / 82 errors)
-    "paper-100": Preset(teacher=mnist.PRESETS["paper-100"]),
-    "paper-long": Preset(teacher=mnist.PRESETS["paper-long"]),
+    "paper-100": Preset(teacher=MNIST_PRESETS["paper-100"]),
+    "paper-long": Preset(teacher=MNIST_PRESETS["paper-long"]),
     "quick": Preset(teacher=QUICK_TEACHER, student_hidden=(400, 400),
                     full=TrainConfig(epochs=2, lr=0.1, momentum=0.9, schedule="cosine"),
                     small=TrainConfig(epochs=10, lr=0.1, momentum=0.9, schedule="cosine"), min_steps=600,
                     soft_lr=0.01, jitter=0),
-    "tiny": Preset(teacher=mnist.PRESETS["tiny"], student_hidden=(32, 32), full=TrainConfig(epochs=2, lr=0.1),
+    "tiny": Preset(teacher=MNIST_PRESETS["tiny"], student_hidden=(32, 32), full=TrainConfig(epochs=2, lr=0.1),
                    small=TrainConfig(epochs=3, lr=0.1), fraction=0.1, min_steps=0, epoch_size=0, jitter=0),
 }
 
@@ -102,7 +108,7 @@ def run(preset: str = "quick", out="runs/regularizer", cache=None, data_dir=None
     p = PRESETS[preset]
     runner = Runner(out, cache, progress, log, title=f"Soft targets as a regularizer, MNIST (preset {preset})",
                     table=summarize)
-    data, teacher, teacher_id = teacher_and_data(runner, p.teacher, data_dir, log)
+    data, teacher = teacher_and_data(runner, p.teacher, data_dir, log)
     runner.records[-1].update(transfer_size=len(data.y_train), fraction=1.0, targets="hard", correction="none")
     hidden = tuple(p.student_hidden)
 
@@ -113,36 +119,31 @@ def run(preset: str = "quick", out="runs/regularizer", cache=None, data_dir=None
     n_small = len(tset.y_train)
     reps = transfer.repeats_for(n_small, p.epoch_size)
     tset = transfer.repeat(tset, reps)
-    cfg = replace(p.small, seed=0, epochs=epochs_for(p.small, len(tset.y_train), p.min_steps))
+    cfg = replace(p.small, seed=0, epochs=transfer.epochs_for(p.small, len(tset.y_train), p.min_steps))
     log(f"[regularizer] {n_small} training images ({100 * p.fraction:g} %, stratified, seed {p.subset_seed}), "
         f"repeated {reps}x per epoch, {cfg.epochs} epochs")
-    store = store_for(runner, teacher, teacher_id, tset, f"fraction={p.fraction:g},seed={p.subset_seed}",
-                      progress=progress, log=log)
     extra = dict(hidden=list(hidden), transfer_size=n_small, repeats=reps, fraction=p.fraction, correction="none")
-    soft_cfg = replace(cfg, loss="distill", lr=p.soft_lr, temperature=p.temperature, hard_weight=p.hard_weight)
-    stages = [Stage("student-hard-3pct", build, replace(cfg, loss="hard"), extra=dict(extra, targets="hard")),
-              Stage("student-soft-3pct", build, soft_cfg, teacher_targets=store, teacher_id=teacher_id,
+    soft_cfg = replace(cfg, lr=p.soft_lr, temperature=p.temperature, hard_weight=p.hard_weight)
+    stages = [Stage("student-hard-3pct", build, cfg, extra=dict(extra, targets="hard")),
+              Stage("student-soft-3pct", build, soft_cfg, teacher=soft_teacher(runner, teacher),
                     extra=dict(extra, targets="soft"))]
     if p.jitter:
         # beyond the paper: the same 3 % images, jittered by up to `jitter` pixels each time they are
-        # seen. The stored soft targets belong to the unshifted images, so the teacher runs on the fly.
-        targets, on_the_fly = soft_targets.targets_for_training(replace(soft_cfg, jitter=p.jitter), teacher, store, log)
-        stages += [Stage("student-hard-3pct-jitter", build, replace(cfg, loss="hard", jitter=p.jitter),
+        # seen; the teacher module runs on the same jittered batch the student sees.
+        stages += [Stage("student-hard-3pct-jitter", build, replace(cfg, jitter=p.jitter),
                          extra=dict(extra, targets="hard", jitter=p.jitter)),
-                   Stage("student-soft-3pct-jitter", build, replace(soft_cfg, jitter=p.jitter),
-                         teacher_targets=targets, teacher=on_the_fly, teacher_id=teacher_id,
+                   Stage("student-soft-3pct-jitter", build, replace(soft_cfg, jitter=p.jitter), teacher=teacher,
                          extra=dict(extra, targets="soft", jitter=p.jitter))]
     for stage in stages:
         if only and stage.name not in only:
             continue
-        res = train_shared(runner, tset, stage)
+        res = runner.train(tset, stage)  # a stage another process is training is waited for
         runner.records[-1]["best_epoch_errors"] = min((h["test_errors"] for h in res.history), default=None)
     if only:
         return runner.records
     # the 100 % hard-label student is `distill reproduce mnist`'s student-hard (seed 0): trained last,
     # so a concurrent `mnist` run sharing the cache has usually finished it by then
-    full = train_shared(runner, data, Stage("student-hard", build, replace(p.full, seed=0, loss="hard"),
-                                            extra=dict(hidden=list(hidden))))
+    full = runner.train(data, Stage("student-hard", build, replace(p.full, seed=0), extra=dict(hidden=list(hidden))))
     runner.records[-1].update(transfer_size=len(data.y_train), fraction=1.0, targets="hard", correction="none",
                               best_epoch_errors=min((h["test_errors"] for h in full.history), default=None))
     order = ["teacher", "student-hard", "student-hard-3pct", "student-soft-3pct", "student-hard-3pct-jitter",

@@ -11,8 +11,6 @@ paper's Tables 3/4 (accuracy, relative improvement, accuracy by number of coveri
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -21,15 +19,16 @@ from pathlib import Path
 import torch
 
 from distill import specialists as S
-from distill.checkpoints import atomic_write_json, load_tensors
+from distill.checkpoints import atomic_write_json
 from distill.errors import DistillError
 from distill.experiments.common import Runner, Stage
 from distill.metrics import classification_metrics, predict_logits
 from distill.models import MLP, count_params
+from distill.teachers import Teacher, module_id
 from distill.training import TrainConfig
 
 DATASETS = ("fashion-mnist", "mnist", "synthetic")
-VARIANTS = ("hard", "soft")
+VARIANTS = S.VARIANTS
 PAPER = dict(generalist_top1=25.0, combined_top1=26.1, relative_improvement=4.4)  # JFT, Table 3
 
 
@@ -122,45 +121,39 @@ def load_data(dataset: str, p: Preset, data_dir=None, log=print):
     return data
 
 
-def _hash(*parts) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.numpy().tobytes() if isinstance(part, torch.Tensor) else json.dumps(part).encode())
-    return h.hexdigest()[:16]
+def stage_fit(runner: Runner, records: list | None = None):
+    """The ``fit_fn`` hook (see :mod:`distill.tuning`) that trains through ``runner``'s stage cache
+    and appends each stage's record to ``records``."""
+    def fit_fn(name, data, build, config, teacher=None, extra=None):
+        res = runner.train(data, Stage(name, build, config, teacher, dict(extra or {})))
+        if records is not None:
+            records.append(runner.records[-1])
+        return res
+    return fit_fn
 
 
-def train_specialists(runner: Runner, p: Preset, data, generalist, gen_id: str, subsets, variant: str,
-                      seed: int = 0, log=print):
-    """One specialist per subset; returns (specialists, records, total training seconds)."""
-    if variant not in VARIANTS:
-        raise DistillError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    out, recs, secs = [], [], 0.0
-    gen_probs_train = torch.softmax(predict_logits(generalist, data.x_train), 1) if variant == "soft" else None
-    for m, subset in enumerate(subsets):
-        full = variant == "soft"
-        ds, idx, corr = S.specialist_dataset(data, subset, seed=seed + m, relabel=not full)
-        if full:
-            # the soft variant learns a mixture of the re-balanced posterior (hard-label share) and the
-            # generalist's natural one (soft share); we correct the log-odds by the hard-label share only
-            # (an approximation: exact at either end, hard_weight = 0 or soft share = 0)
-            corr = corr * p.soft_hard_weight / (p.soft_hard_weight + 1.0)
-            cfg = replace(p.specialist, seed=seed, loss="distill", temperature=p.soft_temperature,
-                          hard_weight=p.soft_hard_weight, soft_weight=1.0)
-            stage = Stage(f"specialist-{variant}-{m}", lambda s=subset: S.build_specialist_model(generalist, s, True),
-                          cfg, teacher_targets=S.specialist_soft_targets(gen_probs_train[idx], data.y_train[idx],
-                                                                         subset),
-                          teacher_kind="probs", teacher_id="gen-nonspecial:" + gen_id,
-                          extra=dict(subset=list(subset), variant=variant, dustbin_correction=corr))
-        else:
-            cfg = replace(p.specialist, seed=seed, loss="hard")
-            stage = Stage(f"specialist-{variant}-{m}", lambda s=subset: S.build_specialist_model(generalist, s),
-                          cfg, teacher_id="init:" + gen_id,
-                          extra=dict(subset=list(subset), variant=variant, dustbin_correction=corr))
-        res = runner.train(ds, stage)
-        secs += runner.records[-1]["wall_seconds"]
-        recs.append(runner.records[-1])
-        out.append(S.Specialist(tuple(subset), res.model.eval(), corr, full_softmax=full))
-    return out, recs, secs
+def from_generalist(name: str, gen_id: str) -> str:
+    """Stage name of a model that starts from the generalist's weights: ``<name>-<8 hex of its id>``.
+    Run keys cover a model's structure, not its initial weights, so the generalist's id in the name
+    keeps the stages of different generalists (e.g. the 30- and 60-epoch Fashion presets) apart."""
+    return f"{name}-{gen_id[:8]}"
+
+
+def _name_system(rec: dict, system: str) -> dict:
+    """Name a generalist-initialised stage's record by its system (the tables' name); its stage
+    name, which carries the generalist's id, stays in ``rec["stage"]``."""
+    rec["stage"], rec["model"] = rec["model"], system
+    return rec
+
+
+def train_specialists(runner: Runner, p: Preset, data, generalist, subsets, variant: str, seed: int = 0):
+    """:func:`distill.specialists.train_specialists` with the preset's recipe, through the stage
+    cache; returns (specialists, records, total training seconds)."""
+    recs: list[dict] = []
+    specs, _ = S.train_specialists(generalist, data, subsets, replace(p.specialist, seed=seed), variant=variant,
+                                   soft_temperature=p.soft_temperature, soft_hard_weight=p.soft_hard_weight,
+                                   fit_fn=stage_fit(runner, recs))
+    return specs, recs, sum(r["wall_seconds"] for r in recs)
 
 
 def measure_throughput(generalist, specialists, x, p: Preset, repeats: int = 3) -> float:
@@ -277,11 +270,10 @@ def run(dataset: str = "fashion-mnist", preset: str = "quick", out="runs/special
     # 1. generalist
     gstage = Stage("generalist", lambda: MLP(data.num_features, p.hidden, data.num_classes, p.dropout_input,
                                              p.dropout_hidden, p.max_norm),
-                   replace(p.generalist, seed=seed, loss="hard"), extra=dict(dataset=dataset, hidden=list(p.hidden)))
+                   replace(p.generalist, seed=seed), extra=dict(dataset=dataset, hidden=list(p.hidden)))
     gres = runner.train(data, gstage)
     generalist = gres.model.eval()
-    _, side = load_tensors(gres.run_dir / "model")
-    gen_id = side["weights_sha256"][:16]
+    gen_id = module_id(generalist)
     grec = runner.records[-1]
 
     # 2. confusable subsets from the predictions on (unlabeled) training inputs
@@ -321,7 +313,7 @@ def run(dataset: str = "fashion-mnist", preset: str = "quick", out="runs/special
     gen_err = grec["test_errors"]
     combined = {}
     for variant in variants:
-        specs, srecs, secs = train_specialists(runner, p, data, generalist, gen_id, subsets, variant, seed, log)
+        specs, srecs, secs = train_specialists(runner, p, data, generalist, subsets, variant, seed)
         t0 = time.perf_counter()
         q, p_g, active, info = S.predict_combined(generalist, specs, data.x_test, p.top_n, p.tol)
         t_inf = time.perf_counter() - t0
@@ -351,12 +343,15 @@ def run(dataset: str = "fashion-mnist", preset: str = "quick", out="runs/special
         runner.add(rec)
         combined[variant] = (specs, rec)
 
+    def init():  # a model of the generalist's size that starts from its weights
+        return copy.deepcopy(generalist).train()
+
     if control:
         # same extra training as one specialist, without specialising: is the gain the specialists' own?
-        x = runner.train(data, Stage("generalist-extra", lambda: copy.deepcopy(generalist).train(),
-                                     replace(p.specialist, seed=seed, loss="hard"), teacher_id="init:" + gen_id,
-                                     extra=dict(dataset=dataset, init="generalist")))
-        xrec = runner.records[-1]
+        x = runner.train(data, Stage(from_generalist("generalist-extra", gen_id), init,
+                                     replace(p.specialist, seed=seed),
+                                     extra=dict(dataset=dataset, init="generalist", generalist=gen_id)))
+        xrec = _name_system(runner.records[-1], "generalist-extra")
         q = S.mean_of_full_coverage([p_g_test, torch.softmax(predict_logits(x.model, data.x_test), 1)])
         m = classification_metrics(torch.log(q.clamp_min(1e-30)), data.y_test)
         rec = dict(model="generalist+extra", seed=seed, dataset=dataset, test_errors=m["errors"],
@@ -376,17 +371,17 @@ def run(dataset: str = "fashion-mnist", preset: str = "quick", out="runs/special
         log("[distilled-back] combined q over the training set")
         q_train, _, _, _ = S.predict_combined(generalist, specs, data.x_train, p.top_n, p.tol)
         q_train = q_train.float()
-        q_id = _hash(q_train)
-        cfg = replace(p.distill_back, seed=seed, loss="distill", temperature=1.0,
-                      hard_weight=p.distill_back_hard_weight)
-        init = lambda: copy.deepcopy(generalist).train()  # noqa: E731  (same size, starts from the generalist)
-        runner.train(data, Stage("distilled-back", init, cfg, teacher_targets=q_train, teacher_kind="probs",
-                                 teacher_id="q:" + q_id, extra=dict(dataset=dataset, variant=distill_back_variant,
-                                                                   init="generalist")))
+        cfg = replace(p.distill_back, seed=seed, temperature=1.0, hard_weight=p.distill_back_hard_weight)
+        # the teacher's id is the digest of q, which depends on the generalist (and the specialists)
+        runner.train(data, Stage("distilled-back", init, cfg, teacher=Teacher(q_train, kind="probs"),
+                                 extra=dict(dataset=dataset, variant=distill_back_variant, init="generalist",
+                                            generalist=gen_id)))
         db = runner.records[-1]
         # control: the same extra epochs on hard labels only, so the gain is not just more training
-        runner.train(data, Stage("generalist-finetuned", init, replace(p.distill_back, seed=seed, loss="hard"),
-                                 teacher_id="init:" + gen_id, extra=dict(dataset=dataset, init="generalist")))
+        runner.train(data, Stage(from_generalist("generalist-finetuned", gen_id), init,
+                                 replace(p.distill_back, seed=seed),
+                                 extra=dict(dataset=dataset, init="generalist", generalist=gen_id)))
+        _name_system(runner.records[-1], "generalist-finetuned")
         for r in (db, runner.records[-1]):
             r["relative_error_reduction"] = (gen_err - r["test_errors"]) / gen_err if gen_err else None
         gain = gen_err - crec["test_errors"]

@@ -2,10 +2,18 @@
 T in {1, 2, 2.5, 4, 8, 20} from the MNIST teacher; test errors against T."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from distill.experiments import mnist
-from distill.experiments.common import Runner, fmt_mean_std, mean_std
+from distill.experiments.common import (
+    MNIST_PRESETS,
+    Runner,
+    fmt_mean_std,
+    mean_std,
+    mnist_student_stages,
+    soft_teacher,
+    student_set,
+    teacher_and_data,
+)
 from distill.report import plot_lines
 
 TEMPERATURES = (1.0, 2.0, 2.5, 4.0, 8.0, 20.0)
@@ -14,7 +22,7 @@ SIZES = (800, 300, 30)
 
 @dataclass(frozen=True)
 class Preset:
-    base: str = "paper"               # the mnist preset whose teacher and student schedule we reuse
+    base: str = "paper"               # the MNIST preset (common.MNIST_PRESETS) whose teacher and students we reuse
     sizes: tuple = SIZES
     temperatures: tuple = TEMPERATURES
     student_epochs: int | None = 20
@@ -86,16 +94,17 @@ def table(records: list[dict]) -> str:
 
 def run(preset="quick", out="runs/temperature", cache=None, data_dir=None, progress=True, log=print):
     p = PRESETS[preset]
-    base = mnist.PRESETS[p.base]
+    base = MNIST_PRESETS[p.base]
     if p.student_epochs:
         base = replace(base, student=replace(base.student, epochs=p.student_epochs))
     runner = Runner(out, cache, progress, log, title=f"Temperature and student size (preset {preset})", table=table)
-    data = mnist.load_data(base, data_dir, log)
-    _, data, targets, teacher_id = mnist.train_teacher(runner, base, data)
+    data, teacher = teacher_and_data(runner, base, data_dir, log)
+    data = student_set(base, data)
+    teacher = soft_teacher(runner, teacher)  # one store of logits serves every T (the stage config sets T)
     for seed in range(p.seeds):
         for h in p.sizes:
             for t in p.temperatures:
-                _, dist = mnist.student_stages(base, data, seed, targets, teacher_id, temperature=t, hidden=(h, h))
+                _, dist = mnist_student_stages(base, data, seed, teacher, temperature=t, hidden=(h, h))
                 runner.train(data, dist)
     runner.write()
     means = _means(runner.records)

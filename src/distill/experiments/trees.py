@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.checkpoints import load_tensors, save_tensors
+from distill import tuning
 from distill.data import Dataset
 from distill.errors import DistillError
 from distill.experiments.common import Runner, Stage, fmt_mean_std, mean_std
 from distill.metrics import predict_logits
 from distill.models import CNN, MLP
+from distill.teachers import Teacher
 from distill.training import TrainConfig
 
 REFERENCE_2D = {"teacher": 90.0, "tree-hard": 86.5, "tree-soft": 90.0}
@@ -119,20 +120,21 @@ def run_2d(runner: Runner, p: Preset, seed: int, plot: Path | None = None, log=p
     from distill.trees import SoftTargetClassifier
 
     data = moons_data(p.n_samples, p.noise, seed)
-    stage = Stage("teacher", lambda: MLP(2, p.mlp_hidden, 2), replace(p.mlp, seed=seed, loss="hard"),
+    stage = Stage("teacher", lambda: MLP(2, p.mlp_hidden, 2), replace(p.mlp, seed=seed),
                   extra=dict(part="2d", hidden=list(p.mlp_hidden)))
     res = runner.train(data, stage)
     teacher = res.model.eval()
     Xtr, ytr = data.x_train.double().numpy(), data.y_train.numpy()
     Xte, yte = data.x_test.double().numpy(), data.y_test.numpy()
-    probs = torch.softmax(predict_logits(teacher, data.x_train).double() / p.tree_temperature, 1).numpy()
     teacher_pred = predict_logits(teacher, data.x_test).argmax(1).numpy()
 
     t0 = time.perf_counter()
     hard = DecisionTreeClassifier(random_state=seed).fit(Xtr, ytr)
     rec_hard = _tree_record("tree-hard", seed, hard, Xte, yte, teacher_pred, time.perf_counter() - t0, None)
     t0 = time.perf_counter()
-    soft = SoftTargetClassifier(DecisionTreeRegressor(random_state=seed)).fit(Xtr, probs)
+    # the regression tree on the teacher's probabilities softmax(v / T) over the training inputs
+    soft = SoftTargetClassifier(DecisionTreeRegressor(random_state=seed),
+                                temperature=p.tree_temperature).fit(Xtr, teacher=teacher)
     rec_soft = _tree_record("tree-soft", seed, soft, Xte, yte, teacher_pred, time.perf_counter() - t0,
                             p.tree_temperature)
     for rec in (rec_hard, rec_soft):
@@ -160,8 +162,7 @@ def plot_decision_boundaries(teacher, hard, soft, X, y, out, accuracies, nodes, 
     lo, hi = X.min(0) - 0.3, X.max(0) + 0.3
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution))
     grid = np.c_[gx.ravel(), gy.ravel()]
-    with torch.no_grad():
-        p_teacher = torch.softmax(teacher(torch.as_tensor(grid, dtype=torch.float32)), 1)[:, 1].numpy()
+    p_teacher = torch.softmax(predict_logits(teacher, torch.as_tensor(grid, dtype=torch.float32)), 1)[:, 1].numpy()
     panels = [
         (f"teacher: MLP {'-'.join(map(str, hidden))}\ntest accuracy {100 * accuracies[0]:.1f}%", p_teacher),
         (f"tree on hard labels ({nodes[0]} nodes)\ntest accuracy {100 * accuracies[1]:.1f}%",
@@ -200,61 +201,25 @@ def load_mnist_data(p: Preset, data_dir=None, log=print):
     return data
 
 
-def holdout_split(data: Dataset, holdout: int, seed: int = 0):
-    """Indices (fit, held-out) of a seeded random split of the training set, and the data set
-    that trains on the first and evaluates on the second (the test set is not touched)."""
-    n = len(data.y_train)
-    if not 0 < holdout < n:
-        raise DistillError(f"holdout must be between 1 and {n - 1} training examples, got {holdout}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    hold, fit_idx = perm[:holdout].sort().values, perm[holdout:].sort().values
-    tune = replace(data, name=f"{data.name}-tune", x_train=data.x_train[fit_idx], y_train=data.y_train[fit_idx],
-                   x_test=data.x_train[hold], y_test=data.y_train[hold],
-                   fingerprint=f"{data.fingerprint}:holdout{holdout}/s{seed}")
-    return fit_idx, hold, tune
-
-
-def teacher_logits(runner: Runner, model, teacher_id: str, data: Dataset, log=print) -> torch.Tensor:
-    """The teacher's logits over the training set, computed once and kept in the stage cache
-    (keyed by the teacher's weights and the data fingerprint)."""
-    key = hashlib.sha256(f"{teacher_id}|{data.fingerprint}".encode()).hexdigest()[:16]
-    stem = runner.cache / f"cnn-teacher-logits-{key}"
-    if (stem.parent / (stem.name + ".json")).is_file():
-        tensors, side = load_tensors(stem)
-        if side.get("teacher") == teacher_id and side.get("data") == data.fingerprint:
-            log(f"[cnn-teacher] reusing its training-set logits from {stem}")
-            return tensors["logits"]
-    t0 = time.perf_counter()
-    logits = predict_logits(model, data.x_train, batch_size=1000)
-    save_tensors(stem, {"logits": logits.contiguous()}, dict(teacher=teacher_id, data=data.fingerprint))
-    log(f"[cnn-teacher] logits over {len(logits)} training examples in {time.perf_counter() - t0:.0f}s -> {stem}")
-    return logits
-
-
 def run_mnist(runner: Runner, p: Preset, seeds: int, data_dir=None, temperature: float | None = None,
               progress=True, log=print) -> list[dict]:
     data = load_mnist_data(p, data_dir, log)
     teacher_stage = Stage(
         "cnn-teacher", lambda: CNN(data.image_shape, p.cnn_channels, p.cnn_hidden, data.num_classes,
                                    dropout_hidden=p.cnn_dropout),
-        replace(p.cnn, seed=0, loss="hard"),
+        replace(p.cnn, seed=0),
         extra=dict(part="mnist", hidden=list(p.cnn_hidden), channels=p.cnn_channels))
     res = runner.train(data, teacher_stage)
-    _, side = load_tensors(res.run_dir / "model")
-    teacher_id = side["weights_sha256"][:16]
-    logits = teacher_logits(runner, res.model, teacher_id, data, log)
+    # its logits over each training set are computed once, in the soft-target store of the stage cache
+    teacher = Teacher(res.model, store=runner.cache / "soft-targets")
+    extra = dict(part="mnist", hidden=list(p.student_hidden))
 
     def build():
         return MLP(data.num_features, p.student_hidden, data.num_classes)
 
-    def distilled(seed, t, stage_data_targets, name="student-distilled"):
-        return Stage(name, build,
-                     replace(p.student, seed=seed, loss="distill", temperature=t, hard_weight=p.hard_weight),
-                     teacher_targets=stage_data_targets, teacher_id=teacher_id,
-                     extra=dict(part="mnist", hidden=list(p.student_hidden)))
-
+    distill_config = replace(p.student, hard_weight=p.hard_weight)
     if temperature is None:
-        temperature = tune_temperature(runner, p, data, logits, distilled, progress, log)
+        temperature = choose_temperature(runner, p, data, build, distill_config, teacher, extra, progress, log)
     teacher_test = predict_logits(res.model, data.x_test, batch_size=1000).argmax(1)
 
     def with_diagnostics(fit_result):
@@ -269,33 +234,41 @@ def run_mnist(runner: Runner, p: Preset, seeds: int, data_dir=None, temperature:
         runner.write()
 
     for seed in range(seeds):
-        with_diagnostics(runner.train(data, Stage("student-hard", build, replace(p.student, seed=seed, loss="hard"),
-                                                  extra=dict(part="mnist", hidden=list(p.student_hidden)))))
-        with_diagnostics(runner.train(data, distilled(seed, temperature, logits)))
+        with_diagnostics(runner.train(data, Stage("student-hard", build, replace(p.student, seed=seed),
+                                                  extra=extra)))
+        with_diagnostics(runner.train(data, Stage("student-distilled", build,
+                                                  replace(distill_config, seed=seed, temperature=temperature),
+                                                  teacher=teacher, extra=extra)))
     return [r for r in runner.records if r.get("part") == "mnist"]
 
 
-def tune_temperature(runner: Runner, p: Preset, data, logits, distilled, progress=True, log=print) -> float:
-    """Train the distilled student (seed 0) at each candidate temperature on the training set
-    minus ``p.holdout`` examples and return the temperature with the fewest errors on those
-    held-out examples. The records go to ``OUT/tuning/results.{json,md}``."""
-    fit_idx, _, tune = holdout_split(data, p.holdout)
+def choose_temperature(runner: Runner, p: Preset, data, build, config, teacher, extra, progress=True,
+                       log=print) -> float:
+    """:func:`distill.tuning.tune_temperature` over the preset's candidates: the distilled student
+    (seed 0) trained on the training set minus ``p.holdout`` examples, the temperature with the
+    fewest errors on those held-out TRAINING examples (the test set is never read). The records go
+    to ``OUT/tuning/results.{json,md}``."""
     tuner = Runner(runner.out / "tuning", runner.cache, progress, log,
                    title=f"Temperature choice: distilled {'-'.join(map(str, p.student_hidden))} student, "
                          f"errors on {p.holdout} held-out TRAINING examples (the test set is not used)")
-    for t in p.temperatures:
+
+    def fit_fn(name, tune_data, build, config, teacher, extra):
         # "test" in this runner's log lines means the held-out training examples
-        tuner.train(tune, distilled(0, t, logits[fit_idx], name="heldout-student-distilled"))
-    best = min(tuner.records, key=lambda r: (r["test_errors"], r["temperature"]))
+        return tuner.train(tune_data, Stage(name, build, config, teacher, extra))
+
+    choice = tuning.tune_temperature(build, data, replace(config, seed=0), teacher, p.temperatures,
+                                     holdout=p.holdout, fit_fn=fit_fn, name="heldout-student-distilled",
+                                     extra=extra)
     for r in tuner.records:
         r["held_out_errors"] = r.pop("test_errors")
         r["held_out_accuracy"] = r.pop("test_accuracy")
         r.pop("test_nll", None)
-    tuner.table = lambda recs: _tuning_table(recs, best["temperature"])
+    tuner.table = lambda recs: _tuning_table(recs, choice.temperature)
     tuner.write()
     runner.tuning = tuner.records
-    log(f"[tune] temperature {best['temperature']:g} ({best['held_out_errors']} held-out errors of {p.holdout})")
-    return float(best["temperature"])
+    best = next(c for c in choice.candidates if c["temperature"] == choice.temperature)
+    log(f"[tune] temperature {choice.temperature:g} ({best['held_out_errors']} held-out errors of {p.holdout})")
+    return choice.temperature
 
 
 def _tuning_table(records, chosen) -> str:
