@@ -142,3 +142,39 @@ def test_subset_is_stratified_deterministic_and_refingerprinted(toy):
     assert all(rows[tuple(x.tolist())] == int(y) for x, y in zip(a.x_train, a.y_train))
     with pytest.raises(DistillError, match="at least one example"):
         toy.subset(train=0)
+
+
+def test_sources_in_order_env_dir_and_files_split_across_sources(tmp_path, cache, monkeypatch):
+    """Order: the user's folder (flag, else $DISTILL_DATA_DIR) before the cache, the cache before a
+    download, a download before the registry; each file comes from the first source that has it."""
+    a, b, c = idx_labels([1]), idx_labels([2, 2]), idx_labels([3, 3, 3])
+    files = tuple(FileSpec(n, hashlib.sha256(x).hexdigest(), len(x)) for n, x in (("fa", a), ("fb", b), ("fc", c)))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "fc").write_bytes(c)
+    calls = []
+
+    def registry(scratch):
+        """a fake registry"""
+        calls.append("registry")
+        return {}
+
+    spec = DatasetSpec("split", files, urls=(mirror.as_uri(),), registry=(registry,))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "fa").write_bytes(a)                      # fa: only in the user's folder
+    (cache / "split").mkdir(parents=True)
+    (cache / "split" / "fb").write_bytes(b)           # fb: only in the cache
+    (cache / "split" / "fa").write_bytes(b"stale")    # the cache's fa is never read: the user's folder wins
+    monkeypatch.setenv("DISTILL_DATA_DIR", str(mine))
+    got = locate(spec, log=lambda *a: None)           # fc: downloaded from the mirror
+    assert got == {"fa": a, "fb": b, "fc": c} and calls == []
+    assert (cache / "split" / "fc").read_bytes() == c  # and kept in the cache
+    (mirror / "fc").unlink()
+    assert locate(spec, log=lambda *a: None)["fc"] == c and calls == []  # the cache now serves it
+    monkeypatch.delenv("DISTILL_DATA_DIR")
+    (cache / "split" / "fa").write_bytes(a)
+    (cache / "split" / "fc").unlink()
+    with pytest.raises(DistillError, match="could not obtain"):  # nothing has fc any more: registry tried last
+        locate(spec, log=lambda *a: None)
+    assert calls == ["registry"]

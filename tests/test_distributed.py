@@ -6,10 +6,12 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
 
 from distill import distributed
 from distill.data import Dataset
@@ -101,8 +103,10 @@ def _worker(rank, world_size, rdv, out, other, dropout=0.0, bomb_at=None):
             res = _train(out if rank == 0 else other, hook=hook, dropout=dropout)
         except Interrupt:
             return
-        torch.save(dict(weights=res.model.state_dict(), test=res.test, history=len(res.history),
-                        skipped=res.skipped, resumed_from=res.resumed_from), f"{out}.rank{rank}.pt")
+        # safetensors + JSON, no pickle (the project loads nothing through pickle, tests included)
+        save_file(res.model.state_dict(), f"{out}.rank{rank}.safetensors")
+        Path(f"{out}.rank{rank}.json").write_text(json.dumps(dict(test=res.test, history=len(res.history),
+                                                                  skipped=res.skipped, resumed_from=res.resumed_from)))
     finally:
         distributed.shutdown()
 
@@ -112,7 +116,8 @@ def _spawn(tmp_path, out, tag, dropout=0.0, bomb_at=None):
                             bomb_at), nprocs=2, join=True)
     if bomb_at:
         return None
-    return [torch.load(f"{out}.rank{r}.pt") for r in range(2)]
+    return [dict(json.loads(Path(f"{out}.rank{r}.json").read_text()), weights=load_file(f"{out}.rank{r}.safetensors"))
+            for r in range(2)]
 
 
 def test_ddp_fit_matches_single_process(tmp_path):

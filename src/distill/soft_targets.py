@@ -26,6 +26,7 @@ zero-meaned logits, is only perturbed within the dropped classes).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -227,8 +228,11 @@ def write_store(path, logits: torch.Tensor, parts: dict) -> SoftTargetStore:
         fault_point(f"renamed {path}")
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DistillError(f"disk full while writing the soft-target store {path}; free space and rerun the "
+                               "same command to resume") from None
         raise
     return SoftTargetStore.open(path, expect_key=store_key(parts), verify=False)
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.errors import DistillError
 from distill.losses import check_temperature as _check_temperature
 
 COMBINES = ("arithmetic", "geometric")
@@ -290,7 +291,14 @@ class Teacher:
         """Effective logits at T for one batch: stored rows ``idx`` when the outputs were computed
         once (inputs not augmented), else a forward pass on ``x`` (the batch the student sees)."""
         if self.table is not None and idx is not None:
-            return self._effective(self.table[idx].to(x.device))
+            rows = self.table[idx]
+            bad = ~torch.isfinite(rows).all(1)
+            if bad.any():
+                where = f" in {self.table.path}" if hasattr(self.table, "path") else ""
+                first = ", ".join(str(int(i)) for i in torch.as_tensor(idx)[bad][:5])
+                raise DistillError(f"the teacher's stored outputs{where} hold NaN or infinity (rows {first}); "
+                                   "the store is damaged: delete it to rebuild")
+            return self._effective(rows.to(x.device))
         return self.forward(x)
 
     @property
