@@ -159,3 +159,35 @@ def test_random_cli_flags_exit_0_or_2_never_a_traceback(argv, tmp_path_factory, 
     assert "Traceback" not in captured.err
     if code == 2:
         assert captured.err.strip(), argv  # a message, not silence
+
+
+def test_a_corrupt_sidecar_copy_does_not_block_the_run_and_a_damaged_model_names_its_file(tmp_path):
+    """model.json is a readable copy; the sidecar inside model.safetensors is the truth."""
+    from distill.training import seed_everything
+
+    d = _tiny_dataset()
+    seed_everything(0)
+    first = distill.fit(MLP(16, [8], 4), d, distill.TrainConfig(epochs=1), run_dir=tmp_path, progress=False)
+    (tmp_path / "model.json").write_text("{not json")
+    seed_everything(0)
+    again = distill.fit(MLP(16, [8], 4), d, distill.TrainConfig(epochs=1), run_dir=tmp_path, progress=False,
+                        log=lambda *a: None)
+    assert again.skipped and again.test == first.test
+    model, side = distill.load_checkpoint(tmp_path / "model")
+    assert side["test"] == first.test
+    blob = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DistillError, match=r"model\.safetensors.*(truncated|not a valid|damaged)"):
+        distill.fit(MLP(16, [8], 4), d, distill.TrainConfig(epochs=1), run_dir=tmp_path, progress=False)
+
+
+def test_the_declared_scikit_learn_floor_has_what_trees_imports():
+    """trees.py imports validate_data and get_tags, new in scikit-learn 1.6: the floor must say so."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    floor = re.search(r'"scikit-learn>=([0-9.]+)"', text).group(1)
+    assert tuple(int(p) for p in floor.split(".")[:2]) >= (1, 6)
+    src = (Path(__file__).resolve().parents[1] / "src/distill/trees.py").read_text()
+    assert "validate_data" in src or "get_tags" in src  # the reason for the floor is still there
