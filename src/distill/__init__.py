@@ -9,6 +9,16 @@ The public API (everything else is internal)::
 
 __version__ = "0.2.0"
 
+import os as _os  # noqa: E402
+import sys as _sys  # noqa: E402
+
+# OpenMP threads spin-wait between parallel regions by default, so two torch jobs sharing a few
+# cores slow each other down many times over; waiting passively costs a solo job little. Unless
+# the user chose a policy (or torch, and so OpenMP, is already loaded), wait passively (README:
+# "Speed and scale"; OMP_WAIT_POLICY=ACTIVE restores OpenMP's default).
+if "OMP_WAIT_POLICY" not in _os.environ and "torch" not in _sys.modules:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
 from distill.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 from distill.losses import Distillation, HardLabels, LogitMatching  # noqa: E402

@@ -6,8 +6,9 @@ machine is not enough. Launch any training command under ``torchrun``::
 Every process loads the data, draws the same shuffled order and jitter from the run's seed,
 and takes its own contiguous slice of each global batch (:func:`shard`); DDP averages the
 gradients, weighted so that one step equals the single-process step on the whole batch
-(:func:`shard_weight`). Process 0 alone evaluates, logs and writes checkpoints. Backend: gloo
-(CPU tensors). Nothing here is a home-made communication layer.
+(:func:`shard_weight`). Process 0 alone evaluates, logs and writes checkpoints. Backend: NCCL
+when training on CUDA, gloo on the CPU (:func:`init_from_env`). Nothing here is a home-made
+communication layer.
 """
 from __future__ import annotations
 
@@ -24,11 +25,19 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_from_env(backend: str = "gloo") -> bool:
+def init_from_env(backend: str | None = None, device=None) -> bool:
     """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
-    ``RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). Returns True when running distributed."""
+    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). Returns True when running
+    distributed. ``backend`` None: NCCL when the work runs on CUDA (``device``, else
+    ``$DISTILL_DEVICE``, names a cuda device and a GPU is visible; each process then takes GPU
+    ``LOCAL_RANK`` as its ``cuda`` device), gloo otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    if backend is None:
+        name = str(device or os.environ.get("DISTILL_DEVICE") or "cpu")
+        backend = "nccl" if name.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return True

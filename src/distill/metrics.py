@@ -1,6 +1,7 @@
 """Evaluation metrics over whole data sets, from logits."""
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -53,15 +54,22 @@ def predict_logits(model, data, batch_size: int = 2000, *, device=None, progress
 
 def evaluate(model, data, batch_size: int = 2000, device=None) -> dict:
     """``errors``, ``accuracy``, ``nll`` and ``n`` of ``model`` on labelled ``data`` (anything
-    :func:`distill.sources.as_source` accepts), in one pass."""
+    :func:`distill.sources.as_source` accepts), in one pass. With per-position labels (masks
+    ``(n, H, W)``) the model's logits are ``(n, C, H, W)`` and the result is
+    :func:`segmentation_metrics`' (these four counted over labelled pixels, plus IoUs)."""
     from distill.sources import Source, as_source
 
     src = data if isinstance(data, Source) else as_source(data, name="data")
     if not src.labeled:
         raise ValueError("evaluation needs labels; this data has none")
+    if getattr(src, "y", None) is not None and src.y.dim() > 1:  # label masks: dense metrics, streamed
+        return dense_evaluate(model, src, batch_size, device=device)
     labels: list = []
     logits = predict_logits(model, src, batch_size, device=device, labels=labels)
-    return classification_metrics(logits, torch.cat(labels))
+    labels = torch.cat(labels)
+    if labels.dim() > 1:
+        return segmentation_metrics(logits, labels)
+    return classification_metrics(logits, labels)
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -95,3 +103,101 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins:
         if m.any():
             ece += m.float().mean() * (correct[m].mean() - conf[m].mean()).abs()
     return float(ece)
+
+
+# ---------------------------------------------------------------- dense prediction (issue 18)
+#: the label of pixels that are not scored (as in distill.losses.DEFAULT_IGNORE_INDEX)
+IGNORE_INDEX = 255
+
+
+def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """``(C, C)`` int64 counts ``m[true, predicted]`` over the positions of dense ``logits``
+    ``(B, C, *S)`` whose label ``(B, *S)`` is not ``ignore_index`` (prediction = argmax over C)."""
+    c = logits.shape[1]
+    if logits.dim() < 3 or tuple(labels.shape) != (logits.shape[0],) + tuple(logits.shape[2:]):
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not pair up "
+                         "(one class score map per label mask)")
+    y = labels.reshape(-1).long()
+    keep = y != ignore_index
+    y, pred = y[keep], logits.argmax(1).reshape(-1)[keep]
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
+        raise ValueError(f"labels go outside 0..{c - 1} (and are not the ignore index {ignore_index})")
+    return torch.bincount(y.cpu() * c + pred.cpu(), minlength=c * c).reshape(c, c)
+
+
+def iou_from_confusion(m: torch.Tensor, background: int | None = 0) -> dict:
+    """Intersection over union per class, ``IoU_c = TP_c / (TP_c + FP_c + FN_c)`` from confusion
+    counts ``m[true, predicted]`` (labelled pixels only); a class absent from both the truth and
+    the predictions has no IoU (NaN) and is left out of the means. ``miou``: the mean over all
+    classes, background included; ``miou_fg``: over all classes but ``background`` (None: same as
+    ``miou``); ``pixel_accuracy``: ``trace(m) / sum(m)``."""
+    m = m.double()
+    tp = m.diag()
+    union = m.sum(0) + m.sum(1) - tp
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+    fg = torch.ones_like(iou, dtype=torch.bool)
+    if background is not None:
+        fg[background] = False
+
+    def nanmean(t):
+        t = t[~torch.isnan(t)]
+        return float(t.mean()) if t.numel() else float("nan")
+
+    total = float(m.sum())
+    return dict(miou=nanmean(iou), miou_fg=nanmean(iou[fg]),
+                pixel_accuracy=float(tp.sum()) / total if total else float("nan"),
+                per_class_iou=[None if math.isnan(v) else float(v) for v in iou.tolist()])
+
+
+def segmentation_metrics(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                         background: int | None = 0) -> dict:
+    """Metrics of dense ``logits`` ``(B, C, *S)`` against label masks ``(B, *S)`` over the
+    labelled positions (``ignore_index`` excluded everywhere): ``errors`` (misclassified labelled
+    pixels), ``accuracy`` (= ``pixel_accuracy``), ``nll`` (mean -log p(y) per labelled pixel),
+    ``n`` (labelled pixels), ``ignored`` (pixels left out), and the IoUs of
+    :func:`iou_from_confusion` (``miou`` with background, ``miou_fg`` without, ``per_class_iou``)."""
+    m = confusion_matrix(logits, labels, ignore_index)
+    y = labels.reshape(-1).long()
+    keep = y != ignore_index
+    nll_sum = float(F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="sum"))
+    return _dense_result(m, nll_sum, int(keep.sum()), int((~keep).sum()), background)
+
+
+def _dense_result(m: torch.Tensor, nll_sum: float, n: int, ignored: int, background) -> dict:
+    out = iou_from_confusion(m, background)
+    errors = n - int(m.diag().sum())
+    return dict(errors=errors, accuracy=out["pixel_accuracy"], nll=nll_sum / n if n else float("nan"), n=n,
+                ignored=ignored, **out)
+
+
+@torch.no_grad()
+def dense_evaluate(model, data, batch_size: int = 500, device=None, ignore_index: int = IGNORE_INDEX,
+                   background: int | None = 0) -> dict:
+    """:func:`segmentation_metrics` of ``model`` over labelled dense ``data`` in one streamed pass
+    (confusion counts accumulated per batch; the logits are never all held at once)."""
+    from distill.sources import Source, as_source
+
+    src = data if isinstance(data, Source) else as_source(data, name="data")
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    p = next(module.parameters(), None) if module is not None else None
+    dev = torch.device(device) if device is not None else (p.device if p is not None else None)
+    m, nll_sum, n, ignored = None, 0.0, 0, 0
+    try:
+        for x, y, _ in src.ordered(batch_size):
+            out = model(x.to(dev) if dev is not None else x).float()
+            y = y.to(out.device)
+            cm = confusion_matrix(out, y, ignore_index)
+            m = cm if m is None else m + cm
+            keep = y != ignore_index
+            n += int(keep.sum())
+            ignored += int((~keep).sum())
+            nll_sum += float(F.cross_entropy(out, y.long(), ignore_index=ignore_index, reduction="sum"))
+    finally:
+        if module is not None:
+            module.train(was_training)
+    if m is None:
+        raise ValueError("no inputs to evaluate on")
+    return _dense_result(m, nll_sum, n, ignored, background)

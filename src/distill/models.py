@@ -28,6 +28,9 @@ class MLP(nn.Module):
     applied by :meth:`constrain` after each update.
     """
 
+    # Python-side helpers, not part of the forward pass: ``torch.jit.script`` leaves them out
+    __jit_unused_properties__ = ["distill_factory", "hidden_layers", "output_layer"]
+
     def __init__(self, in_features: int, hidden, num_classes: int, dropout_input: float = 0.0,
                  dropout_hidden: float = 0.0, max_norm: float | None = None):
         super().__init__()
@@ -78,17 +81,27 @@ class MLP(nn.Module):
 
 class CNN(nn.Module):
     """A small CNN: ``conv(channels, 3x3) -> ReLU -> maxpool 2 -> (Linear -> ReLU -> dropout)
-    * len(hidden) -> Linear``. Inputs are flat vectors viewed as ``image_shape`` (1 channel)."""
+    * len(hidden) -> Linear``. Inputs (flat vectors, ``(H, W)`` or ``(C, H, W)`` examples) are
+    viewed as ``in_channels`` images of ``image_shape``."""
+
+    __jit_unused_properties__ = ["distill_factory"]
 
     def __init__(self, image_shape=(28, 28), channels: int = 32, hidden=(1200, 1200),
-                 num_classes: int = 10, dropout_hidden: float = 0.5, max_norm: float | None = None):
+                 num_classes: int = 10, dropout_hidden: float = 0.5, max_norm: float | None = None,
+                 in_channels: int = 1):
         super().__init__()
         h, w = (int(s) for s in image_shape)
         hidden = [int(x) for x in hidden]
+        in_channels = int(in_channels)
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         self.arch = dict(image_shape=[h, w], channels=channels, hidden=hidden,
                          num_classes=num_classes, dropout_hidden=dropout_hidden, max_norm=max_norm)
+        if in_channels != 1:  # only then: grey-scale models keep the factory (and run key) they had
+            self.arch["in_channels"] = in_channels
         self.image_shape = (h, w)
-        self.features = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.in_channels = in_channels
+        self.features = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
         width = channels * (h // 2) * (w // 2)
         layers: list[nn.Module] = []
         for n in hidden:
@@ -105,7 +118,7 @@ class CNN(nn.Module):
         return "distill.models:CNN", dict(self.arch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], 1, *self.image_shape)
+        x = x.reshape(x.shape[0], self.in_channels, self.image_shape[0], self.image_shape[1])
         return self.head(self.features(x).flatten(1))
 
     @torch.no_grad()

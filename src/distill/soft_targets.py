@@ -8,6 +8,18 @@ A store is a folder::
     indices.npy    (n, k) class of each kept logit (top-k stores only)
     rest.npy       (n,)   mean of the N-k logits not kept (top-k stores only)
 
+A *sharded* store (:func:`build_store`, ``distill targets``, one or many processes under
+``torchrun``) keeps the same arrays cut into contiguous row ranges, one set of files per shard::
+
+    values-00000-of-00002.npy    rows [0, 30000)       (indices-/rest-… likewise for top-k)
+    values-00001-of-00002.npy    rows [30000, 60000)
+    shard-00000-of-00002.json    one shard's record: key, row range, its files' sizes and SHA-256
+    meta.json                    the manifest, written last: every shard's row range and digests
+
+and :class:`SoftTargetStore` reads both layouts the same way, by example index (the files are
+opened with ``np.load(mmap_mode="r")`` and the rows asked for are read from them, see
+:class:`distill.sources.RowReader`: nothing but those rows is loaded).
+
 Row ``i`` belongs to example ``i`` of the transfer set the store was built from, so a lookup by
 the *same indices* that pick the inputs (``x[idx]`` and ``store[idx]``) stays paired under any
 shuffling – no batch positions are involved anywhere.
@@ -89,6 +101,37 @@ def expand_top_k(vals: torch.Tensor, idx: torch.Tensor, rest: torch.Tensor, num_
     return out.scatter_(1, idx.long(), vals.float())
 
 
+def encode(logits: torch.Tensor, parts: dict) -> dict:
+    """The arrays a store keeps for ``logits`` (n, N) under ``parts`` (:func:`key_parts`):
+    ``values`` (n, N) or, for top-k < N, ``values`` (n, k), ``indices`` (n, k) and ``rest`` (n,).
+    NaN/inf logits, and logits beyond the float16 range in a float16 store, are a ``ValueError``."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (examples, classes), got {tuple(logits.shape)}")
+    if not torch.isfinite(logits).all():
+        raise ValueError("the teacher produced nan or inf logits; refusing to store them")
+    np_dtype = DTYPES[parts["dtype"]]
+    n_cls = logits.shape[1]
+    top_k = stored_top_k(parts, n_cls)
+    arrays = {}
+    if top_k:
+        vals, idx, rest = top_k_summary(logits, top_k)
+        arrays["values"] = vals.numpy().astype(np_dtype)
+        arrays["indices"] = idx.numpy().astype(np.int16 if n_cls < 2 ** 15 else np.int32)
+        arrays["rest"] = rest.numpy().astype(np.float32)
+    else:
+        arrays["values"] = logits.detach().cpu().numpy().astype(np_dtype)
+    if np_dtype == np.float16 and np.isinf(arrays["values"]).any():
+        raise ValueError("logits exceed the float16 range; store them as float32")
+    return arrays
+
+
+def stored_top_k(parts: dict, num_classes: int) -> int | None:
+    """The top-k a store keeps: ``parts["top_k"]``, or None (the full logits) when it is unset or
+    at least the number of classes."""
+    k = parts.get("top_k")
+    return int(k) if k and k < num_classes else None
+
+
 # ---------------------------------------------------------------- the store
 
 def _sha256_file(path: Path) -> str:
@@ -100,14 +143,16 @@ def _sha256_file(path: Path) -> str:
 
 
 class SoftTargetStore:
-    """A read-only, memory-mapped store. ``store[idx]`` (int, slice, index tensor or array) gives
+    """A read-only store on disk, read by example index. ``store[idx]`` (int, slice, index tensor or array) gives
     float32 logits ``(len(idx), N)`` for those transfer-set examples; ``store.shape`` is ``(n, N)``.
-    It can be passed to :func:`distill.training.fit` as ``teacher_targets``."""
+    One file per array, or shards of contiguous rows (module docstring): a lookup finds each row's
+    shard and reads only those rows. It can be passed to :func:`distill.fit` as ``teacher=``."""
 
-    def __init__(self, path: Path, meta: dict, values, indices=None, rest=None):
+    def __init__(self, path: Path, meta: dict, shards: list[dict]):
         self.path, self.meta = Path(path), meta
-        self._values, self._indices, self._rest = values, indices, rest
         self.num_classes = int(meta["num_classes"])
+        self._shards = shards  # [{start, stop, values, indices, rest}] in row order
+        self._starts = np.asarray([sh["start"] for sh in shards], dtype=np.int64)
 
     @property
     def key(self) -> str:
@@ -117,19 +162,64 @@ class SoftTargetStore:
     def shape(self) -> tuple[int, int]:
         return (int(self.meta["rows"]), self.num_classes)
 
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards)
+
     def __len__(self) -> int:
         return int(self.meta["rows"])
+
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        """``idx`` (any integer array or slice, negative counting from the end) as checked int64 rows."""
+        n = len(self)
+        if isinstance(idx, slice):
+            return np.arange(*idx.indices(n), dtype=np.int64)
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise IndexError(f"a boolean index must have {n} entries, got {idx.shape}")
+            return np.flatnonzero(idx)
+        if idx.dtype.kind not in "iu":
+            raise IndexError(f"store rows are indexed by integers, got {idx.dtype}")
+        idx = idx.astype(np.int64).reshape(-1)
+        if len(idx) and (idx.min() < -n or idx.max() >= n):
+            bad = int(idx[(idx < -n) | (idx >= n)][0])
+            raise IndexError(f"row {bad} is out of range for a store of {n} rows")
+        return np.where(idx < 0, idx + n, idx)
+
+    def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows of one array over the shards, read with :class:`distill.sources.RowReader` (no
+        pages mapped into the process, so RSS stays flat over epochs of a large store)."""
+        if len(self._shards) == 1:
+            return self._read(0, name, rows)
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        first = self._shards[0][name]
+        out = np.empty((len(rows),) + first.shape[1:], dtype=first.dtype)
+        for s in np.unique(which):
+            m = which == s
+            out[m] = self._read(int(s), name, rows[m] - self._starts[s])
+        return out
+
+    def _read(self, s: int, name: str, rows: np.ndarray) -> np.ndarray:
+        from distill.sources import RowReader
+
+        shard = self._shards[s]
+        key = f"{name}.reader"
+        if key not in shard:
+            shard[key] = RowReader.of(shard[name])
+        reader = shard[key]
+        return reader[rows] if reader is not None else np.asarray(shard[name][rows])
 
     def __getitem__(self, idx) -> torch.Tensor:
         if isinstance(idx, torch.Tensor):
             idx = idx.cpu().numpy()
         scalar = np.isscalar(idx) or (isinstance(idx, np.ndarray) and idx.ndim == 0)
-        if scalar:
-            idx = np.asarray([int(idx)])
-        vals = torch.from_numpy(np.asarray(self._values[idx], dtype=np.float32))
-        if self._indices is not None:
-            vals = expand_top_k(vals, torch.from_numpy(np.asarray(self._indices[idx]).astype(np.int64)),
-                                torch.from_numpy(np.asarray(self._rest[idx], dtype=np.float32)), self.num_classes)
+        rows = self._rows(np.asarray([int(idx)]) if scalar else idx)
+        vals = torch.from_numpy(self._gather("values", rows).astype(np.float32, copy=False))
+        if self._shards[0].get("indices") is not None:
+            vals = expand_top_k(vals, torch.from_numpy(self._gather("indices", rows).astype(np.int64)),
+                                torch.from_numpy(self._gather("rest", rows).astype(np.float32, copy=False)),
+                                self.num_classes)
         return vals[0] if scalar else vals
 
     def all(self) -> torch.Tensor:
@@ -144,35 +234,58 @@ class SoftTargetStore:
         fix = f"delete {path} (or call get_store(..., rebuild=True)) to rebuild it"
         mpath = path / "meta.json"
         if not mpath.is_file():
-            raise StoreError(f"{path} is not a complete soft-target store (no meta.json); {fix}")
+            pending = sorted(p.name for p in path.glob("shard-*.json")) if path.is_dir() else []
+            hint = (f" ({len(pending)} shard(s) written: an interrupted or running build; run it again to finish "
+                    "it)" if pending else "")
+            raise StoreError(f"{path} is not a complete soft-target store (no meta.json){hint}; {fix}")
         meta = read_format_json(mpath, FORMAT, f"the store is damaged: {fix}",
                                 f"a soft-target store of format {FORMAT!r}; {fix}", error=StoreError)
         if expect_key is not None and meta.get("key") != expect_key:
             raise StaleStoreError(f"{path} holds soft targets for another teacher, data set or selection "
                                   f"(key {meta.get('key')}, wanted {expect_key})")
-        arrays = {}
-        for name, info in meta.get("files", {}).items():
-            f = path / name
-            if not f.is_file():
-                raise StoreError(f"{f} is missing; the store is incomplete: {fix}")
-            if f.stat().st_size != info["bytes"]:
-                raise StoreError(f"{f} has {f.stat().st_size} bytes, {info['bytes']} expected (truncated or "
-                                 f"overwritten); {fix}")
-            if verify and _sha256_file(f) != info["sha256"]:
-                raise StoreError(f"{f} does not match the SHA-256 in {mpath}; the store is damaged: {fix}")
-            try:
-                arrays[name] = np.load(f, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise StoreError(f"{f} cannot be read as an array ({e}); {fix}") from None
-        if "values.npy" not in arrays:
-            raise StoreError(f"{path}/values.npy is not listed in meta.json; {fix}")
-        v = arrays["values.npy"]
-        if v.shape[0] != meta["rows"] or v.dtype != np.dtype(meta["dtype"]):
-            raise StoreError(f"{path}/values.npy has shape {v.shape} and dtype {v.dtype}, meta.json says "
-                             f"{meta['rows']} rows of {meta['dtype']}; {fix}")
-        if meta.get("top_k") and not {"indices.npy", "rest.npy"} <= arrays.keys():
-            raise StoreError(f"{path} is a top-k store without indices.npy/rest.npy; {fix}")
-        return cls(path, meta, v, arrays.get("indices.npy"), arrays.get("rest.npy"))
+        if "shards" in meta:
+            listed = meta["shards"]
+        else:  # one file per array
+            if "values.npy" not in meta.get("files", {}):
+                raise StoreError(f"{path}/values.npy is not listed in meta.json; {fix}")
+            listed = [dict(start=0, stop=meta["rows"],
+                           files={n[:-4]: dict(info, name=n) for n, info in meta["files"].items()})]
+        shards, at = [], 0
+        for sh in listed:
+            if sh["start"] != at or sh["stop"] < sh["start"]:
+                raise StoreError(f"{mpath} lists shards that do not tile the rows (row {at} expected, shard "
+                                 f"{sh['start']}..{sh['stop']}); {fix}")
+            at = sh["stop"]
+            arrays = dict(start=int(sh["start"]), stop=int(sh["stop"]))
+            for name, info in sh["files"].items():
+                arrays[name] = _open_array(path / info["name"], info, verify, mpath, fix)
+            if "values" not in arrays:
+                raise StoreError(f"{mpath} lists a shard without values; {fix}")
+            v = arrays["values"]
+            if v.shape[0] != sh["stop"] - sh["start"] or v.dtype != np.dtype(meta["dtype"]):
+                raise StoreError(f"{path / sh['files']['values']['name']} has shape {v.shape} and dtype {v.dtype}, "
+                                 f"meta.json says {sh['stop'] - sh['start']} rows of {meta['dtype']}; {fix}")
+            if meta.get("top_k") and not {"indices", "rest"} <= arrays.keys():
+                raise StoreError(f"{path} is a top-k store without indices/rest arrays; {fix}")
+            shards.append(arrays)
+        if at != meta["rows"] or not shards:
+            raise StoreError(f"{mpath} lists shards covering {at} rows, {meta['rows']} expected; {fix}")
+        return cls(path, meta, shards)
+
+
+def _open_array(f: Path, info: dict, verify: bool, mpath: Path, fix: str):
+    """One listed ``.npy`` file, checked (size; SHA-256 with ``verify``) and memory-mapped."""
+    if not f.is_file():
+        raise StoreError(f"{f} is missing; the store is incomplete: {fix}")
+    if f.stat().st_size != info["bytes"]:
+        raise StoreError(f"{f} has {f.stat().st_size} bytes, {info['bytes']} expected (truncated or "
+                         f"overwritten); {fix}")
+    if verify and _sha256_file(f) != info["sha256"]:
+        raise StoreError(f"{f} does not match the SHA-256 in {mpath}; the store is damaged: {fix}")
+    try:
+        return np.load(f, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise StoreError(f"{f} cannot be read as an array ({e}); {fix}") from None
 
 
 class StaleStoreError(DistillError):
@@ -183,23 +296,9 @@ def write_store(path, logits: torch.Tensor, parts: dict) -> SoftTargetStore:
     """Write ``logits`` (n, N) as a store at ``path`` (replacing what is there) atomically: the
     files go to a temporary sibling folder, ``meta.json`` last, which is then renamed into place."""
     path = Path(path)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be (examples, classes), got {tuple(logits.shape)}")
-    if not torch.isfinite(logits).all():
-        raise ValueError("the teacher produced nan or inf logits; refusing to store them")
-    np_dtype = DTYPES[parts["dtype"]]
+    arrays = {f"{name}.npy": a for name, a in encode(logits, parts).items()}
     n, n_cls = logits.shape
-    arrays = {}
-    top_k = parts.get("top_k") if parts.get("top_k") and parts["top_k"] < n_cls else None
-    if top_k:
-        vals, idx, rest = top_k_summary(logits, parts["top_k"])
-        arrays["values.npy"] = vals.numpy().astype(np_dtype)
-        arrays["indices.npy"] = idx.numpy().astype(np.int16 if n_cls < 2 ** 15 else np.int32)
-        arrays["rest.npy"] = rest.numpy().astype(np.float32)
-    else:
-        arrays["values.npy"] = logits.detach().cpu().numpy().astype(np_dtype)
-    if np_dtype == np.float16 and np.isinf(arrays["values.npy"]).any():
-        raise ValueError("logits exceed the float16 range; store them as float32")
+    top_k = stored_top_k(parts, n_cls)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp"))
     try:
@@ -267,3 +366,194 @@ def get_store(root, teacher, data, *, selection: str = "", dtype: str = "float32
         log(f"[soft targets] computing the teacher's logits for {source.n} examples -> {path}")
         logits = predict_logits(teacher.forward, source, batch_size, progress=progress, desc="soft targets")
         return write_store(path, logits, parts)
+
+
+# ---------------------------------------------------------------- sharded builds (distill targets)
+
+def shard_ranges(n: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
+    """``shards`` contiguous row ranges tiling ``0..n``, cut at multiples of ``batch_size`` (the
+    ``ceil(n / batch_size)`` batches split as evenly as whole batches allow: shard ``s`` takes
+    batches ``floor(s*B/S) .. floor((s+1)*B/S)``), so every shard runs the teacher on exactly the
+    batches a one-process build runs, which makes a sharded build equal to it bit for bit. At most
+    one shard per batch (fewer shards when there are fewer batches)."""
+    if n < 1 or batch_size < 1 or shards < 1:
+        raise ValueError(f"need n, batch_size and shards >= 1, got {n}, {batch_size}, {shards}")
+    batches = -(-n // batch_size)
+    shards = min(shards, batches)
+    cuts = [s * batches // shards * batch_size for s in range(shards)] + [n]
+    return [(cuts[s], min(cuts[s + 1], n)) for s in range(shards)]
+
+
+NOT_INDEXABLE = ("a soft-target store is looked up by example index: the transfer set must be tensors, arrays or "
+                 "a map-style Dataset, not a stream or a DataLoader")
+
+
+def _shard_name(kind: str, s: int, total: int, ext: str = "npy") -> str:
+    return f"{kind}-{s:05d}-of-{total:05d}.{ext}"
+
+
+def _row_range(source, start: int, stop: int):
+    """Rows ``start:stop`` of an indexable source, as a source that serves them in order."""
+    from distill.sources import MapSource, TensorSource
+
+    if isinstance(source, TensorSource):
+        return TensorSource(source.x[start:stop], fingerprint="rows", name="transfer set")
+    if isinstance(source, MapSource):
+        return MapSource(_Rows(source.dataset, start, stop), fingerprint="rows", num_workers=source.num_workers,
+                         name=source.name)
+    raise ValueError(NOT_INDEXABLE)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Rows ``start:stop`` of a map-style dataset (with its batched ``take`` when it has one)."""
+
+    def __init__(self, base, start: int, stop: int):
+        self.base, self.start, self.stop = base, start, stop
+        if hasattr(base, "take"):
+            self.take = lambda idx: base.take(np.asarray(idx, dtype=np.int64) + start)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.base[self.start + i]
+
+
+def _shard_done(path: Path, record_name: str, key: str, rng: tuple[int, int]) -> dict | None:
+    """The record of a finished shard whose files are intact (sizes and SHA-256), else None."""
+    rec_path = path / record_name
+    if not rec_path.is_file():
+        return None
+    try:
+        rec = json.loads(rec_path.read_text())
+        if rec.get("key") != key or (rec["start"], rec["stop"]) != tuple(rng) or "num_classes" not in rec:
+            return None
+        for info in rec["files"].values():
+            f = path / info["name"]
+            if not f.is_file() or f.stat().st_size != info["bytes"] or _sha256_file(f) != info["sha256"]:
+                return None
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+    return rec
+
+
+def _write_shard(path: Path, s: int, total: int, rng: tuple[int, int], arrays: dict, key: str,
+                 num_classes: int) -> dict:
+    """Write one shard's arrays (each to a temporary, fsynced, renamed), then its record."""
+    from distill.checkpoints import atomic_write_json
+
+    files = {}
+    for kind, arr in arrays.items():
+        name = _shard_name(kind, s, total)
+        tmp = path / f".{name}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            fault_point(f"written {tmp}")
+            os.replace(tmp, path / name)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DistillError(f"disk full while writing the soft-target store {path}; free space and rerun "
+                                   "the same command to resume") from None
+            raise
+        files[kind] = dict(name=name, bytes=(path / name).stat().st_size, sha256=_sha256_file(path / name))
+    rec = dict(key=key, start=int(rng[0]), stop=int(rng[1]), num_classes=int(num_classes), files=files)
+    atomic_write_json(path / _shard_name("shard", s, total, "json"), rec)
+    return rec
+
+
+def build_store(path, teacher, data, *, selection: str = "", dtype: str = "float32", top_k: int | None = None,
+                shards: int | None = None, batch_size: int = 2000, device=None, progress: bool = True,
+                log=print) -> SoftTargetStore | None:
+    """Compute ``teacher``'s effective logits over ``data`` into a sharded store at ``path`` (the
+    folder itself, not a root), with the identity, checks and options of :func:`get_store`.
+
+    Run by every process of a ``torchrun`` job (:mod:`distill.distributed`) it splits the work:
+    the rows are cut into ``shards`` contiguous ranges (default: one per process, see
+    :func:`shard_ranges`) and process ``r`` computes shards ``r, r + w, ...``, so each example is
+    computed exactly once. Each shard is written as its own files plus a record
+    (``shard-SSSSS-of-TTTTT.json``: key, rows, sizes, SHA-256), and process 0 writes the manifest
+    ``meta.json`` last, from the records all processes send it. Run again after a crash, only the
+    shards without an intact record are recomputed; a complete store with the same key is reused.
+    Returns the opened store on every process that can see all the shard files (with per-machine
+    storage, process 0 says which to copy where and the others return None).
+    """
+    from distill import distributed
+    from distill.checkpoints import atomic_write_json
+    from distill.metrics import predict_logits
+    from distill.sources import as_source
+    from distill.teachers import Teacher
+
+    path = Path(path)
+    teacher = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
+    if teacher.module is None:
+        raise ValueError("build_store needs a teacher that can run (a module, ensemble or checkpoint), not stored "
+                         "outputs")
+    source = as_source(data, name="transfer set")
+    if not source.indexable or source.n is None:
+        raise ValueError(NOT_INDEXABLE)
+    parts = key_parts(teacher.id, source.fingerprint, selection, dtype=dtype, top_k=top_k)
+    key = store_key(parts)
+    rank, world_size = distributed.world()
+    if (path / "meta.json").is_file():
+        store = SoftTargetStore.open(path, expect_key=key, verify=True)  # stale or damaged: an error, no overwrite
+        if len(store) != source.n:
+            raise StoreError(f"{path} has {len(store)} rows for {source.n} inputs; delete it to rebuild")
+        log(f"[soft targets] {path} is complete ({len(store)} x {store.num_classes}, {store.num_shards} shard(s), "
+            f"{dtype}); reusing it")
+        distributed.barrier()
+        return store
+    distributed.barrier()  # nobody starts writing while another process still reads the old state
+    ranges = shard_ranges(source.n, batch_size, shards or world_size)
+    total = len(ranges)
+    path.mkdir(parents=True, exist_ok=True)
+    if device is not None:
+        teacher.to(device)
+    mine: list[dict] = []
+    for s in range(rank, total, world_size):
+        record = _shard_name("shard", s, total, "json")
+        rec = _shard_done(path, record, key, ranges[s])
+        if rec is not None:
+            log(f"[soft targets] shard {s + 1}/{total} (rows {ranges[s][0]}..{ranges[s][1]}) is already written")
+        else:
+            log(f"[soft targets] shard {s + 1}/{total}: rows {ranges[s][0]}..{ranges[s][1]} -> {path}")
+            logits = predict_logits(teacher.forward, _row_range(source, *ranges[s]), batch_size, device=device,
+                                    progress=progress, desc=f"soft targets {s + 1}/{total}")
+            rec = _write_shard(path, s, total, ranges[s], encode(logits, parts), key, logits.shape[1])
+        mine.append(dict(rec, shard=s))
+    gathered = [mine]
+    if world_size > 1:
+        gathered = [None] * world_size
+        torch.distributed.all_gather_object(gathered, mine)
+    records = sorted((r for part in gathered for r in part), key=lambda r: r["shard"])
+    classes = {r["num_classes"] for r in records}
+    if len(classes) != 1:
+        raise StoreError(f"the shards of {path} disagree on the number of classes ({sorted(classes)})")
+    num_classes = classes.pop()
+    if rank == 0:
+        meta = dict(parts, key=key, top_k=stored_top_k(parts, num_classes), rows=int(source.n),
+                    num_classes=int(num_classes),
+                    shards=[dict(start=r["start"], stop=r["stop"], files=r["files"]) for r in records])
+        atomic_write_json(path / "meta.json", meta)  # the manifest, last
+        fault_point(f"written {path / 'meta.json'}")
+        listed = {info["name"] for r in records for info in r["files"].values()}
+        listed |= {_shard_name("shard", r["shard"], total, "json") for r in records}
+        for f in path.iterdir():  # shards of an earlier build with another shard count, killed writes' temporaries
+            if f.is_file() and f.name not in listed and f.name != "meta.json" and (
+                    f.name.endswith(".tmp") or "-of-" in f.name):
+                f.unlink(missing_ok=True)
+    distributed.barrier()
+    missing = [r["files"]["values"]["name"] for r in records if not (path / r["files"]["values"]["name"]).is_file()]
+    if missing:
+        if rank == 0:
+            log(f"[soft targets] {path}/meta.json is written, but {len(missing)} shard(s) were written on other "
+                f"machines ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): copy every "
+                f"*-of-{total:05d}.* file into {path} before use (SoftTargetStore.open checks their SHA-256)")
+        return None
+    return SoftTargetStore.open(path, expect_key=key, verify=False)
+

@@ -292,7 +292,7 @@ class Teacher:
         once (inputs not augmented), else a forward pass on ``x`` (the batch the student sees)."""
         if self.table is not None and idx is not None:
             rows = self.table[idx]
-            bad = ~torch.isfinite(rows).all(1)
+            bad = ~torch.isfinite(rows).flatten(1).all(1)
             if bad.any():
                 where = f" in {self.table.path}" if hasattr(self.table, "path") else ""
                 first = ", ".join(str(int(i)) for i in torch.as_tensor(idx)[bad][:5])

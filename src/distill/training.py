@@ -6,7 +6,7 @@ It composes small parts, each in its own module, and reads top to bottom:
     objective = config.objective_for(teacher)       distill.losses    HardLabels | Distillation | ... | callable
     teacher   = as_teacher(teacher, objective's T)  distill.teachers  module | Ensemble | store | outputs
     run       = RunDir(run_dir, key)                distill.runs      lock, skip, resume, atomic save
-    per epoch:  batches -> jitter -> teacher.targets -> objective -> step -> evaluate val/test -> save state
+    per epoch:  batches -> jitter|augment -> teacher.targets -> objective -> step -> evaluate val/test -> save state
 
 Every epoch's whole state (weights, optimiser, RNGs, history, best weights) is saved in the run
 folder, so an interrupted run resumes and ends exactly where an uninterrupted one would.
@@ -34,10 +34,13 @@ from distill.metrics import evaluate
 from distill.runs import RunDir, model_signature, run_key
 from distill.sources import as_source, dataset_test_split
 from distill.teachers import as_teacher, module_id
+from distill.views import Augmenter, mixup_loss
 
 SCHEDULES = ("constant", "cosine", "exponential")
 OPTIMIZERS = ("sgd", "adam")
 SELECT = ("last", "best")
+#: ``TrainConfig.precision``: float32 throughout, or bfloat16 autocast for the forward passes
+PRECISIONS = ("fp32", "bf16")
 #: default learning rates (SGD): hard labels, and distillation, where the soft term is scaled by
 #: T**2 and SGD at 0.1 is at the edge of stability (it killed the 800-800 MNIST student at T = 20)
 DEFAULT_LR = 0.1
@@ -59,6 +62,13 @@ class TrainConfig:
     ``lr`` None means 0.1 on hard labels and 0.03 when a teacher is used. ``jitter``: maximum
     translation in pixels (0 = off), applied once per batch, the same view going to the teacher.
     ``select``: return the ``last`` epoch's weights, or the ``best`` on the validation set.
+    ``precision``: ``"fp32"``, or ``"bf16"``: the student's forward pass (and so its backward) and a
+    teacher's per-batch forward pass run under ``torch.autocast(device, bfloat16)``, with float32
+    master weights, optimiser state and loss (the logits are cast to float32 before the objective);
+    evaluation and teacher outputs computed once stay float32.
+    ``augment``: an :class:`~distill.augment.Augment` (mixup, shift, crop, flip; fixed views),
+    applied once per batch, the same augmented batch going to the teacher (consistent teaching);
+    ``jitter=s`` is its shorthand for the paper's translations (give one or the other).
     """
 
     epochs: int = 10
@@ -76,6 +86,8 @@ class TrainConfig:
     objective: object = None
     select: str = "last"
     seed: int = 0
+    precision: str = "fp32"
+    augment: object = None
 
     def __post_init__(self):
         ints = dict(epochs=1, batch_size=1, jitter=0, seed=0)
@@ -90,7 +102,7 @@ class TrainConfig:
         object.__setattr__(self, "lr_decay", check_number("lr_decay", self.lr_decay, positive=True))
         object.__setattr__(self, "temperature", losses.check_temperature(self.temperature))
         for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
-                                     ("select", self.select, SELECT)):
+                                     ("select", self.select, SELECT), ("precision", self.precision, PRECISIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.objective is not None:
@@ -103,6 +115,15 @@ class TrainConfig:
             if changed:
                 raise ValueError(f"{', '.join(changed)} are the shorthand for Hinton's loss; with an explicit "
                                  "objective, give them to the objective instead")
+
+        if self.augment is not None:
+            from distill.augment import Augment
+
+            if not isinstance(self.augment, Augment):
+                raise ValueError(f"augment must be a distill.augment.Augment, got {type(self.augment).__name__}")
+            if self.jitter:
+                raise ValueError("jitter is the shorthand for Augment(shift=...); with augment=, give the shift to "
+                                 "the Augment instead")
 
     def objective_for(self, has_teacher: bool):
         """The training objective: ``objective``, else the shorthand (see the class docstring)."""
@@ -121,6 +142,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["objective"] = None if self.objective is None else losses.objective_spec(self.objective)
+        if self.augment is None:  # absent, not None: runs keyed before augment existed keep their keys
+            del d["augment"]
         return d
 
 
@@ -249,9 +272,10 @@ def _silent(*_args) -> None:
     pass
 
 
-def _probe(model: nn.Module, source, dev) -> tuple[int, list]:
+def _probe(model: nn.Module, source, dev, objective=None) -> tuple[int, list]:
     """Run the model on two training examples before epoch 1: a model that cannot take these
-    inputs, or does not return class logits ``[B, C]``, is an error now, not after an epoch."""
+    inputs, or does not return class logits ``[B, C]`` (``[B, C, *S]`` for label masks ``[B, *S]``,
+    dense prediction), is an error now, not after an epoch."""
     x, y, _ = next(iter(source.batches(2, None)))
     was = model.training
     model.eval()
@@ -263,11 +287,30 @@ def _probe(model: nn.Module, source, dev) -> tuple[int, list]:
         raise ValueError(f"the model cannot take the training inputs of shape {tuple(x.shape[1:])} ({first})") from None
     finally:
         model.train(was)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
+    masks = y is not None and y.dim() > 1
+    dense = isinstance(out, torch.Tensor) and out.dim() >= 3 and out.shape[0] == len(x) and (masks or y is None)
+    if not dense and (not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x) or masks):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if masks:
+            raise ValueError(f"the labels are masks of shape {tuple(y.shape[1:])}, so the model must return class "
+                             f"logits of shape (batch, classes, {', '.join(map(str, y.shape[1:]))}); it returned {shape}")
         raise ValueError(f"the model must return class logits of shape (batch, classes); it returned {shape}")
     num_classes = int(out.shape[1])
     labels = getattr(source, "y", None)
+    if masks:
+        if tuple(y.shape[1:]) != tuple(out.shape[2:]):
+            raise ValueError(f"the label masks have shape {tuple(y.shape[1:])} but the model returns class scores "
+                             f"over positions {tuple(out.shape[2:])}")
+        if isinstance(objective, (losses.HardLabels, losses.Distillation, losses.LogitMatching)):
+            raise ValueError(f"the labels are masks, which {type(objective).__name__} cannot take: pass a dense "
+                             "objective, e.g. TrainConfig(objective=distill.losses.DenseHardLabels()) or "
+                             "objective=distill.losses.PixelwiseDistillation(temperature, hard_weight)")
+        ignore = getattr(objective, "ignore_index", losses.DEFAULT_IGNORE_INDEX)
+        kept = labels[labels != ignore] if labels is not None else y[y != ignore]
+        if kept.numel() and int(kept.max()) >= num_classes:
+            raise ValueError(f"the training masks hold class {int(kept.max())} but the model predicts "
+                             f"{num_classes} classes (and {ignore} is the ignore index)")
+        return num_classes, list(x.shape[1:])
     if labels is not None and len(labels) and int(labels.max()) >= num_classes:
         raise ValueError(f"the training labels go up to {int(labels.max())} but the model predicts "
                          f"{num_classes} classes")
@@ -312,8 +355,9 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
     A diverging loss stops the run with :class:`TrainingDiverged`, keeping the last good state.
 
     Under ``torchrun`` (see :mod:`distill.distributed`) each process trains on its slice of every
-    global batch of ``config.batch_size`` and one step equals the single-process step; process 0
-    alone evaluates, logs and writes ``run_dir``. ``device`` (default ``$DISTILL_DEVICE``, else the
+    global batch of ``config.batch_size`` and one step equals the single-process step (without
+    jitter or augment, which are drawn over the whole batch, it reads only that slice:
+    :meth:`distill.sources.Source.parts`); process 0 alone evaluates, logs and writes ``run_dir``. ``device`` (default ``$DISTILL_DEVICE``, else the
     CPU) is where the steps run; the data stay on the host and each batch is copied over.
     """
     t_start = time.perf_counter()
@@ -340,20 +384,28 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
         raise ValueError("logit matching needs teacher logits, not probabilities")
     if losses.needs(objective, "labels") and not source.labeled:
         raise ValueError("this transfer set has no labels: use a teacher with hard_weight=0")
+    if config.jitter and getattr(source, "y", None) is not None and source.y.dim() > 1:
+        raise ValueError("jitter shifts the images but not their label masks; use jitter=0 with dense labels")
     if config.jitter and source.image_shape is None:
         raise ValueError("jitter needs image data: examples of shape (H, W) or (C, H, W), or a distill Dataset "
                          "with an image_shape")
+    augmenter = None
+    if config.augment is not None:  # consistent teaching (issue 17): distill.views
+        augmenter = Augmenter(config.augment, source, objective)
     if config.select == "best" and val_src is None:
         raise ValueError('select="best" picks the epoch with the fewest validation errors; pass val=')
     for name, src in (("val", val_src), ("test", test_src)):
         if src is not None and not src.labeled:
             raise ValueError(f"{name} needs labels")
-    num_classes, input_shape = _probe(model, source, home)
+    num_classes, input_shape = _probe(model, source, home, objective)
     factory_spec = check_checkpointable(model, factory) if run_dir is not None else resolve_factory(model, factory)
 
     # the run folder: the key covers everything that decides the result
+    # (precision joins the key only when it is not the default fp32, so that runs keyed before it
+    # existed keep their keys)
     key = run_key(dict(config={k: v for k, v in config.to_dict().items()
-                               if k not in ("temperature", "hard_weight", "soft_weight", "objective")},
+                               if k not in ("temperature", "hard_weight", "soft_weight", "objective")
+                               and not (k == "precision" and v == "fp32")},
                        objective=losses.objective_spec(objective), model=model_signature(model),
                        data=source.fingerprint, val=val_src.fingerprint if val_src else None,
                        teacher=teacher.id if teacher else None))
@@ -408,8 +460,10 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
         model.to(dev)
         teacher_home = teacher.device if teacher is not None else None
         if teacher is not None:
-            teacher.prepare(source, augmented=bool(config.jitter), device=dev, progress=progress and rank == 0,
-                            log=log)
+            teacher.prepare(source, augmented=bool(config.jitter) or augmenter is not None, device=dev,
+                            progress=progress and rank == 0, log=log)
+            if augmenter is not None:  # fixed views with a store folder: the teacher's outputs per view, once
+                augmenter.prepare(teacher, progress=progress and rank == 0, log=log)
             teacher.to(dev)
         net = model
         if world_size > 1:
@@ -425,6 +479,7 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
         bar = tqdm(total=steps * config.epochs if steps else None, initial=(steps or 0) * start_epoch,
                    disable=not show_bar, desc=str((meta or {}).get("name", "train")), unit="batch", leave=False,
                    mininterval=1.0)
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         chance = None
         epoch_losses = [h["train_loss"] for h in history]  # every process keeps these (divergence check)
 
@@ -448,30 +503,53 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
                 group["lr"] = lr
             if world_size > 1:
                 torch.manual_seed(distributed.epoch_seed(config.seed, rank, epoch))
+            if hasattr(objective, "set_epoch"):  # e.g. DKD's warm-up: it is told the 1-based epoch
+                objective.set_epoch(epoch + 1)
+                chance = None  # the loss's scale may change with the epoch: judge divergence at this one's
             total = torch.zeros((), device=dev)
             count = torch.zeros((), device=dev)
-            for xb, yb, idx in source.batches(config.batch_size, gen):
+            # under DDP without per-batch augmentation each process reads only its slice of every
+            # global batch (Source.parts: same order, so the single-process equivalence holds);
+            # augmentation is drawn over the whole global batch, which is then sliced below
+            streamed = world_size > 1 and not config.jitter and augmenter is None
+            batches = (source.parts(config.batch_size, gen, rank, world_size) if streamed
+                       else ((x, y, i, None) for x, y, i in source.batches(config.batch_size, gen)))
+            for xb, yb, idx, b in batches:
+                mixed = rows = None
                 if config.jitter:  # the whole global batch, so every process draws the same shifts
                     xb = jitter(xb, source.image_shape, config.jitter, gen)
+                elif augmenter is not None:  # likewise; mixed = (partner labels, lam), rows = stored views
+                    xb, mixed, rows = augmenter(xb, yb, idx, gen)
                 weight = 1.0
-                if world_size > 1:
+                if world_size > 1 and b is None:  # the whole global batch was read: take this process's slice
                     b = len(xb)
                     xb = distributed.shard(xb, rank, world_size)
                     yb = distributed.shard(yb, rank, world_size) if yb is not None else None
                     idx = distributed.shard(idx, rank, world_size) if idx is not None else None
+                    if mixed is not None:
+                        mixed = (distributed.shard(mixed[0], rank, world_size), mixed[1])
+                    if rows is not None:
+                        rows = distributed.shard(rows, rank, world_size)
+                if world_size > 1:
                     weight = distributed.shard_weight(len(xb), b, world_size)
                 xb = xb.to(dev)  # only this process's slice travels
                 yb = yb.to(dev) if yb is not None else None
                 if len(xb):
-                    tb = teacher.targets(xb, idx) if teacher is not None else None
-                    out = net(xb)
+                    with autocast:  # bf16: the forward passes; float32 weights, logits and loss
+                        tb = (None if teacher is None else teacher.targets(xb, idx) if rows is None
+                              else augmenter.targets(rows, dev))
+                        out = net(xb)
+                    out = out.float()
+                    tb = tb.float() if isinstance(tb, torch.Tensor) else tb
                     if not torch.isfinite(out.detach()).all():  # else the objective's input check fires
                         raise diverged(epoch, "the model's outputs became nan or infinite", lr)
-                    loss = objective(out, tb, yb)
+                    loss = (objective(out, tb, yb) if mixed is None
+                            else mixup_loss(objective, out, tb, yb, mixed[0].to(dev), mixed[1]))
                     if chance is None:
                         chance = _chance_loss(objective, out.detach(), tb, yb)
                 else:  # an empty slice still joins DDP's gradient all-reduce, with zero gradient
-                    loss = net(source_example(source).to(dev)).sum() * 0.0
+                    with autocast:
+                        loss = net(source_example(source).to(dev)).float().sum() * 0.0
                 optimizer.zero_grad(set_to_none=True)
                 (loss * weight).backward()
                 optimizer.step()

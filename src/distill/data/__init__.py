@@ -1,8 +1,11 @@
 """Data sets: fetching with SHA-256 verification, idx parsing, in-memory tensors."""
 from distill.data.dataset import Dataset
+from distill.data.files import FileData, load_files
 from distill.data.mnist import FASHION_MNIST, MNIST, load_fashion_mnist, load_mnist
+from distill.data.segmentation import load_mnist_seg
 
-LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
+LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist,
+           "mnist-seg": load_mnist_seg}  # MNIST digits on 64x64 canvases, per-pixel masks (issue 18)
 
 
 def load(name: str, data_dir=None, log=print) -> Dataset:
@@ -14,4 +17,5 @@ def load(name: str, data_dir=None, log=print) -> Dataset:
     return LOADERS[name](data_dir=data_dir, log=log)
 
 
-__all__ = ["Dataset", "MNIST", "FASHION_MNIST", "load", "load_mnist", "load_fashion_mnist"]
+__all__ = ["Dataset", "MNIST", "FASHION_MNIST", "load", "load_mnist", "load_fashion_mnist", "FileData", "load_files",
+           "load_mnist_seg"]

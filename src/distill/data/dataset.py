@@ -41,24 +41,36 @@ class Dataset:
         def pick(x, y, n):
             if n is None or n >= len(y):
                 return x, y
-            if n <= 0:
-                raise DistillError(f"a subset needs at least one example, got {n}")
-            g = torch.Generator().manual_seed(seed)
-            order = torch.randperm(len(y), generator=g)
-            # stratify: interleave classes by rank within class
-            ys = y[order]
-            rank = torch.zeros_like(ys)
-            for c in torch.unique(ys):
-                m = ys == c
-                rank[m] = torch.arange(int(m.sum()))
-            keep = order[torch.argsort(rank * (int(y.max()) + 1) + ys, stable=True)[:n]]
-            keep, _ = torch.sort(keep)
+            keep = stratified_indices(y, n, seed)
             return x[keep], y[keep]
 
         xtr, ytr = pick(self.x_train, self.y_train, train)
         xte, yte = pick(self.x_test, self.y_test, test)
         fp = f"{self.fingerprint}:sub{train}/{test}/s{seed}" if (train or test) else self.fingerprint
         return replace(self, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, fingerprint=fp)
+
+
+def stratified_indices(y: torch.Tensor | None, n: int, seed: int = 0, length: int | None = None) -> torch.Tensor:
+    """Sorted indices of a class-stratified random subset of ``n`` of the labels ``y`` (classes
+    interleaved by their rank within the class after a seeded shuffle); for unlabeled data
+    (``y`` None, ``length`` examples) a seeded random subset."""
+    if n <= 0:
+        raise DistillError(f"a subset needs at least one example, got {n}")
+    size = len(y) if y is not None else int(length)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(size, generator=g)
+    if y is None:
+        keep = order[:n]
+    else:
+        # stratify: interleave classes by rank within class
+        ys = y[order]
+        rank = torch.zeros_like(ys)
+        for c in torch.unique(ys):
+            m = ys == c
+            rank[m] = torch.arange(int(m.sum()))
+        keep = order[torch.argsort(rank * (int(y.max()) + 1) + ys, stable=True)[:n]]
+    keep, _ = torch.sort(keep)
+    return keep
 
 
 def from_idx(spec: DatasetSpec, classes, names, data_dir=None, log=print) -> Dataset:

@@ -62,6 +62,11 @@ def cache_root() -> Path:
 def verify(path: Path, spec: FileSpec, origin: str) -> bytes:
     """The decompressed bytes of ``path`` if they match ``spec``; otherwise a clear error."""
     raw = read_bytes(path)
+    if len(raw) != spec.size and _complete_idx(raw):  # e.g. your own digits saved under MNIST's names
+        raise DistillError(
+            f"{path} ({origin}): a complete idx file of other data (shape {_complete_idx(raw)}), not the official "
+            f"{spec.name}; to train on your own data use --data (an .npz, or a folder of images train/<class>/*.png)"
+        )
     if len(raw) != spec.size:
         raise DistillError(
             f"{path} ({origin}): {len(raw)} bytes, expected {spec.size} for {spec.name}; the file is "
@@ -74,6 +79,17 @@ def verify(path: Path, spec: FileSpec, origin: str) -> bytes:
             f"({spec.sha256[:16]}...). Delete it (or point --data-dir elsewhere) and run again."
         )
     return raw
+
+
+def _complete_idx(raw: bytes) -> tuple | None:
+    """The shape an idx header declares when the file holds exactly that many uint8 values, else None."""
+    if len(raw) < 4 or raw[0] or raw[1] or raw[2] != 0x08 or not 1 <= raw[3] <= 4 or len(raw) < 4 + 4 * raw[3]:
+        return None
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(raw[3]))
+    n = 1
+    for d in dims:
+        n *= d
+    return dims if len(raw) == 4 + 4 * len(dims) + n else None
 
 
 def _candidates(folder: Path, spec: FileSpec) -> list[Path]:

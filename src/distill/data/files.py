@@ -1,0 +1,655 @@
+"""Your own data from files: a ``.npz`` archive, a folder of images, a CSV or Parquet table.
+
+:func:`load_files` reads any of them into a :class:`FileData`: training, validation and test
+splits as :mod:`distill.sources` sources, the class list, and the input and image shapes.
+``distill.fit`` takes it as it is (its training split, and its test split as ``test``); pass the
+validation split yourself: ``fit(model, data, config, val=data.val)``.
+
+Layouts (``path`` is a file or a folder):
+
+* ``X.npz``: arrays ``x_train`` and ``y_train``, optionally ``x_val``, ``y_val``, ``x_test``,
+  ``y_test`` and ``classes`` (class names; without it the classes are ``0 .. max label``, and a
+  teacher that knows more of them is accepted). Examples of any shape; ``x_train`` without
+  ``y_train`` is an unlabeled transfer set. ``uint8`` inputs are scaled to [0, 1] (divided by 255), other
+  numbers are used as they are; labels are integers ``0 .. C-1``.
+* a folder ``train/<class>/*.png|jpg`` (optional ``val/<class>/``, ``test/<class>/``), read with
+  Pillow. The classes are the sorted names of ``train``'s sub-folders; images directly in
+  ``train/`` (no sub-folders) are an unlabeled transfer set; a folder of class folders with no
+  ``train/`` is a training split alone. All images must have one size; grey-scale images give
+  examples ``(H, W)``, any colour image makes every example ``(3, H, W)``; pixel values are
+  scaled to [0, 1].
+* a table ``X.csv`` / ``X.parquet`` with ``target`` naming the label column (every other column
+  is a numeric feature), or a folder holding ``train.csv`` (or ``.parquet``) and optionally
+  ``val.*`` and ``test.*``. The classes are the sorted distinct values of the training split's
+  target column (numbers or strings); validation and test values must be among them.
+
+Anything else (no usable file, a missing column, mixed image sizes, labels outside the class
+list, non-numeric features, NaN) is a one-line :class:`~distill.errors.DistillError` naming the
+path and what was expected.
+
+Memory: when the data, as float32, would take more than ``memory_limit`` bytes (default a quarter
+of the memory available, or ``$DISTILL_DATA_MEMORY``, e.g. ``2G``), image folders are read
+lazily (each image when its batch is drawn) and tables are streamed once into a float32 file
+in the cache (``$DISTILL_CACHE/tables``), read row by row through a memory map. Only the labels
+are held in memory. ``.npz`` archives are always read into memory.
+
+Fingerprints are digests of the content read: the float32 tensors of an ``.npz`` or a table,
+the image files' bytes and their labels for a folder; they do not depend on the memory mode.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import Subset
+
+from distill.errors import DistillError
+from distill.sources import MapSource, Source, TensorSource, _digest
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SPLITS = ("train", "val", "test")
+MEMORY_ENV = "DISTILL_DATA_MEMORY"
+#: rows per chunk when streaming a table
+TABLE_CHUNK = 65536
+GREY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+EXPECTED = ("a .npz archive (x_train, y_train, optional x_val/y_val/x_test/y_test), a folder of images "
+            "(train/<class>/*.png|jpg, optional val/ and test/), or a CSV/Parquet table with --target COLUMN "
+            "(or a folder with train.csv|train.parquet, optional val.* and test.*)")
+
+
+# ---------------------------------------------------------------- the result
+
+@dataclass(frozen=True)
+class FileData:
+    """A data set read from files: ``train``, ``val``, ``test`` sources (``val``/``test`` None
+    when absent), ``classes`` (names; empty for an unlabeled set without labelled splits),
+    ``input_shape`` (one example's shape), ``image_shape`` ((H, W) for images, else None),
+    ``fingerprint`` (of all splits) and ``lazy`` (read on demand, not held in memory)."""
+
+    name: str
+    train: Source
+    val: Source | None
+    test: Source | None
+    classes: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    image_shape: tuple[int, int] | None
+    fingerprint: str
+    lazy: bool = False
+    #: the class list was inferred from the labels present (``0 .. max label``: an ``.npz`` without
+    #: ``classes``), so a model may know more classes than it names
+    classes_inferred: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def labeled(self) -> bool:
+        return self.train.labeled
+
+    def split(self, name: str) -> Source | None:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> "FileData":
+        """A class-stratified random subset of ``train`` training and ``test`` test examples (as
+        :meth:`distill.data.Dataset.subset`; a seeded random one for unlabeled data). The
+        fingerprints change with the subset."""
+        tag = f":sub{train}/{test}/s{seed}"
+        tr = _take(self.train, train, seed, tag)
+        te = _take(self.test, test, seed, tag) if self.test is not None else None
+        return replace(self, train=tr, test=te, fingerprint=self.fingerprint + tag if (train or test) else
+                       self.fingerprint)
+
+    @classmethod
+    def from_dataset(cls, ds) -> "FileData":
+        """The splits of an in-memory :class:`distill.data.Dataset` (MNIST and the like), with the
+        sources ``fit`` would make of it (so the same runs and fingerprints)."""
+        train = TensorSource(ds.x_train, ds.y_train, image_shape=ds.image_shape, name="train")
+        test = (TensorSource(ds.x_test, ds.y_test, image_shape=ds.image_shape, name="test")
+                if ds.x_test is not None and len(ds.x_test) else None)
+        return cls(name=ds.name, train=train, val=None, test=test, classes=tuple(ds.classes),
+                   input_shape=tuple(ds.x_train.shape[1:]), image_shape=ds.image_shape, fingerprint=ds.fingerprint)
+
+
+def split_labels(src: Source) -> torch.Tensor | None:
+    """The labels of a split read by this module (held in memory in every mode)."""
+    if isinstance(src, TensorSource):
+        return src.y
+
+    def of(ds):
+        if isinstance(ds, Subset):
+            y = of(ds.dataset)
+            return None if y is None else y[torch.as_tensor(ds.indices, dtype=torch.long)]
+        return getattr(ds, "labels", None)
+
+    return of(src.dataset)
+
+
+def first_inputs(src: Source, n: int = 2) -> torch.Tensor:
+    """The first ``n`` inputs of a split, as one batch."""
+    x, _, _ = next(iter(src.ordered(n)))
+    return x
+
+
+def _take(src: Source, n: int | None, seed: int, tag: str) -> Source:
+    from distill.data.dataset import stratified_indices
+
+    if n is None or n >= src.n:
+        return src
+    keep = stratified_indices(split_labels(src), n, seed, length=src.n)
+    name = getattr(src, "name", "data")
+    if isinstance(src, TensorSource):
+        return TensorSource(src.x[keep], None if src.y is None else src.y[keep], fingerprint=src.fingerprint + tag,
+                            image_shape=src.image_shape, name=name)
+    return MapSource(Subset(src.dataset, keep.tolist()), fingerprint=src.fingerprint + tag, name=name)
+
+
+# ---------------------------------------------------------------- entry point
+
+def memory_budget(memory_limit: int | None = None) -> int:
+    """Bytes of float32 data to hold in memory: ``memory_limit``, else ``$DISTILL_DATA_MEMORY``
+    (a number of bytes, with an optional K, M or G suffix), else a quarter of the memory available."""
+    if memory_limit is not None:
+        return int(memory_limit)
+    text = os.environ.get(MEMORY_ENV, "").strip()
+    if text:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgG]?)[bB]?", text)
+        if not m:
+            raise DistillError(f"${MEMORY_ENV}={text!r} is not a size; give bytes, e.g. 2G or 500M")
+        return int(float(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()])
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 8 << 30
+    return max(avail // 4, 64 << 20)
+
+
+def load_files(path, *, target: str | None = None, memory_limit: int | None = None, log=print) -> FileData:
+    """Read the data set at ``path`` (module docstring: ``.npz``, image folder, CSV/Parquet with
+    ``target``). Bad input is a one-line :class:`DistillError` naming the path."""
+    p = Path(path)
+    if not p.exists():
+        raise DistillError(f"--data {p} does not exist; expected {EXPECTED}")
+    budget = memory_budget(memory_limit)
+    suffix = p.suffix.lower()
+    if p.is_file():
+        if suffix == ".npz":
+            _no_target(target, p)
+            return _read_npz(p, log)
+        if suffix in TABLE_SUFFIXES:
+            return _read_tables(p, {"train": p}, target, budget, log)
+        raise DistillError(f"{p}: cannot read a {suffix or 'suffix-less'} file; expected {EXPECTED}")
+    tables = {s: f for s in SPLITS for f in _table_files(p, s)[:1]}
+    for s in SPLITS:
+        if len(_table_files(p, s)) > 1:
+            raise DistillError(f"{p} holds several {s} tables ({', '.join(f.name for f in _table_files(p, s))}); "
+                               "keep one")
+    if (p / "train").is_dir():
+        if "train" in tables:
+            raise DistillError(f"{p} holds both a train/ folder and {tables['train'].name}; keep one")
+        _no_target(target, p)
+        return _read_images(p, {s: p / s for s in SPLITS if (p / s).is_dir()}, budget, log)
+    if "train" in tables:
+        return _read_tables(p, tables, target, budget, log)
+    if any(d.is_dir() and _images_in(d) for d in _subdirs(p)):
+        _no_target(target, p)
+        log(f"[data] {p} has no train/ folder: its class folders are the training split (no val or test split)")
+        return _read_images(p, {"train": p}, budget, log)
+    raise DistillError(f"{p} holds no usable data; expected {EXPECTED}")
+
+
+def _no_target(target, p):
+    if target is not None:
+        raise DistillError(f"--target names a column of a CSV or Parquet table; {p} is not a table")
+
+
+def _table_files(folder: Path, split: str) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.stem == split and f.suffix.lower() in TABLE_SUFFIXES)
+
+
+def _subdirs(p: Path) -> list[Path]:
+    return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _images_in(d: Path) -> list[Path]:
+    return sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                  and not f.name.startswith("."))
+
+
+def _fingerprint(parts: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(parts):
+        h.update(f"{k}={parts[k]};".encode())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- .npz
+
+NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "classes")
+
+
+def _read_npz(p: Path, log) -> FileData:
+    import zipfile
+
+    try:
+        archive = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DistillError(f"{p} is not a readable .npz archive ({e}); expected NumPy arrays x_train, y_train, "
+                           "...") from None
+    if not hasattr(archive, "files"):
+        raise DistillError(f"{p} holds a single array, not an .npz archive of named arrays (x_train, y_train, ...)")
+    with archive:
+        keys = set(archive.files)
+        if "x_train" not in keys:
+            raise DistillError(f"{p} has no array x_train (it has {', '.join(sorted(keys)) or 'none'}); expected "
+                               "x_train, y_train and optionally x_val, y_val, x_test, y_test")
+        extra = sorted(keys - set(NPZ_KEYS))
+        if extra:
+            log(f"[data] {p}: ignoring arrays {', '.join(extra)} (read: {', '.join(NPZ_KEYS)})")
+
+        def get(key):
+            try:
+                return archive[key] if key in keys else None
+            except ValueError as e:  # object arrays need pickle, which is never used
+                raise DistillError(f"{p}: array {key} cannot be read without pickle ({e}); save plain numeric "
+                                   "arrays") from None
+
+        arrays = {k: get(k) for k in NPZ_KEYS}
+    names = None
+    if arrays["classes"] is not None:
+        c = arrays["classes"]
+        if c.ndim != 1 or c.dtype.kind not in "USiu" or not len(c):
+            raise DistillError(f"{p}: classes must be a non-empty vector of class names, got {c.dtype} of shape "
+                               f"{c.shape}")
+        names = tuple(str(v) for v in c.tolist())
+    xs, ys = {}, {}
+    for split in SPLITS:
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x is None:
+            if y is not None:
+                raise DistillError(f"{p} has y_{split} but no x_{split}")
+            continue
+        xs[split] = _npz_inputs(p, f"x_{split}", x)
+        if y is None and split != "train":
+            raise DistillError(f"{p} has x_{split} but no y_{split}: the {split} split needs labels")
+        ys[split] = None if y is None else _npz_labels(p, split, y, len(xs[split]))
+    shape = tuple(xs["train"].shape[1:])
+    for split in xs:
+        if tuple(xs[split].shape[1:]) != shape:
+            raise DistillError(f"{p}: x_{split} holds examples of shape {tuple(xs[split].shape[1:])}, but x_train's "
+                               f"are {shape}")
+    labelled = [y for y in ys.values() if y is not None]
+    top = max((int(y.max()) for y in labelled if len(y)), default=-1)
+    inferred = names is None
+    if names is None:
+        names = tuple(str(c) for c in range(top + 1)) if top >= 0 else ()
+    elif top >= len(names):
+        split = next(s for s, y in ys.items() if y is not None and len(y) and int(y.max()) == top)
+        raise DistillError(f"{p}: y_{split} holds label {top}, outside the class list ({len(names)} classes: "
+                           f"{_show(names)}); labels must be 0..{len(names) - 1}")
+    image_shape = tuple(shape[-2:]) if len(shape) >= 2 else None
+    sources = {s: TensorSource(xs[s], ys[s], image_shape=image_shape, name=s) for s in xs}
+    return FileData(name=str(p), train=sources["train"], val=sources.get("val"), test=sources.get("test"),
+                    classes=names, input_shape=shape, image_shape=image_shape,
+                    fingerprint=_fingerprint({s: src.fingerprint for s, src in sources.items()}),
+                    classes_inferred=inferred)
+
+
+def _npz_inputs(p: Path, key: str, x: np.ndarray) -> torch.Tensor:
+    if x.ndim < 2 or not len(x):
+        raise DistillError(f"{p}: {key} must hold examples along its first axis (shape (n, ...), n >= 1), "
+                           f"got shape {x.shape}")
+    if x.dtype.kind not in "iuf":
+        raise DistillError(f"{p}: {key} must hold numbers, got dtype {x.dtype}")
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    t = t.float() / 255.0 if x.dtype == np.uint8 else t.float()
+    if not torch.isfinite(t).all():
+        raise DistillError(f"{p}: {key} contains NaN or infinity")
+    return t
+
+
+def _npz_labels(p: Path, split: str, y: np.ndarray, n: int) -> torch.Tensor:
+    if y.dtype.kind not in "iu":
+        hint = " (cast with y.astype(int) if they are whole numbers)" if y.dtype.kind == "f" else ""
+        raise DistillError(f"{p}: y_{split} must hold integer class labels 0..C-1, got dtype {y.dtype}{hint}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != n:
+        raise DistillError(f"{p}: y_{split} must be a vector of {n} labels (one per x_{split} example), got "
+                           f"shape {y.shape}")
+    if len(y) and int(y.min()) < 0:
+        raise DistillError(f"{p}: y_{split} holds label {int(y.min())}; labels must be 0..C-1")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _show(names, k: int = 8) -> str:
+    names = list(names)
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+# ---------------------------------------------------------------- image folders
+
+class ImageFiles(TorchDataset):
+    """Image files read when asked for: items ``(x, label)`` (``(x,)`` unlabeled), ``x`` float32
+    in [0, 1] of shape ``(H, W)`` (``channels`` 1) or ``(3, H, W)``."""
+
+    def __init__(self, files: list[Path], labels: torch.Tensor | None, channels: int):
+        self.files, self.labels, self.channels = files, labels, channels
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(_decode(self.files[i].read_bytes(), self.channels, self.files[i]))
+        return (x,) if self.labels is None else (x, int(self.labels[i]))
+
+
+def _decode(data: bytes, channels: int, where) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DistillError(f"{where}: not a readable image ({e})") from None
+    if channels == 3:
+        return np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(img, dtype=np.float32) / 65535.0
+    if img.mode == "F":
+        return np.asarray(img, dtype=np.float32)
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def _list_split(root: Path, split: str, classes: tuple[str, ...] | None, log) -> tuple[list[Path], list[int] | None,
+                                                                                      tuple[str, ...]]:
+    """Files and labels of one split folder: ``<class>/*.png|jpg`` (``classes`` None: this is
+    the training split, whose sub-folders define them) or images directly in it (unlabeled)."""
+    subdirs = _subdirs(root)
+    loose = _images_in(root)
+    if subdirs and loose:
+        raise DistillError(f"{root} holds both images and class folders; put every image in a class folder "
+                           f"({root}/<class>/*.png)")
+    if loose:
+        if split != "train":
+            raise DistillError(f"{root} holds images outside class folders; the {split} split needs labels: "
+                               f"{root}/<class>/*.png")
+        return loose, None, classes or ()
+    if not subdirs:
+        raise DistillError(f"{root} holds no images; expected {root}/<class>/*.png|jpg")
+    if classes is None:
+        classes = tuple(d.name for d in subdirs)
+    files, labels, skipped = [], [], 0
+    for d in subdirs:
+        if d.name not in classes:
+            raise DistillError(f"{d}: class {d.name!r} is not one of the training classes ({_show(classes)})")
+        imgs = _images_in(d)
+        skipped += sum(1 for f in d.iterdir() if f.is_file() and not f.name.startswith(".")) - len(imgs)
+        if not imgs and split == "train":
+            raise DistillError(f"{d} holds no .png or .jpg images; every training class needs examples")
+        files += imgs
+        labels += [classes.index(d.name)] * len(imgs)
+    if skipped:
+        log(f"[data] {root}: skipped {skipped} files that are not .png/.jpg/.jpeg")
+    if not files:
+        raise DistillError(f"{root} holds no .png or .jpg images in its class folders")
+    return files, labels, classes
+
+
+def _read_images(p: Path, roots: dict[str, Path], budget: int, log) -> FileData:
+    from PIL import Image, UnidentifiedImageError
+
+    listed = {}
+    files, labels, classes = _list_split(roots["train"], "train", None, log)
+    listed["train"] = (files, labels)
+    if labels is None:  # unlabeled training images: the classes come from the val/test folders
+        classes = tuple(sorted({d.name for s in ("val", "test") if s in roots for d in _subdirs(roots[s])}))
+    for split in ("val", "test"):
+        if split in roots:
+            f, y, _ = _list_split(roots[split], split, classes, log)
+            listed[split] = (f, y)
+    # headers only: one size for all, and grey or colour
+    size, first, colour = None, None, False
+    for split, (flist, _) in listed.items():
+        for f in flist:
+            try:
+                with Image.open(f) as img:
+                    s, mode = img.size, img.mode
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise DistillError(f"{f}: not a readable image ({e})") from None
+            if size is None:
+                size, first = s, f
+            elif s != size:
+                raise DistillError(f"mixed image sizes in {p}: {f} is {s[0]}x{s[1]} but {first} is "
+                                   f"{size[0]}x{size[1]}; resize them to one size first")
+            colour = colour or mode not in GREY_MODES
+    channels = 3 if colour else 1
+    w, h = size
+    shape = (3, h, w) if colour else (h, w)
+    total = sum(len(fl) for fl, _ in listed.values())
+    lazy = total * channels * h * w * 4 > budget
+    if lazy:
+        log(f"[data] {p}: {total:,} images of {'x'.join(map(str, shape))} exceed the memory budget "
+            f"({_size(budget)}, ${MEMORY_ENV}); they are read as batches are drawn")
+    sources, prints = {}, {}
+    for split, (flist, ylist) in listed.items():
+        y = None if ylist is None else torch.tensor(ylist, dtype=torch.int64)
+        h_ = hashlib.sha256(f"{len(flist)}|{channels}|".encode())
+        xs = None if lazy else torch.empty((len(flist), *shape), dtype=torch.float32)
+        for i, f in enumerate(flist):
+            data = f.read_bytes()
+            h_.update(f"{-1 if y is None else int(y[i])}|{len(data)}|".encode())
+            h_.update(data)
+            if xs is not None:
+                xs[i] = torch.from_numpy(_decode(data, channels, f))
+        fp = "sha256:" + h_.hexdigest()[:16]
+        prints[split] = fp
+        if lazy:
+            sources[split] = MapSource(ImageFiles(flist, y, channels), fingerprint=fp, name=split)
+        else:
+            sources[split] = TensorSource(xs, y, fingerprint=fp, image_shape=(h, w), name=split)
+    return FileData(name=str(p), train=sources["train"], val=sources.get("val"), test=sources.get("test"),
+                    classes=tuple(classes), input_shape=shape, image_shape=(h, w), fingerprint=_fingerprint(prints),
+                    lazy=lazy)
+
+
+# ---------------------------------------------------------------- tables
+
+class TableRows(TorchDataset):
+    """Rows of a float32 feature matrix (a memory map) and their labels: items ``(x, label)``."""
+
+    def __init__(self, x: np.ndarray, labels: torch.Tensor):
+        self.x, self.labels = x, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.array(self.x[i])), int(self.labels[i])
+
+
+def _need(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DistillError(f"reading {what} needs {module.split('.')[0]}: pip install 'distill[tables]'") from None
+
+
+def _chunks(path: Path, kind: str):
+    """The table as pandas DataFrames of up to TABLE_CHUNK rows."""
+    pd = _need("pandas", "CSV and Parquet tables")
+    if kind == "csv":
+        try:
+            reader = pd.read_csv(path, chunksize=TABLE_CHUNK)
+            yield from reader
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DistillError(f"{path} is not a readable CSV table ({first})") from None
+        return
+    pq = _need("pyarrow.parquet", "Parquet tables")
+    try:
+        f = pq.ParquetFile(path)
+        for batch in f.iter_batches(batch_size=TABLE_CHUNK):
+            yield batch.to_pandas()
+    except (OSError, ValueError) as e:  # pyarrow's errors derive from these
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistillError(f"{path} is not a readable Parquet file ({first})") from None
+
+
+def _class_key(v):
+    return (0, float(v), "") if isinstance(v, (int, float, np.integer, np.floating)) else (1, 0.0, str(v))
+
+
+def _label_values(path: Path, col, start: int):
+    """A target column chunk as Python values (whole floats as ints); missing or fractional
+    values are errors."""
+    import pandas as pd
+
+    if col.isna().any():
+        row = start + int(np.flatnonzero(col.isna().to_numpy())[0])
+        raise DistillError(f"{path}: the target column {col.name!r} is empty at row {row + 1}; every example "
+                           "needs a label")
+    if pd.api.types.is_bool_dtype(col):
+        return [int(v) for v in col]
+    if pd.api.types.is_numeric_dtype(col):
+        a = col.to_numpy()
+        if a.dtype.kind == "f":
+            if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+                bad = a[~(np.isfinite(a) & (a == np.round(a)))][0]
+                raise DistillError(f"{path}: the target column {col.name!r} holds {bad!r}; class labels must be "
+                                   "whole numbers or names")
+            return [int(v) for v in a]
+        return [int(v) for v in a]
+    return [str(v) for v in col]
+
+
+def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: int, log) -> FileData:
+    if target is None:
+        cols = ""
+        try:
+            first = next(iter(_chunks(files["train"], TABLE_SUFFIXES[files["train"].suffix.lower()])), None)
+            cols = f" (columns: {_show([str(c) for c in first.columns], 12)})" if first is not None else ""
+        except DistillError:
+            pass
+        raise DistillError(f"{files['train']} is a table: name its label column with --target COLUMN{cols}")
+    features, classes, sources, prints, lazy = None, None, {}, {}, False
+    for split in SPLITS:
+        if split not in files:
+            continue
+        x, raw, features, was_lazy = _stream_table(files[split], target, features, budget, log)
+        lazy = lazy or was_lazy
+        if classes is None:
+            classes = sorted(set(raw), key=_class_key)
+            if len(classes) < 2:
+                raise DistillError(f"{files[split]}: the target column {target!r} holds a single class "
+                                   f"({classes[0]!r}); classification needs two or more")
+        index = {c: i for i, c in enumerate(classes)}
+        for row, v in enumerate(raw):
+            if v not in index:
+                raise DistillError(f"{files[split]}: row {row + 1} has {target} = {v!r}, which is not one of the "
+                                   f"training classes ({_show(map(str, classes))})")
+        y = torch.tensor([index[v] for v in raw], dtype=torch.int64)
+        if isinstance(x, np.memmap):
+            fp = _digest(torch.from_numpy(x), y)
+            sources[split] = MapSource(TableRows(x, y), fingerprint=fp, name=split)
+        else:
+            sources[split] = TensorSource(x, y, name=split)
+            fp = sources[split].fingerprint
+        prints[split] = fp
+    return FileData(name=str(p), train=sources["train"], val=sources.get("val"), test=sources.get("test"),
+                    classes=tuple(str(c) for c in classes), input_shape=(len(features),), image_shape=None,
+                    fingerprint=_fingerprint(prints), lazy=lazy)
+
+
+def _stream_table(path: Path, target: str, features: list | None, budget: int, log):
+    """Read one table in chunks: float32 features (in memory, or a memory-mapped file in the cache
+    once they exceed ``budget`` bytes) and the raw target values."""
+    import pandas as pd
+
+    from distill.data.fetch import cache_root
+
+    kind = TABLE_SUFFIXES[path.suffix.lower()]
+    held, raw, n, spill, tmp = [], [], 0, None, None
+    try:
+        for chunk in _chunks(path, kind):
+            cols = [str(c) for c in chunk.columns]
+            chunk.columns = cols
+            if target not in cols:
+                raise DistillError(f"{path} has no column {target!r} (columns: {_show(cols, 12)}); --target names "
+                                   "the label column")
+            if features is None:
+                features = [c for c in cols if c != target]
+                if not features:
+                    raise DistillError(f"{path} has no feature columns besides the target {target!r}")
+            missing = [c for c in features if c not in cols]
+            if missing:
+                raise DistillError(f"{path} lacks the feature column(s) {_show(missing)} of the training table")
+            extra = [c for c in cols if c != target and c not in features]
+            if extra:
+                raise DistillError(f"{path} has column(s) {_show(extra)} that the training table does not have")
+            for c in features:
+                col = chunk[c]
+                if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+                    sample = col.dropna()
+                    eg = f", e.g. {sample.iloc[0]!r}" if len(sample) else ""
+                    raise DistillError(f"{path}: feature column {c!r} is not numeric (dtype {col.dtype}{eg}); encode "
+                                       "it as numbers first or drop it")
+            block = chunk[features].to_numpy(dtype=np.float32, na_value=np.nan)
+            if not np.isfinite(block).all():
+                r, c = np.argwhere(~np.isfinite(block))[0]
+                raise DistillError(f"{path}: row {n + r + 1}, column {features[c]!r} is missing or not finite; fill "
+                                   "or drop such rows first")
+            raw += _label_values(path, chunk[target], n)
+            n += len(block)
+            if spill is None and (n * len(features) * 4 > budget):
+                folder = cache_root() / "tables"
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name + ".", suffix=".tmp")
+                spill = os.fdopen(fd, "wb")
+                for b in held:
+                    spill.write(b.tobytes())
+                held = []
+                log(f"[data] {path}: over the memory budget ({_size(budget)}, ${MEMORY_ENV}); streaming "
+                    f"it into {folder} and reading rows from there")
+            if spill is not None:
+                spill.write(block.tobytes())
+            else:
+                held.append(block)
+        if n == 0:
+            raise DistillError(f"{path} holds no rows")
+        if spill is None:
+            return torch.from_numpy(np.concatenate(held)), raw, features, False
+        spill.close()
+        spill = None
+        shape = (n, len(features))
+        x = np.memmap(tmp, dtype=np.float32, mode="c", shape=shape)  # copy-on-write: never changes the file
+        final = Path(tmp).with_name(f"{_digest(torch.from_numpy(x)).split(':')[1]}-{n}x{len(features)}.f32")
+        del x
+        os.replace(tmp, final)
+        tmp = None
+        return np.memmap(final, dtype=np.float32, mode="c", shape=shape), raw, features, True
+    finally:
+        if spill is not None:
+            spill.close()
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
