@@ -495,12 +495,14 @@ def test_experiment_tune_reports_validation_miou(tmp_path, mnist, monkeypatch):
 
     monkeypatch.setattr(exp, "load_mnist_seg", lambda data_dir, log, train, test: mnist_segmentation(
         mnist, train, test))
-    monkeypatch.setattr(exp, "TUNE_LR", (0.01,))
-    monkeypatch.setattr(exp, "TUNE_PIXELWISE", ((2.0, 0.5),))
+    monkeypatch.setattr(exp, "TUNE_LR", (0.003, 0.01))
+    monkeypatch.setattr(exp, "TUNE_PIXELWISE", ())
     monkeypatch.setattr(exp, "TUNE_CWD", ((1.0, 1.0, 3.0),))
     records = exp.run("tiny", out=tmp_path / "tune", progress=False, log=lambda *a: None, tune=True)
-    assert [(r["model"], r["lr"] if r["model"] != "teacher" else None) for r in records] == [
+    hard = {r["lr"]: r["val_miou"] for r in records if r["model"] == "student-hard"}
+    best = max(hard, key=hard.get)
+    assert [(r["model"], r.get("lr")) for r in records] == [
         ("teacher", None), ("student-hard", 0.003), ("student-pixelwise", 0.003), ("student-hard", 0.01),
-        ("student-pixelwise", 0.01), ("student-cwd", 0.003)]
+        ("student-pixelwise", 0.01), ("student-cwd", best)]
     md = (tmp_path / "tune" / "results.md").read_text()
-    assert "validation mIoU" in md and "| student-cwd | 0.003 | 1.0 | 1.0 | 3.0 |" in md
+    assert "validation mIoU" in md and f"| student-cwd | {best} | 1.0 | 1.0 | 3.0 |" in md

@@ -211,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher checkpoint: distil from its soft targets; repeat for an ensemble")
     s.add_argument("--combine", choices=["arithmetic", "geometric"], default="arithmetic",
                    help="how an ensemble's softened distributions are averaged (several --teacher)")
-    _num(s, "--temperature", help="distillation temperature T (default 20; needs --teacher)", positive=True)
-    _num(s, "--hard-weight", help="weight of the hard-label term (default 0.1; needs --teacher)", minimum=0)
+    _num(s, "--temperature", help="distillation temperature T (default 20; 1 on label masks, 4 with --cwd; needs "
+                                  "--teacher)", positive=True)
+    _num(s, "--hard-weight", help="weight of the hard-label term (default 0.1; 1 on label masks; needs --teacher)",
+         minimum=0)
     _num(s, "--soft-weight", help="weight of the T²·soft term (default 1; needs --teacher)", minimum=0)
     s.add_argument("--cwd", action="store_true",
                    help="segmentation: channel-wise distillation (Shu et al. 2021) instead of pixel-wise; defaults "

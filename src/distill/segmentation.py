@@ -57,10 +57,10 @@ class ASPP(nn.Module):
 class DeepLabV3(nn.Module):
     """DeepLab-v3-style teacher: ``stem 3x3/2 -> 3x3/2 -> 3x3 -> dilated 3x3 (rate 2) -> dilated
     3x3 (rate 4) -> ASPP(rates)`` at output stride 4 (channels ``width``, ``2 width``, ``2 width``,
-    ``3 width``, ``3 width``; ``aspp`` channels per ASPP branch, default ``2 width``), then (as in DeepLab-v3+) a light decoder:
-    the ASPP features up-sampled x2, concatenated with the stem's stride-2 features (projected
-    to ``width // 2`` channels by a 1x1 conv), a 3x3 conv to ``width`` channels, a 1x1 classifier,
-    bilinear up-sampling x2.
+    ``3 width``, ``3 width``; ``aspp`` channels per ASPP branch, default ``2 width``), then (as in
+    DeepLab-v3+) a light decoder: the ASPP features up-sampled x2, concatenated with the stem's
+    stride-2 features (projected to ``width // 2`` channels by a 1x1 conv), a 3x3 conv to ``width``
+    channels, a 1x1 classifier, bilinear up-sampling x2.
     """
 
     def __init__(self, num_classes: int = 11, image_shape=(64, 64), width: int = 32, aspp: int | None = None,

@@ -20,8 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from distill import losses
 from distill.data.segmentation import load_mnist_seg
 from distill.experiments.common import Runner, Stage, fmt_mean_std, gap_closed, mean_std
@@ -76,11 +74,12 @@ PRESETS = {
                    teacher=TrainConfig(epochs=1, **ADAM), student=TrainConfig(epochs=1, **ADAM), seeds=1, figure=0),
 }
 
-#: ``--tune``: Adam learning rates (hard labels and pixel-wise T = 1), pixel-wise (T, hard weight)
-#: and channel-wise (T, hard weight, soft weight) settings at the preset's learning rate
-TUNE_LR = (0.001, 0.01)
-TUNE_PIXELWISE = ((1.0, 1.0), (2.0, 0.5), (4.0, 0.1))
-TUNE_CWD = ((4.0, 1.0, 3.0), (1.0, 1.0, 3.0))
+#: ``--tune``, step 1: the students' Adam learning rate, chosen by the hard-label student's
+#: validation mIoU (the pixel-wise student at T = 1, hard weight 1 is trained beside it); step 2, at
+#: that rate: pixel-wise (T, hard weight) and channel-wise (T, hard weight, soft weight) settings
+TUNE_LR = (0.001, 0.003, 0.01, 0.03)
+TUNE_PIXELWISE = ((1.0, 0.5), (2.0, 0.5))
+TUNE_CWD = ((4.0, 1.0, 3.0), (1.0, 1.0, 3.0), (4.0, 1.0, 1.0))
 
 STUDENTS = ("student-hard", "student-pixelwise", "student-cwd")
 
@@ -139,7 +138,7 @@ def _stages(p: Preset, image_shape, num_classes: int):
 
 def figure(out: Path, data, models: dict, n: int) -> Path:
     """``out/segmentation.png``: the first ``n`` test canvases, their masks, and each model's
-    predicted masks (argmax per pixel)."""
+    predicted masks (argmax per pixel), one row each."""
     from distill import report
 
     x = data.x_test[:n]
@@ -179,24 +178,28 @@ def run(preset: str = "quick", seeds: int | None = None, out="runs/segmentation"
         return runner.train(train, stage, val=val)
 
     if tune:
-        student("student-hard", hard, 0)
-        for t, hw in TUNE_PIXELWISE:
-            student("student-pixelwise", losses.PixelwiseDistillation(t, hw), 0)
+        by_lr = {}
         for lr in TUNE_LR:
-            student("student-hard", hard, 0, lr=lr)
-            student("student-pixelwise", p.pixelwise(), 0, lr=lr)
+            by_lr[lr] = student("student-hard", hard, 0, lr=lr).val["miou"]
+            student("student-pixelwise", losses.PixelwiseDistillation(1.0, 1.0), 0, lr=lr)
+        lr = max(by_lr, key=by_lr.get)
+        log(f"[tune] learning rate {lr:g}: the hard-label student's best validation mIoU ({100 * by_lr[lr]:.2f} %)")
+        for t, hw in TUNE_PIXELWISE:
+            student("student-pixelwise", losses.PixelwiseDistillation(t, hw), 0, lr=lr)
         for t, hw, sw in TUNE_CWD:
-            student("student-cwd", losses.ChannelWiseDistillation(t, hw, sw), 0)
-        runner.write()
+            student("student-cwd", losses.ChannelWiseDistillation(t, hw, sw), 0, lr=lr)
+        runner.write(f"Learning rate {lr:g} (step 1: the hard-label student's best validation mIoU), then T and "
+                     "the weights at that rate (step 2).")
         log(tune_table(runner.records))
         return runner.records
     shown = {"teacher": res_t.model}
     for seed in range(seeds):
         r_hard = student("student-hard", hard, seed)
         r_pix = student("student-pixelwise", p.pixelwise(), seed)
-        student("student-cwd", p.cwd(), seed)
+        r_cwd = student("student-cwd", p.cwd(), seed)
         if seed == 0:
-            shown.update({"hard student": r_hard.model, "distilled student": r_pix.model})
+            shown.update({"hard student": r_hard.model, "distilled: pixel-wise": r_pix.model,
+                          "distilled: CWD": r_cwd.model})
     if p.figure:
         path = figure(out, data, shown, p.figure)
         runner.write(f"Figure: [{path.name}]({path.name}) (the first {p.figure} test canvases; seed 0 students).")
