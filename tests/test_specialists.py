@@ -394,7 +394,9 @@ def test_experiment_tiny_end_to_end(tmp_path):
 
     from distill.experiments import specialists as E
 
-    recs = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, distill_back=True, log=lambda m: None)
+    # the preset's own setting (the held-out selection has its own tests below)
+    recs = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, distill_back=True, select=False,
+                 log=lambda m: None)
     names = [r["model"] for r in recs]
     for name in ("generalist", "generalist+specialists", "generalist+extra", "distilled-back"):
         assert name in names
@@ -445,3 +447,198 @@ def test_error_coverage_counts_errors_inside_one_subset():
     assert S.error_coverage(y, pred, [(0, 1)], 5) == pytest.approx(1 / 4)
     assert S.error_coverage(y, pred, [], 5) == 0.0
     assert math.isnan(S.error_coverage(y, y, subsets, 5))
+
+
+# ---------------------------------------------------------------- held-out selection, seeds (issue 19)
+
+
+class _Poison(torch.Tensor):
+    """A tensor that fails any use: stands for a test split that must never be read."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        raise AssertionError(f"the test split was read ({getattr(func, '__name__', func)})")
+
+
+def _poisoned(data):
+    from dataclasses import replace
+
+    return replace(data, x_test=torch.zeros(3, data.num_features).as_subclass(_Poison),
+                   y_test=torch.zeros(3, dtype=torch.long).as_subclass(_Poison))
+
+
+def test_selection_never_reads_the_test_split_and_picks_the_argmin(tmp_path):
+    from distill.data.synthetic import make_synthetic
+    from distill.experiments import specialists as E
+    from distill.experiments.common import Runner
+
+    p = E.PRESETS[("synthetic", "tiny")]
+    data = make_synthetic(**p.synthetic)
+    cands = E.candidates(p)
+    assert len(cands) == 3 and cands[0] == E.setting_of(p)
+    assert cands[1]["n_clusters"] == 3 and cands[1]["overlap_ratio"] is None and cands[2]["specialist_epochs"] == 1
+    runner = Runner(tmp_path / "out", progress=False, log=lambda m: None)
+    best, rows = E.select_setting(runner, p, _poisoned(data), "synthetic", cands, "hard", progress=False,
+                                  log=lambda m: None)
+    errs = [r["heldout_errors"] for r in rows]
+    assert all(isinstance(e, int) and 0 <= e <= p.holdout for e in errs) and all(r["n"] == p.holdout for r in rows)
+    assert best == errs.index(min(errs)) and [r["chosen"] for r in rows] == [i == best for i in range(3)]
+    assert all(r["control_heldout_errors"] is not None for r in rows)
+    # the stages it trained are on the tune split: held-out metrics only, never test ones
+    import json
+
+    saved = json.loads((tmp_path / "out" / "selection" / "results.json").read_text())
+    assert saved and all(r["split"] == "heldout" and "test_errors" not in r and "heldout_errors" in r for r in saved)
+    assert "held-out errors" in (tmp_path / "out" / "selection" / "results.md").read_text()
+
+
+def test_selection_tie_goes_to_the_first_candidate(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from distill.data.synthetic import make_synthetic
+    from distill.experiments import specialists as E
+    from distill.experiments.common import Runner
+
+    p = replace(E.PRESETS[("synthetic", "tiny")], select_control=False)
+    data = make_synthetic(**p.synthetic)
+    for fake, expected in (([7, 4, 4], 1), ([5, 5, 5], 0), ([9, 8, 2], 2)):
+        it = iter(fake)
+        monkeypatch.setattr(E, "_errors", lambda q, y, it=it: next(it))
+        best, rows = E.select_setting(Runner(tmp_path / "o", progress=False, log=lambda m: None), p, data,
+                                      "synthetic", E.candidates(p), progress=False, log=lambda m: None)
+        assert best == expected and [r["heldout_errors"] for r in rows] == fake
+
+
+def test_explicit_settings_fix_the_grid():
+    from distill.experiments import specialists as E
+
+    p = E.PRESETS[("synthetic", "tiny")]
+    # grid {}, {3 clusters, no overlap}, {1 epoch} over the preset's (4 clusters, overlap 1.2, 2 epochs, T 1)
+    assert [c["n_clusters"] for c in E.candidates(p, dict(n_clusters=4))] == [4, 4, 4]  # all three still differ
+    two = E.candidates(p, dict(specialist_epochs=2))  # the third candidate becomes the first
+    assert [(c["n_clusters"], c["overlap_ratio"], c["specialist_epochs"]) for c in two] == [(4, 1.2, 2), (3, None, 2)]
+    one = E.candidates(p, dict(n_clusters=4, overlap_ratio=None, specialist_epochs=2, cluster_temperature=1.0))
+    assert one == [dict(n_clusters=4, overlap_ratio=None, specialist_epochs=2, cluster_temperature=1.0)]
+    q = E.with_setting(p, dict(specialist_epochs=5, n_clusters=2))
+    assert q.specialist.epochs == 5 and q.n_clusters == 2 and q.specialist.lr == p.specialist.lr
+    with pytest.raises(DistillError, match="unknown setting"):
+        E.with_setting(p, dict(lr=0.1))
+    with pytest.raises(DistillError, match="holds out no"):
+        E.run("synthetic", "quick", select=True, progress=False, log=lambda m: None)
+
+
+def test_selection_then_full_run_uses_the_choice(tmp_path):
+    import json
+
+    from distill.experiments import specialists as E
+
+    logs = []
+    recs = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, variants=("hard",), log=logs.append)
+    sel = recs[0]
+    assert sel["model"] == "selection" and sel["split"] == "heldout" and sel["holdout"] == 96
+    errs = [r["heldout_errors"] for r in sel["candidates"]]
+    assert sel["chosen_index"] == errs.index(min(errs))
+    chosen = sel["chosen"]
+    gen = next(r for r in recs if r["model"] == "generalist")
+    assert (gen["n_clusters"], gen["overlap_ratio"], gen["specialist_epochs"], gen["cluster_temperature"]) == \
+        (chosen["n_clusters"], chosen["overlap_ratio"], chosen["specialist_epochs"], chosen["cluster_temperature"])
+    ctrl = next(r for r in recs if r["model"] == "generalist+extra")
+    assert ctrl["extra_epochs"] == chosen["specialist_epochs"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Held-out selection" in md and "chosen on 96 held-out TRAINING examples" in md
+    assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["model"] == "selection"
+    # a rerun trains nothing: every stage comes from the cache, the same choice and numbers
+    logs2 = []
+    again = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, variants=("hard",), log=logs2.append)
+    assert again[0]["chosen"] == chosen and [r.get("test_errors") for r in again] == [r.get("test_errors") for r in recs]
+    assert not any("epoch 1/" in m for m in logs2) and any("(cached)" in m for m in logs2)
+
+
+def test_seeds_summary_is_mean_and_std_of_the_records(tmp_path):
+    import statistics
+
+    from distill.experiments import specialists as E
+
+    recs = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, seeds=(0, 1), select=False,
+                 log=lambda m: None)
+    sm = E.seed_summary(recs)
+    assert sm["seeds"] == [0, 1]
+
+    def hand(model, key, variant=None):
+        vals = [next(r[key] for r in recs if r["model"] == model and r["seed"] == s
+                     and (variant is None or r.get("variant") == variant)) for s in (0, 1)]
+        return vals, statistics.mean(vals), statistics.stdev(vals)
+
+    for got, (vals, m, s) in ((sm["generalist"], hand("generalist", "test_errors")),
+                              (sm["control"], hand("generalist+extra", "test_errors"))):
+        assert got["values"] == vals and got["mean"] == pytest.approx(m) and got["std"] == pytest.approx(s)
+    for v in ("hard", "soft"):
+        for key in ("test_errors", "relative_error_reduction", "gain_beyond_control", "inference_cases_per_second"):
+            vals, m, s = hand("generalist+specialists", key, v)
+            got = sm["variants"][v][key]
+            assert got["values"] == vals and got["mean"] == pytest.approx(m) and got["std"] == pytest.approx(s)
+        # Table 4 summed over the seeds
+        combos = [r for r in recs if r["model"] == "generalist+specialists" and r["variant"] == v]
+        summed = E.coverage_over_seeds(recs)[v]
+        assert sum(r["n"] for r in summed) == 2 * 240
+        for row in summed:
+            k = row["covering"]
+            parts = [x for c in combos for x in c["by_coverage"] if x["covering"] == k]
+            assert row["n"] == sum(x["n"] for x in parts)
+            assert row["correct_combined"] - row["correct_generalist"] == sum(x["delta_correct"] for x in parts)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Mean ± std over seeds 0, 1" in md and "summed over seeds 0, 1" in md
+    assert (tmp_path / "out" / "gain_vs_covering.png").stat().st_size > 0
+    import json
+
+    subsets = json.loads((tmp_path / "out" / "subsets.json").read_text())
+    assert sorted(subsets["by_seed"]) == ["0", "1"] and subsets["subsets"] == subsets["by_seed"]["0"]["subsets"]
+    with pytest.raises(DistillError, match="seeds"):
+        E.run("synthetic", "tiny", out=tmp_path / "x", progress=False, seeds=(1, 1), log=lambda m: None)
+
+
+def test_double_mnist_tiny_on_a_fake_mnist(tmp_path, monkeypatch):
+    """The double-mnist preset path (selection, specialists, control, distill-back) on 600 pairs
+    built from a generated stand-in for MNIST."""
+    import distill.data.mnist as M
+    from distill.data import Dataset
+    from distill.experiments import specialists as E
+
+    g = torch.Generator().manual_seed(0)
+    templates = torch.rand(10, 784, generator=g)
+
+    def split(n):
+        y = torch.arange(10).repeat(n)
+        return (0.7 * templates[y] + 0.3 * torch.rand(len(y), 784, generator=g)), y
+
+    xtr, ytr = split(20)
+    xte, yte = split(5)
+    fake = Dataset("mnist", xtr, ytr, xte, yte, tuple("0123456789"), "fake", (28, 28))
+    monkeypatch.setattr(M, "load_mnist", lambda data_dir=None, log=print: fake)
+    recs = E.run("double-mnist", "tiny", out=tmp_path / "out", progress=False, variants=("hard",),
+                 distill_back=True, log=lambda m: None)
+    names = [r["model"] for r in recs]
+    assert names[0] == "selection" and {"generalist", "generalist+specialists", "generalist+extra",
+                                        "distilled-back", "generalist-finetuned"} <= set(names)
+    gen = next(r for r in recs if r["model"] == "generalist")
+    assert gen["params"] == 1568 * 16 + 16 + 16 * 100 + 100 and len(gen["subsets_described"]) == len(gen["subsets"])
+    combo = next(r for r in recs if r["model"] == "generalist+specialists")
+    assert sum(row["n"] for row in combo["by_coverage"]) == 200
+
+
+def test_cli_flags_of_selection_and_seeds():
+    from distill.cli import build_parser
+
+    args = build_parser().parse_args(["reproduce", "specialists", "--dataset", "double-mnist", "--preset", "paper",
+                                      "--seeds", "0", "1", "2", "--no-select", "--specialist-epochs", "3",
+                                      "--cluster-temperature", "2", "--holdout", "500"])
+    assert args.dataset == "double-mnist" and args.seeds == [0, 1, 2] and args.seed is None
+    assert args.select is False and args.specialist_epochs == 3 and args.cluster_temperature == 2.0
+    assert args.holdout == 500
+    args = build_parser().parse_args(["specialists", "--select", "--seed", "4"])
+    assert args.select is True and args.seed == 4 and args.seeds is None
+    assert build_parser().parse_args(["specialists"]).select is None
+    for bad in (["--seed", "1", "--seeds", "2"], ["--select", "--no-select"]):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["specialists", *bad])
+        assert e.value.code == 2

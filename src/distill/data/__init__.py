@@ -1,15 +1,17 @@
 """Data sets: fetching with SHA-256 verification, idx parsing, in-memory tensors."""
 from distill.data.dataset import Dataset
+from distill.data.double_mnist import load_double_mnist
 from distill.data.files import FileData, load_files
 from distill.data.mnist import FASHION_MNIST, MNIST, load_fashion_mnist, load_mnist
 from distill.data.segmentation import load_mnist_seg
 
 LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist,
-           "mnist-seg": load_mnist_seg}  # MNIST digits on 64x64 canvases, per-pixel masks (issue 18)
+           "mnist-seg": load_mnist_seg,  # MNIST digits on 64x64 canvases, per-pixel masks (issue 18)
+           "double-mnist": load_double_mnist}  # two MNIST digits side by side, 100 classes (issue 19)
 
 
 def load(name: str, data_dir=None, log=print) -> Dataset:
-    """Load a data set by name (``mnist`` or ``fashion-mnist``)."""
+    """Load a data set by name (a key of :data:`LOADERS`)."""
     from distill.errors import DistillError
 
     if name not in LOADERS:
@@ -18,4 +20,4 @@ def load(name: str, data_dir=None, log=print) -> Dataset:
 
 
 __all__ = ["Dataset", "MNIST", "FASHION_MNIST", "load", "load_mnist", "load_fashion_mnist", "FileData", "load_files",
-           "load_mnist_seg"]
+           "load_mnist_seg", "load_double_mnist"]

@@ -26,14 +26,12 @@ of the generation parameters, the MNIST files' fingerprint and the generated arr
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from distill.data.dataset import Dataset
+from distill.data.dataset import Dataset, build_digest
 from distill.errors import DistillError
 
 #: the mask value of pixels that are neither trained on nor scored
@@ -160,13 +158,6 @@ def make_canvases(images, labels, n: int, *, size: int = 64, digits=(2, 4),
     return xs, ys
 
 
-def _digest(params: dict, *arrays: np.ndarray) -> str:
-    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for a in arrays:
-        h.update(f"{a.dtype}|{a.shape}|".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
 
 def mnist_segmentation(mnist: Dataset, train: int = 4000, test: int = 1000, *, size: int = 64, digits=(2, 4),
                        seed: int = 0) -> SegmentationDataset:
@@ -180,7 +171,7 @@ def mnist_segmentation(mnist: Dataset, train: int = 4000, test: int = 1000, *, s
     xte, yte = make_canvases(mnist.x_test, mnist.y_test, test, size=size, digits=digits, seed=seed * 2 + 1)
     params = dict(kind="mnist-seg/1", mnist=mnist.fingerprint, train=train, test=test, size=size,
                   digits=list(digits), seed=seed, stroke=STROKE, edge=EDGE)
-    fp = "mnist-seg:" + _digest(params, xtr, ytr, xte, yte)
+    fp = "mnist-seg:" + build_digest(params, xtr, ytr, xte, yte)
 
     def to_x(a):
         return torch.from_numpy(a.astype(np.float32) / 255.0)[:, None]
@@ -240,7 +231,7 @@ def load_segmentation_npz(path, name: str | None = None, ignore_index: int = IGN
         top = max((int(t.max()) for t in labelled if t.numel()), default=1)
         classes = tuple(str(c) for c in range(max(top + 1, 2)))
     return SegmentationDataset(name=name or path.stem, classes=classes, ignore_index=ignore_index,
-                               fingerprint="npz:" + _digest({"ignore": ignore_index, "classes": list(classes)},
+                               fingerprint="npz:" + build_digest({"ignore": ignore_index, "classes": list(classes)},
                                                             *(arrays[k].numpy() for k in sorted(arrays))),
                                image_shape=tuple(arrays["x_train"].shape[-2:]), background=None, **arrays)
 
