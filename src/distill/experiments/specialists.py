@@ -684,6 +684,16 @@ def summary_table(records: list[dict]) -> str:
     return out
 
 
+def coverage_table(rows: list[dict]) -> str:
+    """Paper Table 4 as markdown: one line per number of specialists covering the true class."""
+    out = ("| # covering | # test cases | generalist correct | combined correct | Δ correct | "
+           "relative accuracy change |\n|---|---|---|---|---|---|\n")
+    for row in rows:
+        out += (f"| {row['covering']} | {row['n']} | {row['correct_generalist']} | {row['correct_combined']} | "
+                f"{row['delta_correct']:+d} | {100 * row['relative_accuracy_change']:+.2f} % |\n")
+    return out
+
+
 def summarize(records: list[dict]) -> str:
     """Paper Tables 3 and 4 from the records; with several seeds also their mean ± std and Table 4
     summed over the seeds; the held-out selection, if any."""
@@ -727,12 +737,7 @@ def summarize(records: list[dict]) -> str:
     if multi:
         for v, rows in coverage_over_seeds(records).items():
             out += (f"\n**Variant `{v}`** -- accuracy by number of specialists covering the true class "
-                    f"(paper Table 4), summed over seeds {', '.join(map(str, seeds))}\n\n| # covering | # test cases | "
-                    f"generalist correct | combined correct | Δ correct | relative accuracy change |\n"
-                    f"|---|---|---|---|---|---|\n")
-            for row in rows:
-                out += (f"| {row['covering']} | {row['n']} | {row['correct_generalist']} | {row['correct_combined']} | "
-                        f"{row['delta_correct']:+d} | {100 * row['relative_accuracy_change']:+.2f} % |\n")
+                    f"(paper Table 4), summed over seeds {', '.join(map(str, seeds))}\n\n" + coverage_table(rows))
         out += "\n" + "".join(
             f"solver, seed {c['seed']} `{c['variant']}`: {c['solver_iterations']} iterations max, max |grad| "
             f"{c['solver_max_grad']:.1e} (tol {c['solver_tol']:.0e}), converged {c['solver_converged']}\n"
@@ -740,11 +745,7 @@ def summarize(records: list[dict]) -> str:
     else:
         for c in combos:
             out += (f"\n**Variant `{c['variant']}`** -- accuracy by number of specialists covering the true class "
-                    f"(paper Table 4)\n\n| # covering | # test cases | generalist correct | combined correct | "
-                    f"Δ correct | relative accuracy change |\n|---|---|---|---|---|---|\n")
-            for row in c["by_coverage"]:
-                out += (f"| {row['covering']} | {row['n']} | {row['correct_generalist']} | {row['correct_combined']} | "
-                        f"{row['delta_correct']:+d} | {100 * row['relative_accuracy_change']:+.2f} % |\n")
+                    f"(paper Table 4)\n\n" + coverage_table(c["by_coverage"]))
             out += (f"\nsolver: {c['solver_iterations']} iterations max, max |grad| {c['solver_max_grad']:.1e} "
                     f"(tol {c['solver_tol']:.0e}), converged {c['solver_converged']}"
                     f"{'' if c.get('solver_unconverged_rows') in (None, 0) else ' (' + str(c['solver_unconverged_rows']) + ' rows above tol)'}\n")
