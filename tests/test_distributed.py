@@ -102,7 +102,13 @@ def _worker(rank, world_size, rdv, out, other, dropout=0.0, bomb_at=None):
         try:
             res = _train(out if rank == 0 else other, hook=hook, dropout=dropout)
         except Interrupt:
-            return
+            # a job stopped mid-epoch: note that this process got here, leave the group, and end
+            # the process without interpreter teardown, as a killed job does (CI once saw a child
+            # abort, "terminate called without an active exception", after such a stop; 70 runs of
+            # the stop alone did not reproduce it)
+            Path(f"{out}.rank{rank}.stopped").touch()
+            distributed.shutdown()
+            os._exit(0)
         # safetensors + JSON, no pickle (the project loads nothing through pickle, tests included)
         save_file(res.model.state_dict(), f"{out}.rank{rank}.safetensors")
         Path(f"{out}.rank{rank}.json").write_text(json.dumps(dict(test=res.test, history=len(res.history),
@@ -115,6 +121,7 @@ def _spawn(tmp_path, out, tag, dropout=0.0, bomb_at=None):
     mp.spawn(_worker, args=(2, str(tmp_path / f"rdv-{tag}"), str(out), str(tmp_path / f"elsewhere-{tag}"), dropout,
                             bomb_at), nprocs=2, join=True)
     if bomb_at:
+        assert all(Path(f"{out}.rank{r}.stopped").exists() for r in range(2))  # both were interrupted
         return None
     return [dict(json.loads(Path(f"{out}.rank{r}.json").read_text()), weights=load_file(f"{out}.rank{r}.safetensors"))
             for r in range(2)]
