@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from distill import checkpoints as C
+from distill.digest import tensors_digest
 from distill.errors import DistillError
 from distill.models import MLP
 from distill.training import TrainConfig, fit, seed_everything
@@ -47,7 +48,7 @@ def test_kill_between_the_two_renames_leaves_the_new_checkpoint(tmp_path, monkey
     monkeypatch.undo()
     assert json.loads((tmp_path / "ck.json").read_text())["epoch"] == 1  # the readable copy is stale
     tensors, side = C.load_tensors(tmp_path / "ck.json")  # whichever name is given
-    assert side["epoch"] == 2 and side["weights_sha256"] == C.tensors_sha256(b)
+    assert side["epoch"] == 2 and side["weights_sha256"] == tensors_digest(b)
     assert all(torch.equal(tensors[k], b[k]) for k in b)
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -126,7 +127,7 @@ def test_checkpoint_identity_is_the_weights(tmp_path):
     m = MLP(4, [3], 2)
     C.save_checkpoint(tmp_path / "a", m, {"x": 1})
     C.save_checkpoint(tmp_path / "b", m, {"x": 2})  # other metadata, same weights
-    assert C.file_sha256(tmp_path / "a") == C.file_sha256(tmp_path / "b") == C.tensors_sha256(m.state_dict())
+    assert C.file_sha256(tmp_path / "a") == C.file_sha256(tmp_path / "b") == tensors_digest(m.state_dict())
     with torch.no_grad():
         m.output_layer.bias[0] += 1
     C.save_checkpoint(tmp_path / "c", m)

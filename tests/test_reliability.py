@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import distill
 from distill import soft_targets
 from distill.data import Dataset
+from distill.digest import file_digest
 from distill.errors import DistillError
 from distill.models import MLP
 from distill.runs import FolderLock
@@ -72,7 +73,7 @@ def test_nan_rows_in_a_store_whose_checksum_matches_blame_the_store(tmp_path):
     store = soft_targets.write_store(tmp_path / "s", torch.zeros(50, 3), parts)
     np.save(tmp_path / "s" / "values.npy", logits.numpy(), allow_pickle=False)
     meta = store.meta
-    meta["files"]["values.npy"]["sha256"] = soft_targets._sha256_file(tmp_path / "s" / "values.npy")
+    meta["files"]["values.npy"]["sha256"] = file_digest(tmp_path / "s" / "values.npy")
     (tmp_path / "s" / "meta.json").write_text(__import__("json").dumps(meta))
     store = soft_targets.SoftTargetStore.open(tmp_path / "s")
     with pytest.raises(DistillError, match=r"stored outputs in .*s hold NaN.*rows .*7"):

@@ -15,7 +15,6 @@ in preference to the older ``.json``.
 from __future__ import annotations
 
 import errno
-import hashlib
 import importlib
 import json
 import os
@@ -28,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from distill.digest import tensors_digest
 from distill.errors import DistillError
 
 FORMAT = "distill-checkpoint/2"
@@ -159,23 +159,12 @@ def stem_of(path: str | os.PathLike) -> Path:
     return p
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of named tensors: names, dtypes, shapes and bytes in name order (independent of the
-    file's header, so it can live inside it)."""
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        v = tensors[k].detach().contiguous().cpu()
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
-
-
 def save_tensors(stem: Path, tensors: dict[str, torch.Tensor], sidecar: dict) -> Path:
     """Write ``stem.safetensors`` (the sidecar embedded in its header) then ``stem.json``, each
     atomically (see the module docstring)."""
     stem = stem_of(stem)
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    sidecar = dict(sidecar, format=FORMAT, weights_sha256=tensors_sha256(cpu), versions=versions())
+    sidecar = dict(sidecar, format=FORMAT, weights_sha256=tensors_digest(cpu), versions=versions())
     text = json.dumps(sidecar, sort_keys=True, default=str)
     try:
         blob = st_save(cpu, metadata={"distill": text})
@@ -220,7 +209,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         tensors = st_load(blob)
     except (SafetensorError, RuntimeError, ValueError) as e:
         raise DistillError(f"{wpath} is not a valid safetensors file ({e}); {fix}") from None
-    if tensors_sha256(tensors) != sidecar.get("weights_sha256"):
+    if tensors_digest(tensors) != sidecar.get("weights_sha256"):
         raise DistillError(f"{wpath}: the weights do not match the digest in their sidecar; {fix}")
     return tensors, sidecar
 

@@ -16,8 +16,6 @@ killed write left behind.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -30,12 +28,13 @@ from distill.checkpoints import (
     save_checkpoint,
     save_tensors,
 )
+from distill.digest import json_digest
 from distill.errors import DistillError
 
 
 def run_key(parts: dict) -> str:
     """The one run-key function: SHA-256 (16 hex) of the canonical JSON of ``parts``."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(parts)
 
 
 def model_signature(model) -> dict:

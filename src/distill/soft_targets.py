@@ -39,7 +39,6 @@ zero-meaned logits, is only perturbed within the dropped classes).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -50,6 +49,7 @@ import numpy as np
 import torch
 
 from distill.checkpoints import fault_point, read_format_json
+from distill.digest import file_digest, json_digest
 from distill.errors import DistillError
 
 FORMAT = "distill-soft-targets/1"
@@ -79,7 +79,7 @@ def key_parts(teacher_id: str, data_fingerprint: str, selection: str = "", *, dt
 
 def store_key(parts: dict) -> str:
     """SHA-256 (16 hex) of the canonical JSON of :func:`key_parts`."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(parts)
 
 
 # ---------------------------------------------------------------- compute
@@ -133,14 +133,6 @@ def stored_top_k(parts: dict, num_classes: int) -> int | None:
 
 
 # ---------------------------------------------------------------- the store
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 class SoftTargetStore:
     """A read-only store on disk, read by example index. ``store[idx]`` (int, slice, index tensor or array) gives
@@ -280,7 +272,7 @@ def _open_array(f: Path, info: dict, verify: bool, mpath: Path, fix: str):
     if f.stat().st_size != info["bytes"]:
         raise StoreError(f"{f} has {f.stat().st_size} bytes, {info['bytes']} expected (truncated or "
                          f"overwritten); {fix}")
-    if verify and _sha256_file(f) != info["sha256"]:
+    if verify and file_digest(f) != info["sha256"]:
         raise StoreError(f"{f} does not match the SHA-256 in {mpath}; the store is damaged: {fix}")
     try:
         return np.load(f, mmap_mode="r", allow_pickle=False)
@@ -309,7 +301,7 @@ def write_store(path, logits: torch.Tensor, parts: dict) -> SoftTargetStore:
                 f.flush()
                 os.fsync(f.fileno())
             fault_point(f"written {tmp / name}")
-            files[name] = dict(bytes=(tmp / name).stat().st_size, sha256=_sha256_file(tmp / name))
+            files[name] = dict(bytes=(tmp / name).stat().st_size, sha256=file_digest(tmp / name))
         # the key is the one asked for; top_k records what was stored (None: the full logits, when
         # top_k >= the number of classes)
         meta = dict(parts, key=store_key(parts), top_k=top_k, rows=int(n), num_classes=int(n_cls), files=files)
@@ -432,7 +424,7 @@ def _shard_done(path: Path, record_name: str, key: str, rng: tuple[int, int]) ->
             return None
         for info in rec["files"].values():
             f = path / info["name"]
-            if not f.is_file() or f.stat().st_size != info["bytes"] or _sha256_file(f) != info["sha256"]:
+            if not f.is_file() or f.stat().st_size != info["bytes"] or file_digest(f) != info["sha256"]:
                 return None
     except (ValueError, KeyError, TypeError, OSError):
         return None
@@ -461,7 +453,7 @@ def _write_shard(path: Path, s: int, total: int, rng: tuple[int, int], arrays: d
                 raise DistillError(f"disk full while writing the soft-target store {path}; free space and rerun "
                                    "the same command to resume") from None
             raise
-        files[kind] = dict(name=name, bytes=(path / name).stat().st_size, sha256=_sha256_file(path / name))
+        files[kind] = dict(name=name, bytes=(path / name).stat().st_size, sha256=file_digest(path / name))
     rec = dict(key=key, start=int(rng[0]), stop=int(rng[1]), num_classes=int(num_classes), files=files)
     atomic_write_json(path / _shard_name("shard", s, total, "json"), rec)
     return rec

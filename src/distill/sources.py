@@ -23,7 +23,6 @@ old result. Pass ``fingerprint=`` to :func:`as_source` to name a stream yourself
 """
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 from collections.abc import Iterator, Mapping
@@ -34,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data import Dataset as TorchDataset
+
+from distill.digest import tensor_digest
 
 #: examples read to fingerprint a map-style dataset
 FINGERPRINT_SAMPLES = 257
@@ -99,15 +100,8 @@ def as_labels(y, n: int | None = None, what: str = "y") -> torch.Tensor:
 
 
 def _digest(*tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        if t is None:
-            h.update(b"none")
-            continue
-        t = t.detach().contiguous().cpu()
-        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
-    return "sha256:" + h.hexdigest()[:16]
+    """The fingerprint of in-memory data: ``sha256:`` and 16 hex of :func:`distill.digest.tensor_digest`."""
+    return "sha256:" + tensor_digest(*tensors)[:16]
 
 
 def _split(item, what: str):

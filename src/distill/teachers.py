@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.digest import tensor_digest, tensors_digest
 from distill.errors import DistillError
 from distill.losses import check_temperature as _check_temperature
 
@@ -127,20 +128,12 @@ class Ensemble(nn.Module):
 
 def module_id(model: nn.Module) -> str:
     """SHA-256 (16 hex) of a module's parameters and buffers, for cache keys."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        v = v.detach().cpu().contiguous()
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()[:16]
+    return tensors_digest(model.state_dict())[:16]
 
 
 def tensor_id(t: torch.Tensor) -> str:
     """SHA-256 (16 hex) of a tensor's dtype, shape and bytes."""
-    t = t.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    return tensor_digest(t)[:16]
 
 
 def load_teacher(path) -> tuple[nn.Module, str]:

@@ -20,13 +20,12 @@ change in how it is drawn changes the key).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 
 import torch
 
 from distill import losses
 from distill.augment import Augment, table_digest
+from distill.digest import json_digest
 from distill.errors import DistillError
 from distill.sources import Source, as_features
 
@@ -58,8 +57,7 @@ class ViewSource(Source):
         self.n = source.n * self.k
         self.image_shape = source.image_shape
         spec = {f: getattr(augment, f) for f in ("shift", "crop_pad", "flip", "mixup", "views", "view_seed")}
-        blob = json.dumps(dict(data=source.fingerprint, augment=spec, table=table_digest(table)), sort_keys=True)
-        self.fingerprint = "views:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+        self.fingerprint = "views:" + json_digest(dict(data=source.fingerprint, augment=spec, table=table_digest(table)))
 
     def params(self, rows: torch.Tensor) -> dict:
         ex, k = rows // self.k, rows % self.k

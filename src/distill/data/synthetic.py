@@ -18,12 +18,11 @@ Classes are balanced: ``train_per_class`` and ``test_per_class`` examples each.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 
 import torch
 
 from distill.data.dataset import Dataset
+from distill.digest import json_digest
 from distill.errors import DistillError
 
 
@@ -63,7 +62,7 @@ def make_synthetic(num_classes: int = 100, group_size: int = 5, dim: int = 32, m
     params = dict(num_classes=num_classes, group_size=group_size, dim=dim, modes=modes,
                   train_per_class=train_per_class, test_per_class=test_per_class,
                   group_spread=group_spread, class_spread=class_spread, noise=noise, seed=seed)
-    fp = "synthetic:" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    fp = "synthetic:" + json_digest(params)
     classes = tuple(f"g{int(groups[c]):02d}.{c % group_size}" for c in range(num_classes))
     return Dataset(name="synthetic", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                    classes=classes, fingerprint=fp, image_shape=None)

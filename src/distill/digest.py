@@ -1,0 +1,59 @@
+"""The project's digests, one place: every cache key, data fingerprint and weights checksum is one
+of these SHA-256 forms (their byte layouts are fixed: cached runs and stores are found by them).
+
+* :func:`json_digest` ``sha256(json.dumps(obj, sort_keys=True, default=str))``: run keys, store
+  keys, fingerprints of data built from parameters;
+* :func:`tensors_digest` over named tensors, in name order, of ``"name|dtype|shape|"`` then the
+  raw bytes of each: checkpoint weights, module identities;
+* :func:`tensor_digest` over a sequence of tensors, of ``"dtype|shape|"`` then the raw bytes of
+  each (``b"none"`` for a missing one): in-memory data fingerprints, logits identities;
+* :func:`file_digest` of a file's bytes, read in chunks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+
+def json_digest(obj, length: int = 16) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``obj``'s canonical JSON (sorted keys,
+    ``str`` for what JSON cannot hold)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def _update(h, t: torch.Tensor, name: str | None = None) -> None:
+    t = t.detach().contiguous().cpu()
+    h.update(f"{'' if name is None else name + '|'}{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (64 hex) of named tensors: names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        _update(h, tensors[k], k)
+    return h.hexdigest()
+
+
+def tensor_digest(*tensors: torch.Tensor | None) -> str:
+    """SHA-256 (64 hex) of tensors in the order given: dtype, shape and bytes of each; None counts
+    as the bytes ``none``."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+        else:
+            _update(h, t)
+    return h.hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 (64 hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
