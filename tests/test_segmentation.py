@@ -498,11 +498,25 @@ def test_experiment_tune_reports_validation_miou(tmp_path, mnist, monkeypatch):
     monkeypatch.setattr(exp, "TUNE_LR", (0.003, 0.01))
     monkeypatch.setattr(exp, "TUNE_PIXELWISE", ())
     monkeypatch.setattr(exp, "TUNE_CWD", ((1.0, 1.0, 3.0),))
+    monkeypatch.setattr(exp, "TUNE_WIDTHS", (4, 6))
+    monkeypatch.setattr(exp, "TUNE_SEEDS", (0, 1))
     records = exp.run("tiny", out=tmp_path / "tune", progress=False, log=lambda *a: None, tune=True)
-    hard = {r["lr"]: r["val_miou"] for r in records if r["model"] == "student-hard"}
+    hard = {r["lr"]: r["val_miou"] for r in records[:5] if r["model"] == "student-hard"}
     best = max(hard, key=hard.get)
-    assert [(r["model"], r.get("lr")) for r in records] == [
+    assert [(r["model"], r.get("lr")) for r in records[:6]] == [
         ("teacher", None), ("student-hard", 0.003), ("student-pixelwise", 0.003), ("student-hard", 0.01),
         ("student-pixelwise", 0.01), ("student-cwd", best)]
+    # step 3: hard and the preset's CWD (T = 4, soft weight 3) at each width and seed, at the chosen lr
+    step3 = records[6:]
+    assert [(r["model"], r["width"], r["seed"], r["lr"]) for r in step3] == [
+        (m, w, s, best) for w in (4, 6) for s in (0, 1) for m in ("student-hard", "student-cwd")]
+    assert all(r["temperature"] == 4.0 and r["soft_weight"] == 3.0 for r in step3 if r["model"] == "student-cwd")
+    assert step3[0]["val_miou"] == hard[best]  # width 4, seed 0: step 1's run, reused
     md = (tmp_path / "tune" / "results.md").read_text()
     assert "validation mIoU" in md and f"| student-cwd | {best} | 1.0 | 1.0 | 3.0 |" in md
+    t = records[0]["val_miou"]
+    for w in (4, 6):
+        h = [r["val_miou"] for r in step3 if r["width"] == w and r["model"] == "student-hard"]
+        c = [r["val_miou"] for r in step3 if r["width"] == w and r["model"] == "student-cwd"]
+        per = ", ".join(f"{100 * exp.gap_closed(t, a, b):.0f} %" for a, b in zip(h, c))
+        assert f"| {w} | " in md and per in md

@@ -84,6 +84,11 @@ PRESETS = {
 TUNE_LR = (0.001, 0.003, 0.01, 0.03)
 TUNE_PIXELWISE = ((1.0, 0.5), (2.0, 0.5))
 TUNE_CWD = ((4.0, 1.0, 3.0), (1.0, 1.0, 3.0), (4.0, 1.0, 1.0), (4.0, 1.0, 10.0), (8.0, 1.0, 3.0))
+#: ``--tune``, step 3: the student's width (25,707 parameters at 32, 1/16 of the teacher's; 7,739 at
+#: 16), the hard-label and the chosen CWD student at each, over these seeds: one seed's gain is
+#: within the seed spread of the hard-label student (1.5 mIoU points on the test canvases)
+TUNE_WIDTHS = (16, 32)
+TUNE_SEEDS = (0, 1, 2)
 
 STUDENTS = ("student-hard", "student-pixelwise", "student-cwd")
 
@@ -130,12 +135,42 @@ def tune_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def width_table(records: list[dict], lr: float, cwd: losses.ChannelWiseDistillation) -> str:
+    """Step 3 of ``--tune``: per student width, the validation mIoU of the hard-label students at
+    ``lr`` and of the ``cwd`` students (mean ± std over the seeds) and the share of the teacher's
+    gap that CWD closes."""
+    teacher = [r["val_miou"] for r in records if r["model"] == "teacher"]
+
+    def chosen(r):
+        if r.get("lr") != lr:
+            return False
+        return r["model"] == "student-hard" or (r.get("temperature"), r.get("hard_weight"), r.get("soft_weight")) == (
+            cwd.temperature, cwd.hard_weight, cwd.soft_weight)
+
+    lines = ["| width | params | hard-label val mIoU % | CWD val mIoU % | gap closed per seed | gap closed (means) |",
+             "|---|---|---|---|---|---|"]
+    for width in TUNE_WIDTHS:
+        pick = {name: {r["seed"]: r for r in records if r["model"] == name and r.get("width") == width
+                       and r.get("seed") in TUNE_SEEDS and chosen(r)}
+                for name in ("student-hard", "student-cwd")}
+        seeds = sorted(set(pick["student-hard"]) & set(pick["student-cwd"]))
+        if not seeds or not teacher:
+            continue
+        h = [pick["student-hard"][s]["val_miou"] for s in seeds]
+        c = [pick["student-cwd"][s]["val_miou"] for s in seeds]
+        per = ", ".join(f"{100 * gap_closed(teacher[0], a, b):.0f} %" for a, b in zip(h, c))
+        lines.append(f"| {width} | {pick['student-hard'][seeds[0]]['params']:,} | "
+                     f"{fmt_mean_std([100 * v for v in h], 2)} | {fmt_mean_std([100 * v for v in c], 2)} | {per} | "
+                     f"{100 * gap_closed(teacher[0], mean_std(h)[0], mean_std(c)[0]):.0f} % |")
+    return "\n".join(lines) + "\n"
+
+
 def _stages(p: Preset, image_shape, num_classes: int):
     def teacher_net():
         return DeepLabV3(num_classes, image_shape, width=p.teacher_width)
 
-    def student_net():
-        return MobileNetSeg(num_classes, image_shape, width=p.student_width)
+    def student_net(width: int = p.student_width):
+        return lambda: MobileNetSeg(num_classes, image_shape, width=width)
 
     return teacher_net, student_net
 
@@ -172,12 +207,12 @@ def run(preset: str = "quick", seeds: int | None = None, out="runs/segmentation"
     # its outputs over the training canvases, computed once here for every student (in memory)
     teacher.prepare(as_source(train), augmented=False, progress=progress, log=log)
 
-    def student(name, objective, seed, lr=None, **extra):
+    def student(name, objective, seed, lr=None, width=p.student_width, **extra):
         needs = losses.needs(objective, "teacher")
         config = replace(p.student, objective=objective, seed=seed, lr=lr or p.student.lr)
-        stage = Stage(name, student_net, config,
+        stage = Stage(name, student_net(width), config,
                       teacher=teacher if needs else None,
-                      extra=dict(width=p.student_width, soft_weight=getattr(objective, "soft_weight", None),
+                      extra=dict(width=width, soft_weight=getattr(objective, "soft_weight", None),
                                  lr=config.lr, **extra))
         return runner.train(train, stage, val=val)
 
@@ -192,8 +227,13 @@ def run(preset: str = "quick", seeds: int | None = None, out="runs/segmentation"
             student("student-pixelwise", losses.PixelwiseDistillation(t, hw), 0, lr=lr)
         for t, hw, sw in TUNE_CWD:
             student("student-cwd", losses.ChannelWiseDistillation(t, hw, sw), 0, lr=lr)
+        for width in TUNE_WIDTHS:
+            for seed in TUNE_SEEDS:
+                student("student-hard", hard, seed, lr=lr, width=width)
+                student("student-cwd", p.cwd(), seed, lr=lr, width=width)
         runner.write(f"Learning rate {lr:g} (step 1: the hard-label student's best validation mIoU), then T and "
-                     "the weights at that rate (step 2).")
+                     "the weights at that rate (step 2), then the student's width, hard labels and the preset's "
+                     f"CWD over seeds {', '.join(map(str, TUNE_SEEDS))} (step 3).\n\n" + width_table(runner.records, lr, p.cwd()))
         log(tune_table(runner.records))
         return runner.records
     shown = {"teacher": res_t.model}
