@@ -513,7 +513,7 @@ def test_experiment_tune_reports_validation_miou(tmp_path, mnist, monkeypatch):
     assert all(r["temperature"] == 4.0 and r["soft_weight"] == 3.0 for r in step3 if r["model"] == "student-cwd")
     assert step3[0]["val_miou"] == hard[best]  # width 4, seed 0: step 1's run, reused
     md = (tmp_path / "tune" / "results.md").read_text()
-    assert "validation mIoU" in md and f"| student-cwd | {best} | 1.0 | 1.0 | 3.0 |" in md
+    assert "validation mIoU" in md and f"| student-cwd | 4 | 0 | {best} | 1.0 | 1.0 | 3.0 |" in md
     t = records[0]["val_miou"]
     for w in (4, 6):
         h = [r["val_miou"] for r in step3 if r["width"] == w and r["model"] == "student-hard"]

@@ -126,10 +126,10 @@ def summarize(records: list[dict]) -> str:
 
 
 def tune_table(records: list[dict]) -> str:
-    lines = ["| model | lr | T | hard weight | soft weight | validation mIoU % | without background % | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | width | seed | lr | T | hard weight | soft weight | validation mIoU % | without background % "
+             "| wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['model']} | {r.get('lr') or ''} | {r.get('temperature') or ''} | "
+        lines.append(f"| {r['model']} | {r.get('width', '')} | {r.get('seed', '')} | {r.get('lr') or ''} | {r.get('temperature') or ''} | "
                      f"{'' if r.get('hard_weight') is None else r['hard_weight']} | {r.get('soft_weight') or ''} | "
                      f"{100 * r['val_miou']:.2f} | {100 * r['val_miou_fg']:.2f} | {r['wall_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
