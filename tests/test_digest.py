@@ -55,3 +55,15 @@ def test_module_id_is_the_state_dict_digest_and_file_digest_the_bytes(tmp_path):
     f = tmp_path / "blob"
     f.write_bytes(b"x" * (3 << 20) + b"tail")  # more than one read chunk
     assert digest.file_digest(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_build_digest_is_params_then_arrays():
+    import numpy as np
+
+    a, b = np.arange(6, dtype=np.uint8).reshape(2, 3), np.array([1.5], dtype=np.float32)
+    h = hashlib.sha256(json.dumps({"k": 1}, sort_keys=True).encode())
+    for x in (a, b):
+        h.update(f"{x.dtype}|{x.shape}|".encode())
+        h.update(x.tobytes())
+    assert digest.build_digest({"k": 1}, a, b) == h.hexdigest()[:16]
+    assert digest.build_digest({"k": 2}, a, b) != h.hexdigest()[:16]

@@ -7,6 +7,8 @@ of these SHA-256 forms (their byte layouts are fixed: cached runs and stores are
   raw bytes of each: checkpoint weights, module identities;
 * :func:`tensor_digest` over a sequence of tensors, of ``"dtype|shape|"`` then the raw bytes of
   each (``b"none"`` for a missing one): in-memory data fingerprints, logits identities;
+* :func:`build_digest` ``sha256(json.dumps(params, sort_keys=True))`` then ``"dtype|shape|"`` and
+  the bytes of each NumPy array: data sets built from data (segmentation canvases, double-MNIST);
 * :func:`file_digest` of a file's bytes, read in chunks.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -48,6 +51,16 @@ def tensor_digest(*tensors: torch.Tensor | None) -> str:
         else:
             _update(h, t)
     return h.hexdigest()
+
+
+def build_digest(params: dict, *arrays: np.ndarray) -> str:
+    """16 hex digits of the SHA-256 of a derived data set's build ``params`` (as sorted JSON) and
+    its ``arrays`` (dtype, shape and bytes of each): the fingerprint of data built from data."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for a in arrays:
+        h.update(f"{a.dtype}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
 
 
 def file_digest(path: str | Path) -> str:

@@ -1,8 +1,6 @@
 """The in-memory data set every training run uses: float tensors, labels, a fingerprint."""
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -50,16 +48,6 @@ class Dataset:
         xte, yte = pick(self.x_test, self.y_test, test)
         fp = f"{self.fingerprint}:sub{train}/{test}/s{seed}" if (train or test) else self.fingerprint
         return replace(self, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, fingerprint=fp)
-
-
-def build_digest(params: dict, *arrays: np.ndarray) -> str:
-    """16 hex digits of the SHA-256 of a derived data set's build ``params`` (as sorted JSON) and
-    its ``arrays`` (dtype, shape and bytes of each): the fingerprint of data built from data."""
-    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for a in arrays:
-        h.update(f"{a.dtype}|{a.shape}|".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
 
 
 def stratified_indices(y: torch.Tensor | None, n: int, seed: int = 0, length: int | None = None) -> torch.Tensor:

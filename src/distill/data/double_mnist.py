@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distill.data.dataset import Dataset, build_digest
+from distill.data.dataset import Dataset
+from distill.digest import build_digest
 from distill.errors import DistillError
 
 DIGIT = 28

@@ -31,7 +31,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from distill.data.dataset import Dataset, build_digest
+from distill.data.dataset import Dataset
+from distill.digest import build_digest
 from distill.errors import DistillError
 
 #: the mask value of pixels that are neither trained on nor scored

@@ -223,6 +223,20 @@ def _name_system(rec: dict, system: str) -> dict:
     return rec
 
 
+def train_control(runner: Runner, p: Preset, data, dataset: str, generalist, gen_id: str, p_g_test: torch.Tensor,
+                  seed: int = 0) -> tuple[dict, torch.Tensor]:
+    """The control: a copy of the generalist trained on all classes as long as one specialist
+    (``p.specialist``), averaged with the generalist like a specialist covering every class
+    (:func:`distill.specialists.mean_of_full_coverage` of ``p_g_test``, the generalist's
+    probabilities on ``data.x_test``, and its own). Returns (its record, named
+    ``generalist-extra``; the combined probabilities on ``data.x_test``)."""
+    x = runner.train(data, Stage(from_generalist("generalist-extra", gen_id), lambda: copy.deepcopy(generalist).train(),
+                                 replace(p.specialist, seed=seed),
+                                 extra=dict(dataset=dataset, init="generalist", generalist=gen_id)))
+    xrec = _name_system(runner.records[-1], "generalist-extra")
+    return xrec, S.mean_of_full_coverage([p_g_test, torch.softmax(predict_logits(x.model, data.x_test), 1)])
+
+
 def train_specialists(runner: Runner, p: Preset, data, generalist, subsets, variant: str, seed: int = 0):
     """:func:`distill.specialists.train_specialists` with the preset's recipe, through the stage
     cache; returns (specialists, records, total training seconds)."""
@@ -382,11 +396,8 @@ def select_setting(runner: Runner, p: Preset, data, dataset: str, cands: list[di
         if p.select_control:
             e = q.specialist.epochs
             if e not in controls:
-                x = sel.train(tune, Stage(from_generalist("generalist-extra", gen_id),
-                                          lambda: copy.deepcopy(generalist).train(), replace(q.specialist, seed=seed),
-                                          extra=dict(dataset=dataset, init="generalist", generalist=gen_id)))
-                _heldout(_name_system(sel.records[-1], "generalist-extra"))
-                qx = S.mean_of_full_coverage([p_g_held, torch.softmax(predict_logits(x.model, tune.x_test), 1)])
+                xrec, qx = train_control(sel, q, tune, dataset, generalist, gen_id, p_g_held, seed)
+                _heldout(xrec)
                 controls[e] = _errors(qx, tune.y_test)
             ctrl = controls[e]
             row.update(control_heldout_errors=ctrl, gain_beyond_control=(ctrl - err) / ctrl if ctrl else None)
@@ -514,11 +525,7 @@ def run_seed(runner: Runner, p: Preset, data, dataset: str, seed: int, variants,
 
     if control:
         # same extra training as one specialist, without specialising: is the gain the specialists' own?
-        x = runner.train(data, Stage(from_generalist("generalist-extra", gen_id), init,
-                                     replace(p.specialist, seed=seed),
-                                     extra=dict(dataset=dataset, init="generalist", generalist=gen_id)))
-        xrec = _name_system(runner.records[-1], "generalist-extra")
-        q = S.mean_of_full_coverage([p_g_test, torch.softmax(predict_logits(x.model, data.x_test), 1)])
+        xrec, q = train_control(runner, p, data, dataset, generalist, gen_id, p_g_test, seed)
         m = classification_metrics(torch.log(q.clamp_min(1e-30)), data.y_test)
         rec = dict(model="generalist+extra", seed=seed, dataset=dataset, test_errors=m["errors"],
                    test_accuracy=m["accuracy"], test_nll=m["nll"], extra_epochs=p.specialist.epochs,
