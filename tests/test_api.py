@@ -218,7 +218,9 @@ def test_users_model_with_a_factory_reloads_from_the_checkpoint_alone(data, tmp_
     train, test = data
     res = distill.fit(_net(width=12), train, CFG, test=test, run_dir=tmp_path / "run",
                       factory=(FACTORY, dict(d_in=10, width=12, classes=3)), progress=False, log=quiet)
-    model, side = distill.load_checkpoint(tmp_path / "run" / "model")
+    with pytest.raises(distill.DistillError, match=r"names code outside distill .*nothing was imported.*trust_factory=True"):
+        distill.load_checkpoint(tmp_path / "run" / "model")  # the user's own code runs only when trusted
+    model, side = distill.load_checkpoint(tmp_path / "run" / "model", trust_factory=True)
     assert type(model).__name__ == "TinyNet" and model.head.in_features == 12 and not model.training
     assert side["factory"] == {"target": FACTORY, "kwargs": {"d_in": 10, "width": 12, "classes": 3}}
     assert side["num_classes"] == 3 and side["input_shape"] == [10] and side["test"] == res.test
@@ -226,7 +228,7 @@ def test_users_model_with_a_factory_reloads_from_the_checkpoint_alone(data, tmp_
     assert evaluate(model, test) == res.test
     # the factory without arguments (its defaults)
     r2 = distill.fit(_net(), train, CFG, run_dir=tmp_path / "run2", factory=FACTORY, progress=False, log=quiet)
-    again, _ = distill.load_checkpoint(tmp_path / "run2" / "model")
+    again, _ = distill.load_checkpoint(tmp_path / "run2" / "model", trust_factory=True)
     assert torch.equal(predict_logits(again, test[0]), predict_logits(r2.model, test[0]))
 
 
@@ -246,7 +248,7 @@ def test_users_model_without_a_factory_reloads_into_a_model_they_build(data, tmp
     m = _net(4)
     m.distill_factory = (FACTORY, dict(d_in=10, width=16, classes=3))
     distill.save_checkpoint(tmp_path / "direct", m, {"note": "mine"})
-    back, side = distill.load_checkpoint(tmp_path / "direct.safetensors")
+    back, side = distill.load_checkpoint(tmp_path / "direct.safetensors", trust_factory=True)
     assert side["note"] == "mine" and torch.equal(_weights(back), _weights(m))
 
 
@@ -254,10 +256,10 @@ def test_a_factory_that_fails_or_does_not_import_is_a_distill_error(tmp_path):
     m = _net()
     distill.save_checkpoint(tmp_path / "ck", m, factory=(FACTORY, {"width": 16}))
     side_path = tmp_path / "ck"
-    model, _ = distill.load_checkpoint(side_path)
+    model, _ = distill.load_checkpoint(side_path, trust_factory=True)
     assert torch.equal(_weights(model), _weights(m))
     with pytest.raises(distill.DistillError, match="cannot import the model factory"):
         distill.save_checkpoint(tmp_path / "x", m, factory="no_such_module_xyz:make")
     distill.save_checkpoint(tmp_path / "bad", m, factory=(FACTORY, {"width": -1}))
     with pytest.raises(distill.DistillError, match=f"the factory {FACTORY} failed"):
-        distill.load_checkpoint(tmp_path / "bad")
+        distill.load_checkpoint(tmp_path / "bad", trust_factory=True)

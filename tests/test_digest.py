@@ -46,12 +46,21 @@ def test_json_digest_is_canonical_json():
     assert digest.json_digest({"a": 1}) != digest.json_digest({"a": 1.5})
 
 
-def test_module_id_is_the_state_dict_digest_and_file_digest_the_bytes(tmp_path):
+def test_module_id_is_weights_and_structure_and_file_digest_the_bytes(tmp_path):
     m = torch.nn.Linear(3, 2)
-    assert module_id(m) == digest.tensors_digest(m.state_dict())[:16]
+    assert module_id(m) == digest.json_digest(dict(weights=digest.tensors_digest(m.state_dict()),
+                                                   structure=digest.model_signature(m)))
+    before = module_id(m)
     with torch.no_grad():
         m.bias[0] += 1
-    assert module_id(m) != digest.tensors_digest(torch.nn.Linear(3, 2).state_dict())[:16]
+    assert module_id(m) != before
+    # the same weights under another activation or dropout, or another factory argument, are another teacher
+    torch.manual_seed(0)
+    relu = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    gelu = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GELU(), torch.nn.Linear(4, 2))
+    gelu.load_state_dict(relu.state_dict())
+    assert module_id(relu) != module_id(gelu)
+    assert module_id(relu, ("pkg:f", {"act": "relu"})) != module_id(relu, ("pkg:f", {"act": "gelu"}))
     f = tmp_path / "blob"
     f.write_bytes(b"x" * (3 << 20) + b"tail")  # more than one read chunk
     assert digest.file_digest(f) == hashlib.sha256(f.read_bytes()).hexdigest()

@@ -12,7 +12,8 @@ import distill
 from distill.checkpoints import load_tensors
 from distill.errors import DistillError
 from distill.models import MLP
-from distill.runs import RunDir, model_signature, run_key
+from distill.digest import model_signature
+from distill.runs import RunDir, run_key
 from distill.training import TrainConfig, fit, seed_everything
 
 
@@ -181,3 +182,100 @@ def test_a_model_that_cannot_be_checkpointed_is_refused_before_epoch_1(tmp_path,
             progress=False, log=quiet)
     assert steps == []  # not one training batch ran
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("*.safetensors"))
+
+
+# ---------------------------------------------------------------- identity of the data and the model
+
+def _loader_of(x, y, shuffle=False):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=shuffle)
+
+
+def test_a_loader_with_other_labels_after_its_first_batch_is_not_skipped(two_sets, tmp_path):
+    (x, y), _ = two_sets
+    fit(_model(), _loader_of(x, y), CFG, run_dir=tmp_path / "run", progress=False, log=quiet)
+    y2 = y.clone()
+    y2[16:] = 0  # the first batch is the same
+    with pytest.raises(DistillError, match="holds a different finished run"):
+        fit(_model(), _loader_of(x, y2), CFG, run_dir=tmp_path / "run", progress=False, log=quiet)
+    r = fit(_model(), _loader_of(x, y2), CFG, run_dir=tmp_path / "r-{key}", progress=False, log=quiet)
+    assert not r.skipped
+
+
+def test_a_shuffled_loader_without_a_seed_reruns_as_the_same_run(two_sets, tmp_path):
+    (x, y), _ = two_sets
+    first = fit(_model(), _loader_of(x, y, shuffle=True), CFG, run_dir=tmp_path / "run", progress=False, log=quiet)
+    torch.manual_seed(12345)  # another global RNG state: another shuffle order
+    again = fit(_model(), _loader_of(x, y, shuffle=True), CFG, run_dir=tmp_path / "run", progress=False, log=quiet)
+    assert again.skipped and torch.equal(_weights(again.model), _weights(first.model))
+
+
+def test_an_array_dataset_with_one_row_changed_is_another_run_and_another_store(two_sets, tmp_path):
+    import numpy as np
+
+    from distill.sources import ArrayDataset
+
+    (x, y), _ = two_sets
+    xs, ys = x.numpy().copy(), y.numpy().copy()
+    np.save(tmp_path / "x.npy", xs)
+    np.save(tmp_path / "y.npy", ys)
+    torch.manual_seed(0)
+    teacher = distill.Teacher(MLP(10, [6], 3), store=tmp_path / "store")
+    cfg = TrainConfig(epochs=1, lr=0.1, batch_size=50, temperature=2.0)
+    a = fit(_model(), ArrayDataset(tmp_path / "x.npy", tmp_path / "y.npy"), cfg, teacher=teacher,
+            run_dir=tmp_path / "r-{key}", progress=False, log=quiet)
+    xs[101, 3] += 0.5  # a row that no sample of a few hundred would have to include
+    np.save(tmp_path / "x.npy", xs)
+    teacher = distill.Teacher(teacher.module, store=tmp_path / "store")
+    b = fit(_model(), ArrayDataset(tmp_path / "x.npy", tmp_path / "y.npy"), cfg, teacher=teacher,
+            run_dir=tmp_path / "r-{key}", progress=False, log=quiet)
+    assert not b.skipped and b.run_dir != a.run_dir
+    from distill.soft_targets import SoftTargetStore
+
+    stores = sorted(p for p in (tmp_path / "store").iterdir() if p.is_dir())
+    assert len(stores) == 2  # the teacher's outputs were computed again for the changed data
+    with torch.no_grad():
+        want = teacher.module(torch.from_numpy(xs[101:102]))
+    rows = [SoftTargetStore.open(p)[torch.tensor([101])] for p in stores]
+    assert sum(torch.allclose(r, want, atol=1e-5) for r in rows) == 1  # one store holds the new row's own outputs
+
+
+class _Jittered(torch.utils.data.Dataset):
+    """Examples with fresh noise on every read, as a random transform in __getitem__ gives."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.01 * torch.randn(self.x.shape[1]), int(self.y[i])
+
+
+def test_data_that_change_between_passes_need_a_data_id_for_a_run_folder(two_sets, tmp_path):
+    (x, y), _ = two_sets
+    with pytest.raises(DistillError, match=r"other examples in epoch 1 .* pass data_id="):
+        fit(_model(), _Jittered(x, y), CFG, run_dir=tmp_path / "run", progress=False, log=quiet)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    fit(_model(), _Jittered(x, y), CFG, progress=False, log=quiet)  # without a run folder nothing is keyed
+    a = fit(_model(), _Jittered(x, y), CFG, run_dir=tmp_path / "named", data_id="blobs-v1", progress=False, log=quiet)
+    b = fit(_model(), _Jittered(x, y), CFG, run_dir=tmp_path / "named", data_id="blobs-v1", progress=False, log=quiet)
+    assert b.skipped and not a.skipped
+    with pytest.raises(ValueError, match="data_id must be a non-empty string"):
+        fit(_model(), (x, y), CFG, data_id="", progress=False, log=quiet)
+
+
+def test_the_run_key_covers_factory_arguments_and_the_module_tree(two_sets, tmp_path):
+    (x, y), _ = two_sets
+
+    def net(act):
+        seed_everything(0)
+        return nn.Sequential(nn.Linear(10, 8), act(), nn.Linear(8, 3))
+
+    a = fit(net(nn.ReLU), (x, y), CFG, run_dir=tmp_path / "r-{key}", progress=False, log=quiet)
+    b = fit(net(nn.Tanh), (x, y), CFG, run_dir=tmp_path / "r-{key}", progress=False, log=quiet)
+    assert b.run_dir != a.run_dir and not b.skipped  # same parameter shapes, another activation
+    sig = [model_signature(net(nn.ReLU), ("pkg.mod:make", {"act": act})) for act in ("relu", "gelu")]
+    assert sig[0] != sig[1]

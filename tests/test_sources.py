@@ -147,9 +147,31 @@ def test_fingerprints_follow_the_content():
     fm = MapSource(TensorDataset(x, y)).fingerprint
     assert fm == MapSource(TensorDataset(x.clone(), y.clone())).fingerprint
     assert fm != MapSource(TensorDataset(x[:-1], y[:-1])).fingerprint  # the length counts
-    x3 = x.clone()
-    x3[0] += 1.0  # example 0 is among the sampled ones
-    assert fm != MapSource(TensorDataset(x3, y)).fingerprint
+    for row in (0, 1, 299):  # every example counts, not a sample of them
+        x3 = x.clone()
+        x3[row] += 1e-3
+        assert fm != MapSource(TensorDataset(x3, y)).fingerprint
+    y2 = y.clone()
+    y2[17:] = 0  # labels too
+    assert fm != MapSource(TensorDataset(x, y2)).fingerprint
+    # the same examples in another order: another map-style data set (stores look rows up by index)
+    perm = torch.randperm(300)
+    assert fm != MapSource(TensorDataset(x[perm], y[perm])).fingerprint
+
+
+def test_a_loaders_fingerprint_covers_every_example_and_not_its_order():
+    from torch.utils.data import DataLoader
+
+    x, y = torch.rand(300, 4), torch.arange(300) % 3
+    fp = LoaderSource(DataLoader(TensorDataset(x, y), batch_size=32)).fingerprint
+    # shuffled, without a seed, in other batch sizes: the same examples, the same identity
+    assert LoaderSource(DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)).fingerprint == fp
+    assert LoaderSource(DataLoader(TensorDataset(x, y), batch_size=7, shuffle=True)).fingerprint == fp
+    y2 = y.clone()
+    y2[16:] = 0  # the first batch unchanged, every later label changed
+    assert LoaderSource(DataLoader(TensorDataset(x, y2), batch_size=16)).fingerprint != fp
+    assert LoaderSource(DataLoader(TensorDataset(x[:-1], y[:-1]), batch_size=32)).fingerprint != fp
+    assert LoaderSource(DataLoader(TensorDataset(x, y)), fingerprint="mine").fingerprint == "mine"
 
 
 def test_a_distill_dataset_brings_its_test_split(toy):

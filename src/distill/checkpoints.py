@@ -211,17 +211,94 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise DistillError(f"{wpath} is not a valid safetensors file ({e}); {fix}") from None
     if tensors_digest(tensors) != sidecar.get("weights_sha256"):
         raise DistillError(f"{wpath}: the weights do not match the digest in their sidecar; {fix}")
+    check_sidecar(sidecar, wpath, fix)
     return tensors, sidecar
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: the sidecar fields distill reads back, and what each must be when present (not None)
+SIDECAR_FIELDS = {
+    "factory": (dict, "an object {target, kwargs}"),
+    "input_shape": (lambda v: isinstance(v, list) and 0 < len(v) <= 8 and all(_is_int(d) and 0 < d < 1 << 31 for d in v),
+                    "a list of positive integers"),
+    "num_classes": (lambda v: _is_int(v) and 0 < v < 1 << 31, "a positive integer"),
+    "classes": (lambda v: isinstance(v, list) and len(v) < 1 << 24, "a list"),
+    "dataset": (str, "a string"),
+    "data_source": (dict, "an object"),
+    "data_fingerprint": (str, "a string"),
+    "test_fingerprint": (str, "a string"),
+    "run_key": (str, "a string"),
+    "history": (list, "a list"),
+    "epoch": (_is_int, "an integer"),
+}
+
+
+def check_sidecar(sidecar: dict, where, fix: str) -> None:
+    """Every field of :data:`SIDECAR_FIELDS` present in ``sidecar`` has its type, so the commands
+    that read them fail in one line on a crafted or damaged file, not deep inside."""
+    for name, (kind, what) in SIDECAR_FIELDS.items():
+        v = sidecar.get(name)
+        if v is None:
+            continue
+        ok = isinstance(v, kind) if isinstance(kind, type) else kind(v)
+        if not ok:
+            raise DistillError(f"{where}: the sidecar's {name} is not {what}; {fix}")
+    source = sidecar.get("data_source")
+    if source is not None and not all(isinstance(source.get(k), (str, type(None))) for k in ("path", "target")):
+        raise DistillError(f"{where}: the sidecar's data_source is malformed; {fix}")
+
+
 # ---------------------------------------------------------------- factories
+#
+# A checkpoint's sidecar may name a factory, code that rebuilds the model. Loading a file must not
+# run code its author chose (that is what safetensors exists for), so a factory is imported only
+# when it is one of distill's own model classes below, or the user trusts it: per call
+# (``trust_factory=True`` / ``--trust-factory``) or by module prefix in ``$DISTILL_TRUSTED_MODULES``.
+
+#: the model factories distill ships: rebuilt from any checkpoint without trust (exact names, so a
+#: dotted attribute path cannot reach other code through a distill module)
+OWN_FACTORIES = frozenset({
+    "distill.models:MLP", "distill.models:CNN",
+    "distill.segmentation:DeepLabV3", "distill.segmentation:MobileNetSeg",
+})
+#: environment variable: comma-separated module prefixes whose factories checkpoints may name
+TRUST_ENV = "DISTILL_TRUSTED_MODULES"
+
+
+def parse_factory_target(target) -> tuple[str, str]:
+    """``"package.module:attr"`` as ``(module, attr)``; anything else is a one-line error."""
+    if (not isinstance(target, str) or target.count(":") != 1 or not all(target.split(":"))
+            or len(target) > 300 or not all(part.isidentifier() for side in target.split(":")
+                                              for part in side.split("."))):
+        shown = repr(target) if len(repr(target)) <= 80 else repr(target)[:77] + "..."
+        raise DistillError(f"a model factory must be 'package.module:callable', got {shown}")
+    module, attr = target.split(":")
+    return module, attr
+
+
+def trusted_prefixes() -> tuple[str, ...]:
+    """The module prefixes listed in ``$DISTILL_TRUSTED_MODULES`` (comma-separated)."""
+    return tuple(p.strip() for p in os.environ.get(TRUST_ENV, "").split(",") if p.strip())
+
+
+def factory_is_trusted(target: str, trust: bool = False) -> bool:
+    """Whether a checkpoint may import ``target``: one of :data:`OWN_FACTORIES`, ``trust`` given,
+    or its module equal to or inside a prefix of ``$DISTILL_TRUSTED_MODULES`` (``mypkg`` covers
+    ``mypkg.models`` but not ``mypkg_evil``)."""
+    if target in OWN_FACTORIES or trust:
+        return True
+    module, _ = parse_factory_target(target)
+    return any(module == p or module.startswith(p + ".") for p in trusted_prefixes())
+
 
 def import_factory(target: str):
     """The callable named by ``"package.module:attr"`` (``attr`` may be dotted). Imports the module;
-    never unpickles."""
-    if not isinstance(target, str) or target.count(":") != 1 or not all(target.split(":")):
-        raise DistillError(f"a model factory must be 'package.module:callable', got {target!r}")
-    module, attr = target.split(":")
+    never unpickles. The caller decides whether ``target`` may be imported (the user named it, or
+    :func:`factory_is_trusted`)."""
+    module, attr = parse_factory_target(target)
     try:
         obj = importlib.import_module(module)
         for part in attr.split("."):
@@ -232,6 +309,55 @@ def import_factory(target: str):
     if not callable(obj):
         raise DistillError(f"model factory {target!r} is not callable")
     return obj
+
+
+def _factory_spec(spec, where) -> tuple[str, dict]:
+    """A sidecar's ``factory`` entry checked for shape: ``{"target": str, "kwargs": {str: JSON}}``."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("target"), str):
+        raise DistillError(f"{where}: the sidecar's factory entry is malformed; the checkpoint is damaged, or "
+                           "load it into a model you build: load_checkpoint(path, model=your_model)")
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise DistillError(f"{where}: the factory's keyword arguments must be a JSON object")
+    parse_factory_target(spec["target"])
+    return spec["target"], kwargs
+
+
+def build_from_factory(spec, where, tensors: dict | None = None, trust_factory: bool = False):
+    """The model a sidecar's factory builds, as an ``nn.Module``. Nothing is imported unless
+    :func:`factory_is_trusted`; distill's own factories are first built on the ``meta`` device and
+    must declare exactly the shapes of ``tensors`` (so a sidecar cannot make them allocate a huge
+    model); any failure is one line naming ``where``."""
+    target, kwargs = _factory_spec(spec, where)
+    if not factory_is_trusted(target, trust_factory):
+        module = target.split(":")[0]
+        raise DistillError(
+            f"{where} names code outside distill ({target}); nothing was imported. If you trust its author, "
+            f"pass trust_factory=True (CLI: --trust-factory) or add {module.split('.')[0]!r} to "
+            f"${TRUST_ENV}; or build the model yourself and call load_checkpoint(path, model=your_model)")
+    fn = import_factory(target)
+
+    def call():
+        try:
+            return fn(**kwargs)
+        except DistillError:
+            raise
+        except Exception as e:  # the factory raised: say which one, in one line
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DistillError(f"{where}: the factory {target} failed ({first})") from None
+
+    if target in OWN_FACTORIES and tensors is not None:
+        with torch.device("meta"):
+            shell = call()
+        want = {k: tuple(v.shape) for k, v in tensors.items()}
+        got = {k: tuple(v.shape) for k, v in shell.state_dict().items()} if isinstance(shell, torch.nn.Module) else {}
+        if got != want:
+            raise DistillError(f"{where}: the factory {target} with the recorded arguments does not build a model "
+                               "of the saved weights' shapes; the checkpoint is damaged or was altered")
+    model = call()
+    if not isinstance(model, torch.nn.Module):
+        raise DistillError(f"{where}: the factory {target} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def resolve_factory(model: torch.nn.Module, factory=None) -> dict | None:
@@ -271,21 +397,21 @@ def save_checkpoint(path, model: torch.nn.Module, meta: dict | None = None, fact
     return save_tensors(path, model.state_dict(), sidecar)
 
 
-def load_checkpoint(path, model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, dict]:
-    """Load a checkpoint: into ``model`` when given (a module the caller built), else into a model
-    rebuilt from the sidecar's factory. Returns ``(model in eval mode, sidecar)``."""
+def load_checkpoint(path, model: torch.nn.Module | None = None, *,
+                    trust_factory: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Load a checkpoint: into ``model`` when given (a module the caller built: nothing of the file
+    is executed), else into a model rebuilt from the sidecar's factory, which is imported only when
+    it is distill's own or trusted (``trust_factory=True``, or ``$DISTILL_TRUSTED_MODULES``; see
+    :func:`build_from_factory`). Returns ``(model in eval mode, sidecar)``."""
     tensors, sidecar = load_tensors(path)
     spec = sidecar.get("factory")
     if model is None:
         if not spec:
             raise DistillError(f"{stem_of(path)} records no model factory; build the model yourself and "
                                "call load_checkpoint(path, model=your_model)")
-        try:
-            model = import_factory(spec["target"])(**spec.get("kwargs", {}))
-        except DistillError:
-            raise
-        except Exception as e:  # the user's factory raised: say which one
-            raise DistillError(f"{stem_of(path)}: the factory {spec['target']} failed ({e})") from None
+        model = build_from_factory(spec, stem_of(path), tensors, trust_factory=trust_factory)
+    elif not isinstance(model, torch.nn.Module):
+        raise DistillError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
     try:
         model.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:

@@ -101,9 +101,11 @@ def _onnx_for(path, side, onnx: str, scratch: Path, log):
 
 
 def compare(teacher, students, data, *, threads: int = 1, repeats: int = 100, warmup: int = 10, onnx: str = "auto",
-            log=print) -> dict:
+            log=print, trust_factory: bool = False) -> dict:
     """Measure the checkpoints ``teacher`` and ``students`` (paths) on ``data``'s test split (a
-    :class:`distill.data.FileData`); see the module docstring. Returns a JSON-able dict."""
+    :class:`distill.data.FileData`); see the module docstring. Factories outside distill are
+    imported only with ``trust_factory`` (:func:`distill.checkpoints.load_checkpoint`). Returns a
+    JSON-able dict."""
     from distill.checkpoints import load_checkpoint, stem_of
     from distill.metrics import agreement, classification_metrics, predict_logits
     from distill.models import count_params
@@ -117,7 +119,7 @@ def compare(teacher, students, data, *, threads: int = 1, repeats: int = 100, wa
     paths = [teacher, *students]
     with tempfile.TemporaryDirectory(prefix="distill-compare-") as tmp:
         for i, path in enumerate(paths):
-            model, side = load_checkpoint(path)
+            model, side = load_checkpoint(path, trust_factory=trust_factory)
             labels: list = []
             try:
                 logits = predict_logits(model, data.test, labels=labels)

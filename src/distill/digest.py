@@ -70,3 +70,53 @@ def file_digest(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def model_signature(model: torch.nn.Module, factory=None) -> dict:
+    """A model's structure, for run keys and teacher identities (not its values: the seed decides
+    those): its class, the ``repr`` of its module tree (activations, dropout rates and other
+    submodule settings show there), the names and shapes of its parameters and buffers, and the
+    factory that rebuilds it with its keyword arguments (``factory``: ``"pkg.mod:fn"``,
+    ``(that, kwargs)`` or ``{"target":, "kwargs":}``; default the model's ``distill_factory``)."""
+    f = factory if factory is not None else getattr(model, "distill_factory", None)
+    if isinstance(f, dict):
+        f = (f.get("target"), f.get("kwargs", {}))
+    elif isinstance(f, str):
+        f = (f, {})
+    return dict(cls=f"{type(model).__module__}.{type(model).__qualname__}",
+                factory=[f[0], f[1]] if f else None,
+                tree=hashlib.sha256(repr(model).encode()).hexdigest()[:16],
+                state={k: list(v.shape) for k, v in model.state_dict().items()})
+
+
+class ExampleDigest:
+    """An order-independent digest of a multiset of examples: each example (its index when
+    ``indexed``, its input and its label) is hashed on its own with SHA-256 and the hashes are
+    added modulo 2^256, so the same examples read in any order (a shuffled DataLoader, another
+    batch size) give the same digest, and any changed, added or dropped example changes it.
+    ``update(x, y, idx)`` takes a batch; :meth:`hexdigest` folds in the count and the shapes."""
+
+    def __init__(self, indexed: bool = False):
+        self.indexed, self.total, self.count, self.shapes = indexed, 0, 0, set()
+
+    def update(self, x: torch.Tensor, y: torch.Tensor | None, idx: torch.Tensor | None = None) -> None:
+        n = len(x)
+        if not n:
+            return
+        xs = x.detach().contiguous().cpu().reshape(n, -1).numpy().view(np.uint8)
+        ys = None if y is None else y.detach().contiguous().cpu().reshape(n, -1).numpy().view(np.uint8)
+        ids = idx.tolist() if self.indexed and idx is not None else None
+        self.shapes.add((str(x.dtype), tuple(x.shape[1:]), None if y is None else (str(y.dtype), tuple(y.shape[1:]))))
+        total, sha = self.total, hashlib.sha256
+        for i in range(n):
+            h = sha(xs[i].tobytes())
+            h.update(b"|none" if ys is None else b"|" + ys[i].tobytes())
+            if ids is not None:
+                h.update(b"|%d" % ids[i])
+            total += int.from_bytes(h.digest(), "little")
+        self.total = total % (1 << 256)
+        self.count += n
+
+    def hexdigest(self) -> str:
+        """SHA-256 (64 hex) of the count, the example shapes and the sum."""
+        return hashlib.sha256(f"{self.count}|{sorted(map(str, self.shapes))}|{self.total:064x}".encode()).hexdigest()

@@ -37,15 +37,6 @@ def run_key(parts: dict) -> str:
     return json_digest(parts)
 
 
-def model_signature(model) -> dict:
-    """The model's structure for run keys: its class, factory (when it has one) and the names and
-    shapes of its parameters and buffers (not their values: the seed decides those)."""
-    factory = getattr(model, "distill_factory", None)
-    return dict(cls=f"{type(model).__module__}.{type(model).__qualname__}",
-                factory=list(factory) if factory else None,
-                state={k: list(v.shape) for k, v in model.state_dict().items()})
-
-
 class FolderLock:
     """An exclusive ``fcntl.flock`` on ``lockfile`` guarding ``what`` (a folder). Held: a second
     process gets a one-line :class:`DistillError` naming ``what`` and the holder (pid@host), or

@@ -16,10 +16,14 @@
   files by :func:`distill.data.load_files`: its training split (``fit`` also takes its test split
   when no ``test`` is given).
 
-Every source has a ``fingerprint``: a SHA-256 of the content it serves (all of it for in-memory
-arrays; the length and 257 evenly spaced examples for a map-style dataset; the first batch for a
-stream), which keys run folders and soft-target stores, so a run on other data never reuses an
-old result. Pass ``fingerprint=`` to :func:`as_source` to name a stream yourself.
+Every source has a ``fingerprint``, which keys run folders and soft-target stores, so a run on
+other data never reuses an old result. It covers every example the source serves: in-memory arrays
+and files are digested whole at once; a map-style dataset, a DataLoader or a stream is read once,
+in full, the first time its fingerprint is asked for (:class:`~distill.digest.ExampleDigest`,
+order-independent, so a shuffled loader keeps its identity), and :func:`distill.fit` checks during
+the first epoch that the examples it trains on are the ones that were digested. Pass
+``fingerprint=`` to :func:`as_source` (``data_id=`` to :func:`distill.fit`) to name the data
+yourself instead: you then vouch that the name changes whenever the data do.
 """
 from __future__ import annotations
 
@@ -34,10 +38,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data import Dataset as TorchDataset
 
-from distill.digest import tensor_digest
-
-#: examples read to fingerprint a map-style dataset
-FINGERPRINT_SAMPLES = 257
+from distill.digest import ExampleDigest, tensor_digest
 
 
 def as_features(x, what: str = "x") -> torch.Tensor:
@@ -128,10 +129,35 @@ class Source:
 
     n: int | None = None
     labeled: bool = True
-    fingerprint: str = ""
     image_shape: tuple | None = None
     indexable: bool = False
     batch_size: int | None = None  # fixed by the source itself (a DataLoader)
+
+    _fingerprint: str | None = None
+    #: True once the fingerprint was computed by reading every example (so training can check that
+    #: it reads the same ones: a dataset whose items change between passes has no stable identity)
+    read_to_identify: bool = False
+
+    @property
+    def fingerprint(self) -> str:
+        """``sha256:`` + 16 hex covering every example (see the module docstring); read in full
+        the first time it is asked for when the source was not given one."""
+        if self._fingerprint is None:
+            self._fingerprint = "sha256:" + self.content_digest()[:16]
+            self.read_to_identify = True
+        return self._fingerprint
+
+    @fingerprint.setter
+    def fingerprint(self, value: str | None) -> None:
+        self._fingerprint = value
+
+    def content_digest(self) -> str:
+        """:class:`~distill.digest.ExampleDigest` of one pass over every example (with its index
+        when batches know their indices)."""
+        d = ExampleDigest(indexed=self.indexable)
+        for x, y, idx in self.ordered():
+            d.update(x, y, idx)
+        return d.hexdigest()
 
     def batches(self, batch_size: int, generator: torch.Generator | None) -> Iterator:
         raise NotImplementedError
@@ -337,11 +363,7 @@ class MapSource(Source):
             y0 = torch.as_tensor(np.asarray(y0))
             as_labels(y0[None] if y0.dim() >= 2 else y0.reshape(1), 1, f"{name}[0] y")
         self.image_shape = tuple(x0.shape[-2:]) if x0.dim() >= 3 else None
-        if fingerprint is None:
-            rows = np.unique(np.linspace(0, self.n - 1, min(FINGERPRINT_SAMPLES, self.n)).round().astype(int))
-            xs, ys = _collate([dataset[int(i)] for i in rows])
-            fingerprint = _digest(torch.tensor([self.n]), xs.float(), ys)
-        self.fingerprint = fingerprint
+        self.fingerprint = fingerprint  # None: every example is read when it is first asked for
 
     def _order(self, generator) -> torch.Tensor:
         """The epoch's order: ``randperm(n)`` (the permutation TensorSource draws; int32 below 2^31
@@ -426,7 +448,7 @@ class LoaderSource(Source):
         x, y, _ = first
         self.labeled = y is not None
         self.image_shape = tuple(x.shape[-2:]) if x.dim() >= 3 else None
-        self.fingerprint = fingerprint or _digest(torch.tensor([self.n or -1]), x, y)
+        self.fingerprint = fingerprint  # None: every example is read when it is first asked for
 
     def batches(self, batch_size, generator):
         if self.loader is not None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.digest import tensor_digest, tensors_digest
+from distill.digest import json_digest, model_signature, tensor_digest, tensors_digest
 from distill.errors import DistillError
 from distill.losses import check_temperature as _check_temperature
 
@@ -68,7 +68,7 @@ class Ensemble(nn.Module):
     asks for ``logits(x, T)`` at the objective's temperature.
     """
 
-    def __init__(self, models, combine: str = "arithmetic"):
+    def __init__(self, models, combine: str = "arithmetic", *, trust_factory: bool = False):
         super().__init__()
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
@@ -78,7 +78,7 @@ class Ensemble(nn.Module):
         members, ids = [], []
         for m in models:
             if isinstance(m, (str, Path)):
-                m, mid = load_teacher(m)
+                m, mid = load_teacher(m, trust_factory=trust_factory)
             elif isinstance(m, nn.Module):
                 mid = module_id(m)
             else:
@@ -126,9 +126,12 @@ class Ensemble(nn.Module):
         return self.logits(x, 1.0)
 
 
-def module_id(model: nn.Module) -> str:
-    """SHA-256 (16 hex) of a module's parameters and buffers, for cache keys."""
-    return tensors_digest(model.state_dict())[:16]
+def module_id(model: nn.Module, factory=None) -> str:
+    """SHA-256 (16 hex) of a module's identity, for cache keys: its parameters and buffers and its
+    structure (:func:`distill.runs.model_signature`: class, ``repr`` of the module tree, the recorded
+    factory with its keyword arguments), so the same weights under another activation, dropout or
+    factory argument are another teacher."""
+    return json_digest(dict(weights=tensors_digest(model.state_dict()), structure=model_signature(model, factory)))
 
 
 def tensor_id(t: torch.Tensor) -> str:
@@ -136,14 +139,17 @@ def tensor_id(t: torch.Tensor) -> str:
     return tensor_digest(t)[:16]
 
 
-def load_teacher(path) -> tuple[nn.Module, str]:
-    """A checkpoint as a frozen teacher and its identity (the first 16 hex of its weights' digest)."""
+def load_teacher(path, trust_factory: bool = False) -> tuple[nn.Module, str]:
+    """A checkpoint as a frozen teacher and its identity (:func:`module_id` with the factory its
+    sidecar records). The sidecar's factory is imported only when distill's own or trusted
+    (:func:`distill.checkpoints.load_checkpoint`)."""
     from distill.checkpoints import load_checkpoint
 
-    model, side = load_checkpoint(path)
+    model, side = load_checkpoint(path, trust_factory=trust_factory)
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, side["weights_sha256"][:16]
+    spec = side.get("factory") or None
+    return model, module_id(model, spec and (spec["target"], spec.get("kwargs", {})))
 
 
 KINDS = ("logits", "probs")
@@ -167,7 +173,7 @@ class Teacher:
     """
 
     def __init__(self, teacher, *, kind: str | None = None, temperature: float = 1.0, combine: str = "arithmetic",
-                 id: str | None = None, store=None):
+                 id: str | None = None, store=None, trust_factory: bool = False):
         from distill.soft_targets import SoftTargetStore
 
         self.temperature = _check_temperature(temperature)
@@ -178,9 +184,10 @@ class Teacher:
             self.temperature = _check_temperature(temperature)
             return
         if isinstance(teacher, (list, tuple)) and teacher and all(isinstance(t, (str, Path)) for t in teacher):
-            teacher = teacher[0] if len(teacher) == 1 else Ensemble(teacher, combine=combine)
+            teacher = (teacher[0] if len(teacher) == 1
+                       else Ensemble(teacher, combine=combine, trust_factory=trust_factory))
         if isinstance(teacher, (str, Path)):
-            teacher, mid = load_teacher(teacher)
+            teacher, mid = load_teacher(teacher, trust_factory=trust_factory)
             self._id = self._id or mid
         if isinstance(teacher, nn.Module):
             teacher.eval()
