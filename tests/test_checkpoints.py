@@ -133,3 +133,16 @@ def test_checkpoint_identity_is_the_weights(tmp_path):
     C.save_checkpoint(tmp_path / "c", m)
     assert C.file_sha256(tmp_path / "c") != C.file_sha256(tmp_path / "a")
     assert C.stem_of("run/model.safetensors") == C.stem_of("run/model.json") == C.stem_of("run/model")
+
+
+def test_checkpoint_files_follow_the_umask_like_other_outputs(tmp_path):
+    old = os.umask(0o022)
+    try:
+        C.save_checkpoint(tmp_path / "ck", MLP(4, [3], 2))
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    want = (tmp_path / "plain").stat().st_mode & 0o777
+    assert want == 0o644
+    for suffix in (".safetensors", ".json"):
+        assert (tmp_path / f"ck{suffix}").stat().st_mode & 0o777 == want

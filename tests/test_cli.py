@@ -31,7 +31,9 @@ def test_end_to_end_teacher_student_evaluate(tmp_path, capsys):
     side = json.loads((tmp_path / "d" / "model.json").read_text())
     assert side["config"]["temperature"] == 4.0 and side["config"]["hard_weight"] == 0.2
     assert side["config"]["lr"] == 0.03  # distilling: lr 0.03
-    assert side["teacher"] == side_t["weights_sha256"][:16]  # a single teacher's id does not depend on T
+    from distill.teachers import load_teacher
+
+    assert side["teacher"] == load_teacher(tmp_path / "t" / "model")[1]  # a single teacher's id does not depend on T
     assert side["teacher_checkpoint"] == [str(tmp_path / "t" / "model")]
     assert main(["evaluate", str(tmp_path / "d" / "model.safetensors"), *SMALL, "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)

@@ -208,3 +208,19 @@ def test_cli_student_trains_under_torchrun(tmp_path, mnist):
     side = json.loads((tmp_path / "s" / "model.json").read_text())
     assert side["test"]["n"] == 100 and len(side["history"]) == 2
     assert side["config"]["lr"] == 0.1  # hard labels
+
+
+def test_a_surviving_rank_says_its_peer_stopped_in_one_line(monkeypatch, capsys):
+    # what a collective raises on the rank that survives when its peer is killed mid-run
+    from distill import cli
+
+    def peer_gone(args, teacher_mode):
+        raise torch.distributed.DistBackendError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+
+    monkeypatch.setattr(cli, "_train", peer_gone)
+    monkeypatch.setattr(distributed, "init_from_env", lambda device=None: False)
+    monkeypatch.setattr(distributed, "world", lambda: (1, 2))
+    assert cli.main(["student", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "another process of this torchrun job failed or was killed" in err and "rerun the same command" in err

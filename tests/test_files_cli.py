@@ -388,14 +388,19 @@ def test_user_factory_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     side = json.loads((tmp_path / "t" / "model.json").read_text())
     assert side["factory"] == {"target": f"{name}:make", "kwargs": {"in_features": 64, "classes": 4, "width": 12}}
-    model, _ = distill.load_checkpoint(tmp_path / "t" / "model")  # rebuilt by the user's factory
+    model, _ = distill.load_checkpoint(tmp_path / "t" / "model", trust_factory=True)  # the user's factory
     assert isinstance(model, torch.nn.Sequential) and model[1].out_features == 12
-    code, out, err = run(capsys, "evaluate", tmp_path / "t" / "model", "--json")
+    assert "--trust-factory" in one_line_error(capsys, "evaluate", tmp_path / "t" / "model")  # their code: trusted?
+    code, out, err = run(capsys, "evaluate", tmp_path / "t" / "model", "--json", "--trust-factory")
     assert code == 0 and json.loads(out)["test_errors"] == side["test"]["errors"]
+    monkeypatch.setenv("DISTILL_TRUSTED_MODULES", name)  # or trusted by module, once
+    code, out, err = run(capsys, "evaluate", tmp_path / "t" / "model", "--json")
+    assert code == 0, err
+    monkeypatch.delenv("DISTILL_TRUSTED_MODULES")
     # a user model as the student of a built-in teacher's checkpoint
     code, out, err = run(capsys, "student", "--data", p, "--teacher", tmp_path / "t" / "model", "--model",
                          f"{name}:make", "--model-args", json.dumps({"in_features": 64, "classes": 4}), *small,
-                         "--out", tmp_path / "s")
+                         "--out", tmp_path / "s", "--trust-factory")
     assert code == 0 and out.startswith("student-distilled: "), err
     # and the ways it can go wrong, each one line
     o = ["--out", tmp_path / "x", *small, "--data", p]
