@@ -30,7 +30,7 @@ def json_digest(obj, length: int = 16) -> str:
 def _update(h, t: torch.Tensor, name: str | None = None) -> None:
     t = t.detach().contiguous().cpu()
     h.update(f"{'' if name is None else name + '|'}{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")  # no copy of the bytes
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:

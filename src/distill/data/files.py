@@ -33,6 +33,13 @@ lazily (each image when its batch is drawn) and tables are streamed once into a 
 in the cache (``$DISTILL_CACHE/tables``), read row by row through a memory map. Only the labels
 are held in memory. ``.npz`` archives are always read into memory.
 
+Declared sizes: every array of an ``.npz`` (each, and those read together) and every image may
+declare at most ``MAX_ARRAY_BYTES`` (an eighth of the physical memory, or
+``$DISTILL_MAX_ARRAY_BYTES``, e.g. ``4G``). The sizes are read from the ``.npy`` headers and image
+headers before any data is decompressed, so a small compressed file cannot make the reader
+allocate what it merely claims. A damaged archive (not a zip, truncated, a bad checksum) is a
+one-line error naming it.
+
 Fingerprints are digests of the content read: the float32 tensors of an ``.npz`` or a table,
 the image files' bytes and their labels for a folder; they do not depend on the memory mode.
 """
@@ -40,9 +47,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import tempfile
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -58,6 +69,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 SPLITS = ("train", "val", "test")
 MEMORY_ENV = "DISTILL_DATA_MEMORY"
+MAX_ARRAY_ENV = "DISTILL_MAX_ARRAY_BYTES"
 #: rows per chunk when streaming a table
 TABLE_CHUNK = 65536
 GREY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
@@ -160,17 +172,45 @@ def _take(src: Source, n: int | None, seed: int, tag: str) -> Source:
 
 # ---------------------------------------------------------------- entry point
 
+def _env_size(env: str) -> int | None:
+    """The size in ``$env`` (bytes, with an optional K, M or G suffix), None when unset."""
+    text = os.environ.get(env, "").strip()
+    if not text:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgG]?)[bB]?", text)
+    if not m:
+        raise DistillError(f"${env}={text!r} is not a size; give bytes, e.g. 2G or 500M")
+    return int(float(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()])
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+#: the most bytes one ``.npz`` array (and all the arrays read from one archive) or one decoded image
+#: may declare, checked in the headers before any data is decompressed: an eighth of the physical
+#: memory (uint8 inputs grow fourfold as float32), at least 512 MiB; ``$DISTILL_MAX_ARRAY_BYTES``
+#: overrides it
+MAX_ARRAY_BYTES = max(_physical_memory() // 8, 512 << 20)
+
+
+def max_array_bytes() -> int:
+    """The declared-size budget: ``$DISTILL_MAX_ARRAY_BYTES`` (read at each call), else MAX_ARRAY_BYTES."""
+    size = _env_size(MAX_ARRAY_ENV)
+    return MAX_ARRAY_BYTES if size is None else size
+
+
 def memory_budget(memory_limit: int | None = None) -> int:
     """Bytes of float32 data to hold in memory: ``memory_limit``, else ``$DISTILL_DATA_MEMORY``
     (a number of bytes, with an optional K, M or G suffix), else a quarter of the memory available."""
     if memory_limit is not None:
         return int(memory_limit)
-    text = os.environ.get(MEMORY_ENV, "").strip()
-    if text:
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMgG]?)[bB]?", text)
-        if not m:
-            raise DistillError(f"${MEMORY_ENV}={text!r} is not a size; give bytes, e.g. 2G or 500M")
-        return int(float(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()])
+    size = _env_size(MEMORY_ENV)
+    if size is not None:
+        return size
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -241,34 +281,125 @@ def _fingerprint(parts: dict) -> str:
 
 NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "classes")
 
+#: what reading a damaged zip member can raise: a bad checksum or header (BadZipFile), corrupt
+#: deflate data (zlib.error), a short member (EOFError, or numpy's ValueError), an encrypted or
+#: unknown compression (RuntimeError, NotImplementedError)
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, RuntimeError, NotImplementedError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _unreadable(p: Path, e: BaseException | str, key: str | None = None) -> DistillError:
+    why = e if isinstance(e, str) else _first_line(e)
+    where = f"array {key}: " if key else ""
+    return DistillError(f"{p} is not a readable .npz archive ({where}{why}); save the arrays again with "
+                        "numpy.savez (x_train, y_train, ...)")
+
+
+class NpzArchive:
+    """An ``.npz`` read without trusting it: :meth:`header` gives an array's shape and dtype from
+    its ``.npy`` header (nothing decompressed), :meth:`read` checks the declared sizes against
+    :func:`max_array_bytes` before reading any data, and every damage (not a zip, truncated, a bad
+    checksum, corrupt compressed data, object arrays) is a one-line :class:`DistillError` naming
+    the file. Use as a context manager."""
+
+    def __init__(self, path):
+        self.path = p = Path(path)
+        try:
+            with open(p, "rb") as f:
+                magic = f.read(6)
+        except OSError as e:
+            raise DistillError(f"cannot read {p} ({e.strerror or e})") from None
+        if magic == b"\x93NUMPY":
+            raise DistillError(f"{p} holds a single array (numpy.save), not an .npz archive of named arrays "
+                               "(x_train, y_train, ...); save them with numpy.savez")
+        if not zipfile.is_zipfile(p):
+            raise _unreadable(p, "not a zip file; it may be truncated")
+        try:
+            self.zip = zipfile.ZipFile(p)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+            raise _unreadable(p, e) from None
+        # numpy names an archive's arrays after its members, less the .npy suffix
+        self.members = {info.filename[:-4]: info for info in self.zip.infolist() if info.filename.endswith(".npy")}
+        self._headers = {}
+
+    @property
+    def files(self) -> set[str]:
+        return set(self.members)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.zip.close()
+
+    def header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        """The shape and dtype that array ``key`` declares, read from its header alone."""
+        from numpy.lib import format as npy
+
+        if key not in self._headers:
+            try:
+                with self.zip.open(self.members[key]) as f:
+                    version = npy.read_magic(f)
+                    if version not in ((1, 0), (2, 0), (3, 0)):
+                        raise ValueError(f"unknown .npy format version {version}")
+                    # version 3.0 differs from 2.0 only in allowing UTF-8 field names
+                    read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                    shape, _, dtype = read(f)
+            except _ZIP_ERRORS as e:
+                raise _unreadable(self.path, e, key) from None
+            if any(d < 0 for d in shape):
+                raise _unreadable(self.path, f"negative dimension in shape {shape}", key)
+            self._headers[key] = (tuple(shape), dtype)
+        return self._headers[key]
+
+    def read(self, keys) -> dict[str, np.ndarray]:
+        """The arrays ``keys`` that the archive holds (the others are left out), once their declared
+        sizes, each and all together, fit :func:`max_array_bytes`."""
+        from numpy.lib import format as npy
+
+        keys = [k for k in keys if k in self.members]
+        budget, total = max_array_bytes(), 0
+        for key in keys:
+            shape, dtype = self.header(key)
+            if dtype.hasobject:  # object arrays need pickle, which is never used
+                raise DistillError(f"{self.path}: array {key} holds Python objects ({dtype}) and cannot be read "
+                                   "without pickle; save plain numeric arrays")
+            size = math.prod(shape) * dtype.itemsize
+            if size > budget:
+                raise DistillError(f"{self.path}: array {key} declares shape {shape} of {dtype} ({_size(size)}), "
+                                   f"over the memory budget for arrays ({_size(budget)}); set ${MAX_ARRAY_ENV} "
+                                   "higher if the machine has the memory, or save smaller arrays")
+            total += size
+        if total > budget:
+            raise DistillError(f"{self.path}: arrays {', '.join(keys)} declare {_size(total)} together, over the "
+                               f"memory budget for arrays ({_size(budget)}); set ${MAX_ARRAY_ENV} higher if the "
+                               "machine has the memory, or save smaller arrays")
+        arrays = {}
+        for key in keys:
+            try:
+                with self.zip.open(self.members[key]) as f:
+                    arrays[key] = npy.read_array(f, allow_pickle=False)
+                    f.read(1)  # reach the member's end, where zipfile checks its CRC
+            except _ZIP_ERRORS as e:
+                raise _unreadable(self.path, e, key) from None
+        return arrays
+
 
 def _read_npz(p: Path, log) -> FileData:
-    import zipfile
-
-    try:
-        archive = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DistillError(f"{p} is not a readable .npz archive ({e}); expected NumPy arrays x_train, y_train, "
-                           "...") from None
-    if not hasattr(archive, "files"):
-        raise DistillError(f"{p} holds a single array, not an .npz archive of named arrays (x_train, y_train, ...)")
-    with archive:
-        keys = set(archive.files)
+    with NpzArchive(p) as archive:
+        keys = archive.files
         if "x_train" not in keys:
             raise DistillError(f"{p} has no array x_train (it has {', '.join(sorted(keys)) or 'none'}); expected "
                                "x_train, y_train and optionally x_val, y_val, x_test, y_test")
         extra = sorted(keys - set(NPZ_KEYS))
         if extra:
             log(f"[data] {p}: ignoring arrays {', '.join(extra)} (read: {', '.join(NPZ_KEYS)})")
-
-        def get(key):
-            try:
-                return archive[key] if key in keys else None
-            except ValueError as e:  # object arrays need pickle, which is never used
-                raise DistillError(f"{p}: array {key} cannot be read without pickle ({e}); save plain numeric "
-                                   "arrays") from None
-
-        arrays = {k: get(k) for k in NPZ_KEYS}
+        got = archive.read(NPZ_KEYS)
+    arrays = {k: got.pop(k, None) for k in NPZ_KEYS}
     names = None
     if arrays["classes"] is not None:
         c = arrays["classes"]
@@ -278,7 +409,8 @@ def _read_npz(p: Path, log) -> FileData:
         names = tuple(str(v) for v in c.tolist())
     xs, ys = {}, {}
     for split in SPLITS:
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        # popped: the raw arrays are freed as soon as their float32 copies exist
+        x, y = arrays.pop(f"x_{split}"), arrays.pop(f"y_{split}")
         if x is None:
             if y is not None:
                 raise DistillError(f"{p} has y_{split} but no x_{split}")
@@ -287,6 +419,7 @@ def _read_npz(p: Path, log) -> FileData:
         if y is None and split != "train":
             raise DistillError(f"{p} has x_{split} but no y_{split}: the {split} split needs labels")
         ys[split] = None if y is None else _npz_labels(p, split, y, len(xs[split]))
+    x = y = None
     shape = tuple(xs["train"].shape[1:])
     for split in xs:
         if tuple(xs[split].shape[1:]) != shape:
@@ -316,10 +449,17 @@ def _npz_inputs(p: Path, key: str, x: np.ndarray) -> torch.Tensor:
     if x.dtype.kind not in "iuf":
         raise DistillError(f"{p}: {key} must hold numbers, got dtype {x.dtype}")
     t = torch.from_numpy(np.ascontiguousarray(x))
-    t = t.float() / 255.0 if x.dtype == np.uint8 else t.float()
-    if not torch.isfinite(t).all():
+    # in place: one float32 copy of the inputs, not two
+    t = t.float().div_(255.0) if x.dtype == np.uint8 else t.float()
+    if x.dtype.kind == "f" and not _all_finite(t):
         raise DistillError(f"{p}: {key} contains NaN or infinity")
     return t
+
+
+def _all_finite(t: torch.Tensor, step: int = 1 << 22) -> bool:
+    """``torch.isfinite(t).all()`` in slices: isfinite makes temporaries the size of its input."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + step]).all()) for i in range(0, flat.numel(), step))
 
 
 def _npz_labels(p: Path, split: str, y: np.ndarray, n: int) -> torch.Tensor:
@@ -337,7 +477,11 @@ def _npz_labels(p: Path, split: str, y: np.ndarray, n: int) -> torch.Tensor:
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
+    if n >= 2**30:
+        return f"{n / 2**30:,.1f} GiB"
+    if n >= 10 * 2**20:
+        return f"{n / 2**20:,.0f} MiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def _show(names, k: int = 8) -> str:
@@ -362,13 +506,39 @@ class ImageFiles(TorchDataset):
         return (x,) if self.labels is None else (x, int(self.labels[i]))
 
 
-def _decode(data: bytes, channels: int, where) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+_IMAGE_ERRORS = (OSError, ValueError)  # with UnidentifiedImageError, itself an OSError
+
+
+def _open_image(source, where):
+    """``Image.open(source)`` (the header only), where a size that Pillow takes for a decompression
+    bomb, or one over :func:`max_array_bytes` as float32, is a one-line error."""
+    from PIL import Image
 
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            # Pillow warns above Image.MAX_IMAGE_PIXELS and refuses above twice that: both refuse here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DistillError(f"{where} is too large to read ({_first_line(e)}); resize it or leave it out") from None
+    except _IMAGE_ERRORS as e:
+        raise DistillError(f"{where}: not a readable image ({e})") from None
+    w, h = img.size
+    channels = 1 if img.mode in GREY_MODES else 3
+    need, budget = w * h * channels * 4, max_array_bytes()
+    if need > budget:
+        img.close()
+        raise DistillError(f"{where} declares {w}x{h} pixels ({_size(need)} as float32), over the memory budget "
+                           f"for one image ({_size(budget)}); resize it, or set ${MAX_ARRAY_ENV} higher if the "
+                           "machine has the memory")
+    return img
+
+
+def _decode(data: bytes, channels: int, where) -> np.ndarray:
+    img = _open_image(io.BytesIO(data), where)
+    try:
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except _IMAGE_ERRORS as e:
         raise DistillError(f"{where}: not a readable image ({e})") from None
     if channels == 3:
         return np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
@@ -397,16 +567,17 @@ def _list_split(root: Path, split: str, classes: tuple[str, ...] | None, log) ->
         raise DistillError(f"{root} holds no images; expected {root}/<class>/*.png|jpg")
     if classes is None:
         classes = tuple(d.name for d in subdirs)
+    index = {c: i for i, c in enumerate(classes)}  # linear in the classes, where tuple.index is not
     files, labels, skipped = [], [], 0
     for d in subdirs:
-        if d.name not in classes:
+        if d.name not in index:
             raise DistillError(f"{d}: class {d.name!r} is not one of the training classes ({_show(classes)})")
         imgs = _images_in(d)
         skipped += sum(1 for f in d.iterdir() if f.is_file() and not f.name.startswith(".")) - len(imgs)
         if not imgs and split == "train":
             raise DistillError(f"{d} holds no .png or .jpg images; every training class needs examples")
         files += imgs
-        labels += [classes.index(d.name)] * len(imgs)
+        labels += [index[d.name]] * len(imgs)
     if skipped:
         log(f"[data] {root}: skipped {skipped} files that are not .png/.jpg/.jpeg")
     if not files:
@@ -415,8 +586,6 @@ def _list_split(root: Path, split: str, classes: tuple[str, ...] | None, log) ->
 
 
 def _read_images(p: Path, roots: dict[str, Path], budget: int, log) -> FileData:
-    from PIL import Image, UnidentifiedImageError
-
     listed = {}
     files, labels, classes = _list_split(roots["train"], "train", None, log)
     listed["train"] = (files, labels)
@@ -430,11 +599,8 @@ def _read_images(p: Path, roots: dict[str, Path], budget: int, log) -> FileData:
     size, first, colour = None, None, False
     for split, (flist, _) in listed.items():
         for f in flist:
-            try:
-                with Image.open(f) as img:
-                    s, mode = img.size, img.mode
-            except (UnidentifiedImageError, OSError, ValueError) as e:
-                raise DistillError(f"{f}: not a readable image ({e})") from None
+            with _open_image(f, f) as img:
+                s, mode = img.size, img.mode
             if size is None:
                 size, first = s, f
             elif s != size:
@@ -589,7 +755,7 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
     from distill.data.fetch import cache_root
 
     kind = TABLE_SUFFIXES[path.suffix.lower()]
-    held, raw, n, spill, tmp = [], [], 0, None, None
+    held, raw, n, spill, tmp, known = [], [], 0, None, None, None
     try:
         for chunk in _chunks(path, kind):
             cols = [str(c) for c in chunk.columns]
@@ -601,15 +767,22 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
                 features = [c for c in cols if c != target]
                 if not features:
                     raise DistillError(f"{path} has no feature columns besides the target {target!r}")
-            missing = [c for c in features if c not in cols]
+            # sets and a dict: membership tests on lists made wide tables quadratic in their columns
+            if known is None:
+                known = set(features)
+            have = set(cols)
+            missing = [c for c in features if c not in have]
             if missing:
                 raise DistillError(f"{path} lacks the feature column(s) {_show(missing)} of the training table")
-            extra = [c for c in cols if c != target and c not in features]
+            extra = [c for c in cols if c != target and c not in known]
             if extra:
                 raise DistillError(f"{path} has column(s) {_show(extra)} that the training table does not have")
+            if not len(chunk):  # a header without rows: "no rows" below, not "not numeric"
+                continue
+            dtypes = dict(zip(cols, chunk.dtypes))
             for c in features:
-                col = chunk[c]
-                if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+                if not (pd.api.types.is_numeric_dtype(dtypes[c]) or pd.api.types.is_bool_dtype(dtypes[c])):
+                    col = chunk[c]
                     sample = col.dropna()
                     eg = f", e.g. {sample.iloc[0]!r}" if len(sample) else ""
                     raise DistillError(f"{path}: feature column {c!r} is not numeric (dtype {col.dtype}{eg}); encode "
@@ -636,7 +809,7 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
             else:
                 held.append(block)
         if n == 0:
-            raise DistillError(f"{path} holds no rows")
+            raise DistillError(f"{path} holds no rows, only column names; a table needs one row per example")
         if spill is None:
             return torch.from_numpy(np.concatenate(held)), raw, features, False
         spill.close()

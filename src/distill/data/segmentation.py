@@ -82,8 +82,9 @@ class SegmentationDataset(Dataset):
 
 
 def check_masks(x, y, num_classes: int, ignore_index: int = IGNORE_INDEX, what: str = "data") -> None:
-    """Images ``x`` ``(n, [1,] H, W)`` and masks ``y`` ``(n, H, W)`` pair up, and every mask value
-    is a class ``0..num_classes-1`` or ``ignore_index``; otherwise a one-line :class:`DistillError`."""
+    """Images ``x`` ``(n, [1,] H, W)`` and masks ``y`` ``(n, H, W)`` pair up, every mask value
+    is a class ``0..num_classes-1`` or ``ignore_index``, and some pixel is labelled (not
+    ``ignore_index``); otherwise a one-line :class:`DistillError`."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
         raise DistillError(f"{what}: masks must hold integer classes, got dtype {y.dtype}")
@@ -95,7 +96,10 @@ def check_masks(x, y, num_classes: int, ignore_index: int = IGNORE_INDEX, what: 
                            f"{tuple(x.shape[1:])}; each mask must be (H, W) = {tuple(x.shape[-2:])}")
     if y.numel():
         labelled = y[y != ignore_index]
-        if labelled.numel() and (int(labelled.min()) < 0 or int(labelled.max()) >= num_classes):
+        if not labelled.numel():  # nothing to learn or score: a model would train to loss 0
+            raise DistillError(f"{what}: no pixel is labelled: every mask value is the ignore index {ignore_index}, "
+                               f"which is neither trained on nor scored; give pixels classes 0..{num_classes - 1}")
+        if int(labelled.min()) < 0 or int(labelled.max()) >= num_classes:
             bad = int(labelled.max()) if int(labelled.max()) >= num_classes else int(labelled.min())
             raise DistillError(f"{what}: a mask holds class {bad}, outside the {num_classes} classes "
                                f"0..{num_classes - 1} and not the ignore index {ignore_index}")
@@ -198,55 +202,88 @@ def load_segmentation_npz(path, name: str | None = None, ignore_index: int = IGN
     """A segmentation set of your own from an ``.npz`` file holding ``x_train`` ``(n, H, W)`` or
     ``(n, 1, H, W)`` images (``uint8`` ones are divided by 255), ``y_train`` ``(n, H, W)`` integer
     masks, ``x_test`` and ``y_test`` the same, and optionally ``classes`` (names; default
-    ``0..max label``). Mask values are classes or ``ignore_index`` (255). Mismatched shapes and
-    classes outside the class list are one-line :class:`DistillError` s."""
+    ``0..max label``). Mask values are classes or ``ignore_index`` (255). Mismatched shapes,
+    classes outside the class list, masks with no labelled pixel, labels so sparse that ``0..max
+    label`` is implausible without a class list, a damaged archive and arrays that declare more
+    than :func:`distill.data.files.max_array_bytes` are one-line :class:`DistillError` s."""
     from pathlib import Path
 
+    from distill.data.files import NpzArchive, _all_finite
+
     path = Path(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DistillError(f"cannot read {path} as an .npz file ({str(e).splitlines()[0]})") from None
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
-    if missing:
-        raise DistillError(f"{path} lacks {', '.join(missing)} (it needs x_train, y_train, x_test, y_test)")
+    with NpzArchive(path) as archive:
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in archive.files]
+        if missing:
+            raise DistillError(f"{path} lacks {', '.join(missing)} (it needs x_train, y_train, x_test, y_test)")
+        z = archive.read(("x_train", "y_train", "x_test", "y_test", "classes"))
     arrays = {}
     for k in ("x_train", "x_test"):
-        a = z[k]
+        a = z.pop(k)  # popped: the raw array is freed once its float32 copy exists
         if a.dtype.kind not in "iuf" or a.ndim not in (3, 4) or (a.ndim == 4 and a.shape[1] != 1):
             raise DistillError(f"{path}: {k} must be grey images (n, H, W) or (n, 1, H, W), got {a.shape} {a.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(a)).float()
-        t = t / 255.0 if a.dtype == np.uint8 else t
-        if not torch.isfinite(t).all():
+        t = t.div_(255.0) if a.dtype == np.uint8 else t
+        if a.dtype.kind == "f" and not _all_finite(t):
             raise DistillError(f"{path}: {k} contains NaN or infinity")
         arrays[k] = t if a.ndim == 4 else t[:, None]
+    del a
     for k in ("y_train", "y_test"):
-        a = z[k]
+        a = z.pop(k)
         if a.dtype.kind not in "iu":
             raise DistillError(f"{path}: {k} must hold integer classes, got dtype {a.dtype}")
-        arrays[k] = torch.from_numpy(a.astype(np.int64))
-    if "classes" in z.files:
+        arrays[k] = torch.from_numpy(a.astype(np.int64, copy=False))
+    present = {k: _labels_present(arrays[k], ignore_index) for k in ("y_train", "y_test")}
+    for k, values in present.items():
+        if not values and arrays[k].numel():
+            raise DistillError(f"{path}: no pixel is labelled in {k}: every mask value is the ignore index "
+                               f"{ignore_index}, which is neither trained on nor scored; give pixels their classes")
+    if "classes" in z:
         classes = tuple(str(c) for c in z["classes"].tolist())
     else:
-        labelled = [t[t != ignore_index] for t in (arrays["y_train"], arrays["y_test"])]
-        top = max((int(t.max()) for t in labelled if t.numel()), default=1)
-        classes = tuple(str(c) for c in range(max(top + 1, 2)))
+        classes = _inferred_classes(path, present["y_train"] | present["y_test"], ignore_index)
     return SegmentationDataset(name=name or path.stem, classes=classes, ignore_index=ignore_index,
                                fingerprint="npz:" + build_digest({"ignore": ignore_index, "classes": list(classes)},
                                                             *(arrays[k].numpy() for k in sorted(arrays))),
                                image_shape=tuple(arrays["x_train"].shape[-2:]), background=None, **arrays)
 
 
+def _labels_present(y: torch.Tensor, ignore_index: int) -> set[int]:
+    """The distinct mask values of ``y`` other than ``ignore_index``."""
+    return set(torch.unique(y).tolist()) - {ignore_index}
+
+
+#: without a class list, labels ``0..max`` are refused when at least this many of them, and more
+#: than half, never occur: a stray value (254 beside the ignore value 255) would otherwise make a
+#: model of hundreds of classes
+SPARSE_MISSING = 8
+
+
+def _inferred_classes(path, present: set[int], ignore_index: int) -> tuple[str, ...]:
+    """The class list ``0..max label`` of masks without one, unless the labels are too sparse for
+    it to be what was meant (a one-line error asking for the class list)."""
+    top = max(present, default=1)
+    if top >= 0:
+        missing = top + 1 - len({v for v in present if 0 <= v <= top})
+        if missing >= SPARSE_MISSING and 2 * missing > top + 1:
+            shown = ", ".join(str(v) for v in sorted(present)[:8]) + (", ..." if len(present) > 8 else "")
+            raise DistillError(f"{path}: the masks hold {len(present)} distinct classes ({shown}) and no class list, "
+                               f"so the largest, {top}, would make {top + 1} classes of which {missing} never occur; "
+                               f"store the class names in the .npz as an array 'classes', or relabel the masks "
+                               f"0..{len(present) - 1} ({ignore_index} for pixels to ignore)")
+    return tuple(str(c) for c in range(max(top + 1, 2)))
+
+
 def is_mask_npz(path) -> bool:
-    """Whether ``path`` is an ``.npz`` whose ``y_train`` holds masks ``(n, H, W)`` (not class labels)."""
+    """Whether ``path`` is an ``.npz`` whose ``y_train`` holds masks ``(n, H, W)`` (not class labels),
+    read from the array's header alone; False for anything unreadable (its reader then says why)."""
     from pathlib import Path
+
+    from distill.data.files import NpzArchive
 
     if Path(path).suffix.lower() != ".npz" or not Path(path).is_file():
         return False
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "y_train" not in z.files:
-                return False
-            return z["y_train"].ndim >= 3
-    except (OSError, ValueError, EOFError):
+        with NpzArchive(path) as z:
+            return "y_train" in z.files and len(z.header("y_train")[0]) >= 3
+    except DistillError:
         return False
