@@ -1,7 +1,8 @@
 """Fault-injection driver for tests/test_crash_safety.py (run as a script, not collected by pytest).
 
-A small job (a teacher with dropout, its soft-target store, a distilled student; every write goes
-through distill's checkpoint/store code) is run once uninterrupted, then once per file-system step
+A small job (a teacher with dropout, its soft-target store, a distilled student, then a sharded
+store of the teacher as ``distill targets`` builds it and a student distilled from that; every
+write goes through distill's checkpoint/store code) is run once uninterrupted, then once per file-system step
 k of its writes with ``$DISTILL_FAULT_AT=k`` (the process SIGKILLs itself right after that step),
 each time followed by a rerun of the same job in the same folder. Every attempt runs in a forked
 child of this process, which imports torch but never computes with it (so forking is safe).
@@ -30,6 +31,7 @@ def job(work: Path) -> None:
 
     from distill import Teacher, TrainConfig, fit
     from distill.models import MLP
+    from distill.soft_targets import build_store
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -42,6 +44,10 @@ def job(work: Path) -> None:
     torch.manual_seed(1)
     fit(MLP(32, [16], 5), (x, y), TrainConfig(epochs=2, batch_size=64, temperature=4.0, hard_weight=0.2),
         teacher=Teacher(teacher.model, store=work / "stores"), run_dir=work / "student", **quiet)
+    sharded = build_store(work / "sharded", teacher.model, x, shards=2, batch_size=100, **quiet)
+    torch.manual_seed(2)
+    fit(MLP(32, [16], 5), (x, y), TrainConfig(epochs=1, batch_size=64, temperature=4.0, hard_weight=0.2),
+        teacher=sharded, run_dir=work / "student2", **quiet)
 
 
 def run_child(work: Path, fault_at: int | None, log: Path | None = None) -> int:
@@ -67,7 +73,7 @@ def run_child(work: Path, fault_at: int | None, log: Path | None = None) -> int:
 def weights(work: Path) -> dict:
     from distill.checkpoints import load_tensors
 
-    return {name: load_tensors(work / name / "model")[0] for name in ("teacher", "student")}
+    return {name: load_tensors(work / name / "model")[0] for name in ("teacher", "student", "student2")}
 
 
 def same(a: dict, b: dict) -> bool:

@@ -138,11 +138,13 @@ def test_wait_takes_the_folder_when_the_holder_leaves(tmp_path):
 def test_leftover_temporaries_are_removed_on_entry(tmp_path):
     path = tmp_path / "run"
     path.mkdir()
-    (path / "state.safetensors.abc123.tmp").write_bytes(b"half a file")
-    (path / "model.json.x.tmp").write_text("{")
+    (path / "state.safetensors.abc123.distill.tmp").write_bytes(b"half a file")
+    (path / "model.json.x.distill.tmp").write_text("{")
+    (path / "notes.tmp").write_text("the user's own")
     (path / "notes.txt").write_text("mine")
     with RunDir(path, "k"):
-        assert not list(path.glob("*.tmp")) and (path / "notes.txt").read_text() == "mine"
+        assert not list(path.glob("*.distill.tmp")) and (path / "notes.txt").read_text() == "mine"
+        assert (path / "notes.tmp").read_text() == "the user's own"
     (tmp_path / "afile").write_text("")
     with pytest.raises(DistillError, match="is a file, not a folder"):
         RunDir(tmp_path / "afile", "k").__enter__()

@@ -2,6 +2,8 @@
 contiguous shards, one set of files each, the manifest written last; a killed build redoes only
 the missing or damaged shards; two processes (gloo) build the one-process store bit for bit."""
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +208,158 @@ def test_cli_targets_then_a_student_from_the_store(tmp_path, capsys, mnist):
     assert main([*student[:1], "--train-size", "500", *student[3:], "--teacher", str(tmp_path / "store"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "built over other data" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a student reading a store, via the CLI
+
+@pytest.fixture(scope="module")
+def cli_root(tmp_path_factory):
+    """A folder with the toy data as an .npz and a teacher trained on it by the CLI."""
+    from distill.cli import main
+
+    root = tmp_path_factory.mktemp("cli")
+    toy = make_toy()
+    np.savez(root / "toy.npz", x_train=toy.x_train.numpy(), y_train=toy.y_train.numpy(),
+             x_test=toy.x_test.numpy(), y_test=toy.y_test.numpy())
+    assert main(["teacher", "--data", str(root / "toy.npz"), "--hidden", "32", "--epochs", "1", "--out",
+                 str(root / "t"), "--no-progress"]) == 0
+    return root
+
+
+def _cli_targets(root, out, *extra):
+    from distill.cli import main
+
+    return main(["targets", "--teacher", str(root / "t" / "model"), "--data", str(root / "toy.npz"),
+                 "--batch-size", "100", "--out", str(out), "--no-progress", *extra])
+
+
+def _cli_student(root, store, out):
+    from distill.cli import main
+
+    return main(["student", "--teacher", str(store), "--data", str(root / "toy.npz"), "--hidden", "16",
+                 "--epochs", "1", "--temperature", "4", "--out", str(out), "--no-progress"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_student_refuses_a_store_changed_in_place(tmp_path, capsys, cli_root, dtype):
+    store = tmp_path / "store"
+    assert _cli_targets(cli_root, store, "--shards", "3", "--dtype", dtype) == 0
+    shard = store / "values-00001-of-00003.npy"
+    size = shard.stat().st_size
+    v = np.load(shard, mmap_mode="r+")  # one finite value changed in place: same size, same header
+    v[7, 3] = v[7, 3] + 1.5
+    v.flush()
+    del v
+    assert shard.stat().st_size == size
+    capsys.readouterr()
+    assert _cli_student(cli_root, store, tmp_path / "s") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("distill: error: ") and "Traceback" not in err
+    assert "values-00001-of-00003.npy" in err and "SHA-256" in err and "shard 2 of 3" in err
+    assert not (tmp_path / "s" / "model.safetensors").exists()
+    # `distill targets` on the same folder reports the same file
+    assert _cli_targets(cli_root, store, "--shards", "3", "--dtype", dtype) == 2
+    assert "values-00001-of-00003.npy" in capsys.readouterr().err
+
+
+def test_a_student_on_an_unfinished_store_says_to_finish_it(tmp_path, capsys, cli_root):
+    store = tmp_path / "store"
+    assert _cli_targets(cli_root, store, "--shards", "3") == 0
+    (store / "meta.json").unlink()  # killed before the manifest ...
+    (store / "shard-00002-of-00003.json").unlink()  # ... with shard 3 not recorded
+    capsys.readouterr()
+    assert _cli_student(cli_root, store, tmp_path / "s") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "unfinished soft-target store" in err and "2 of 3 shard(s)" in err and "distill targets" in err
+    assert ".safetensors" not in err
+    assert _cli_targets(cli_root, store, "--shards", "3") == 0  # as it says: finishing it
+    assert _cli_student(cli_root, store, tmp_path / "s") == 0
+
+
+def test_user_files_in_the_store_folder_survive_a_build(tmp_path, toy):
+    t = _teacher()
+    folder = tmp_path / "s"
+    folder.mkdir()
+    mine = {"notes.tmp": b"my notes", "part-1-of-3.txt": b"part one", ".hidden.tmp": b"x",
+            "values-1-of-3.npy": b"not distill's"}
+    for name, data in mine.items():
+        (folder / name).write_bytes(data)
+    # what a killed build of distill's leaves behind is swept
+    litter = folder / f"{ST.TMP_PREFIX}values-00000-of-00003.npy.99999.0a1b2c3d.tmp"
+    litter.write_bytes(b"half a shard")
+    ST.build_store(folder, t, toy, shards=3, batch_size=64, progress=False, log=quiet)
+    (folder / "meta.json").unlink()
+    store = ST.build_store(folder, t, toy, shards=2, batch_size=64, progress=False, log=quiet)  # another count
+    assert store.num_shards == 2 and not list(folder.glob("*-of-00003.*")) and not litter.exists()
+    for name, data in mine.items():
+        assert (folder / name).read_bytes() == data, name
+
+
+def _outside(tmp_path, toy, how):
+    """A store whose manifest names a copy of its values file outside the folder (same size and SHA-256)."""
+    t = _teacher()
+    store = ST.build_store(tmp_path / "s", t, toy, shards=1, batch_size=64, progress=False, log=quiet)
+    src = store.path / "values-00000-of-00001.npy"
+    del store
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "s" / "sub").mkdir()
+    for copy in (tmp_path / "outside.npy", tmp_path / "s" / "sub" / "v.npy"):
+        copy.write_bytes(src.read_bytes())
+    name = {"dotdot": "../outside.npy", "absolute": str(tmp_path / "outside.npy"), "separator": "sub/v.npy",
+            "dot": "."}[how]
+    return name
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "separator", "dot"])
+def test_a_manifest_naming_files_outside_its_folder_is_refused(tmp_path, toy, how):
+    name = _outside(tmp_path, toy, how)
+    mpath = tmp_path / "s" / "meta.json"
+    meta = json.loads(mpath.read_text())
+    meta["shards"][0]["files"]["values"]["name"] = name
+    mpath.write_text(json.dumps(meta))
+    for verify in (True, False):
+        with pytest.raises(ST.StoreError, match="not a plain file name") as e:
+            ST.SoftTargetStore.open(tmp_path / "s", verify=verify)
+        assert "\n" not in str(e.value)
+    # a one-file store's manifest likewise
+    one = ST.get_store(tmp_path / "root", _teacher(), toy, progress=False, log=quiet)
+    mpath = one.path / "meta.json"
+    meta = json.loads(mpath.read_text())
+    meta["files"][name] = meta["files"]["values.npy"]
+    mpath.write_text(json.dumps(meta))
+    with pytest.raises(ST.StoreError, match="not a plain file name"):
+        ST.SoftTargetStore.open(one.path, verify=False)
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "separator"])
+def test_a_shard_record_naming_files_outside_its_folder_is_not_trusted(tmp_path, toy, how):
+    name = _outside(tmp_path, toy, how)
+    folder = tmp_path / "s"
+    rec_path = folder / "shard-00000-of-00001.json"
+    rec = json.loads(rec_path.read_text())
+    rec["files"]["values"]["name"] = name
+    rec_path.write_text(json.dumps(rec))
+    (folder / "meta.json").unlink()
+    (folder / "values-00000-of-00001.npy").unlink()
+    logs = []
+    store = ST.build_store(folder, _teacher(), toy, shards=1, batch_size=64, progress=False, log=logs.append)
+    assert "already written" not in logs[0]  # the shard is computed again, into the folder
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["shards"][0]["files"]["values"]["name"] == "values-00000-of-00001.npy"
+    assert store.shape == (600, 10)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_store_files_follow_the_umask(tmp_path, toy, umask):
+    old = os.umask(umask)
+    try:
+        ST.build_store(tmp_path / "sharded", _teacher(), toy, shards=2, batch_size=64, progress=False, log=quiet)
+        one = ST.get_store(tmp_path / "root", _teacher(), toy, progress=False, log=quiet)
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "sharded", one.path):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask, folder
+        for f in folder.iterdir():
+            if not f.name.startswith("."):
+                assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f

@@ -213,3 +213,17 @@ def test_cli_student_from_an_ensemble_of_checkpoints(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["student", *common, *teachers, "--combine", "mean", "--out", str(tmp_path / "x")])
     assert e.value.code == 2
+
+
+def test_a_store_folder_is_a_teacher_and_an_unfinished_one_says_so(tmp_path):
+    from distill.soft_targets import build_store
+
+    torch.manual_seed(0)
+    x = torch.rand(40, 6)
+    t = MLP(6, [5], 4)
+    build_store(tmp_path / "store", Teacher(t), (x,), progress=False, log=lambda *_: None)
+    teacher = Teacher(tmp_path / "store")
+    assert teacher.stored and torch.allclose(teacher.table[torch.arange(3)], t(x[:3]).detach(), atol=1e-6)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DistillError, match="neither a checkpoint nor a soft-target store"):
+        Teacher(tmp_path / "empty")

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -236,7 +237,7 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
     ([2.0, 1.0, float("inf")], None, "the loss is inf"),
     ([2.2, 0.8, 0.5, 40.0, 50.0], 2.3, "rose from 0.5 to 50"),  # exploded and stayed, above chance
     ([2.2, 0.8, 0.5, 40.0, 50.0], None, "rose from 0.5 to 50"),  # chance unknown: the factor alone
-    ([2.303, 2.3027, 2.3026], 2.302585, "cost of a constant prediction"),  # stuck at chance
+    ([2.303, 1.5, 1.4, 2.3027, 2.3026], 2.302585, "came back to the cost of a constant prediction"),  # collapsed
 ])
 def test_divergence_detects(losses, chance, why):
     got = divergence(losses, chance)
@@ -249,6 +250,7 @@ def test_divergence_detects(losses, chance, why):
     ([2.0, 0.1, 0.5, 0.6], 2.3),  # rose 5x but stays far below chance: noisy, not diverged
     ([2.2, 0.8, 0.5, 40.0], 2.3),  # exploded for one epoch only (patience 2)
     ([2.3026, 2.3026], 2.302585),  # at chance for 2 epochs only: early training may sit there
+    ([2.303, 2.3027, 2.3026], 2.302585),  # at chance from the start: the starting plateau, only a warning
     ([5.0, 5.0, 5.0], -1.0),  # a chance that means nothing is ignored
 ])
 def test_divergence_leaves_healthy_curves_alone(losses, chance):
@@ -259,12 +261,15 @@ def test_divergence_measures_stuck_against_what_the_teacher_allows():
     """``floor`` is the loss of copying the teacher (T^2 H(p) for the soft term): with a soft teacher
     the attainable loss sits close to a constant prediction's, and a student that closes a fair
     share of that small gap is learning, not stuck."""
+    from distill.training import stuck
+
     chance = 37.30
     curve = [37.29, 37.26, 37.24]  # within 0.2 % of chance
-    assert "constant prediction" in divergence(curve, chance)  # judged against 0 the curve looks stuck
-    assert divergence(curve, chance, floor=37.0) is None  # it closed 20 % of the attainable gap
-    assert "constant prediction" in divergence([37.30, 37.30, 37.299], chance, floor=37.0)  # this one did not
-    assert divergence(curve, chance, floor=38.0) is None  # a teacher worse than uniform: no floor to judge by
+    assert "constant prediction" in stuck(curve, chance)  # judged against 0 the curve looks stuck
+    assert stuck(curve, chance, floor=37.0) is None  # it closed 20 % of the attainable gap
+    assert "constant prediction" in stuck([37.30, 37.30, 37.299], chance, floor=37.0)  # this one did not
+    assert stuck(curve, chance, floor=38.0) is None  # a teacher worse than uniform: no floor to judge by
+    assert divergence([37.30, 37.30, 37.299], chance, floor=37.0) is None  # stuck is a warning, not divergence
     assert "rose from" in divergence([37.3, 37.1, 80.0, 90.0], chance, floor=37.0)
 
 
@@ -359,6 +364,199 @@ def test_the_test_set_never_chooses(noisy):
     assert with_test.epoch == without.epoch and torch.equal(_weights(with_test.model), _weights(without.model))
     assert with_test.val == without.val and without.test is None
     assert with_test.test == evaluate(with_test.model, test)
+
+
+# ---------------------------------------------------------------- plateaus, collapses, the guard switch
+
+LN10, LN3 = math.log(10), math.log(3)
+# the reviewer's digits CNN at lr 0.05: at ln 10 for three epochs, then learning
+PLATEAU_THEN_LEARN = [2.306, 2.302, 2.298, 2.291, 2.262, 2.15, 1.95, 1.78, 1.62, 1.51]
+
+
+def test_a_run_that_has_not_left_its_starting_plateau_has_not_diverged():
+    for k in range(1, len(PLATEAU_THEN_LEARN) + 1):
+        assert divergence(PLATEAU_THEN_LEARN[:k], LN10) is None
+    assert divergence([2.306, 2.302, 2.298, 2.3, 2.301], LN10, prior=LN10 - 1e-4) is None
+
+
+def test_stuck_at_chance_or_at_the_class_prior_is_a_warning():
+    from distill.training import stuck
+
+    assert "chance level" in stuck([2.306, 2.302, 2.298], LN10, steps_per_epoch=22)
+    prior = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))  # labels 50/25/25: 1.0397 < ln 3
+    at_prior = [1.0425, 1.0399, 1.0398]
+    assert stuck(at_prior, LN3) is None  # judged against chance alone it passes
+    assert divergence(at_prior, LN3, prior=prior) is None  # not an error
+    got = stuck(at_prior, LN3, prior=prior)
+    assert "cost of a constant prediction" in got and "class prior" in got and "1.04" in got
+    assert stuck(at_prior[:2], LN3, prior=prior) is None  # two epochs: early training may sit there
+    assert stuck([1.0425, 1.03, 1.0], LN3, prior=prior) is None  # learning past the prior
+    assert stuck([2.31, 2.30, 2.30], LN10, steps_per_epoch=5) is None  # 15 steps: too few to judge
+
+
+def test_falling_well_below_chance_and_coming_back_is_divergence():
+    got = divergence([2.30, 1.6, 1.4, 2.302, 2.303], LN10)
+    assert got is not None and "fell to 1.4" in got and "cost of a constant prediction" in got
+    prior = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    got = divergence([1.09, 0.7, 0.75, 1.0398, 1.0399], LN3, prior=prior)  # back at the prior's cost
+    assert got is not None and "class prior" in got
+    assert divergence([2.30, 2.25, 2.302, 2.303], LN10) is None  # a small dip is still the plateau
+
+
+def test_exploding_back_to_the_class_prior_and_staying_is_divergence():
+    prior = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    exploded = [1.09, 0.3, 0.2, 1.05, 1.06]  # below chance, but at the prior's cost: a constant prediction
+    assert divergence(exploded, LN3) is None  # judged against chance alone
+    got = divergence(exploded, LN3, prior=prior)
+    assert got is not None and "rose from 0.2 to 1.06" in got
+    assert divergence(exploded[:4], LN3, prior=prior) is None  # one epoch only
+    assert divergence([2.3, 0.5, 0.4, 1.9, 2.0], LN10) is None  # risen but below chance: a high lr's noise
+    assert "the loss is nan" in divergence([2.3, 2.302, float("nan")], LN10)
+
+
+def _digits(n=1000):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16, dtype=torch.float32).unsqueeze(1)
+    return x[:n], torch.tensor(d.target)[:n], x[n:n + 400], torch.tensor(d.target)[n:n + 400]
+
+
+def _tiny_cnn():
+    seed_everything(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
+@pytest.mark.parametrize("as_stream", [False, True])
+def test_a_cnn_that_plateaus_before_it_learns_is_warned_about_not_stopped(as_stream):
+    x, y, xt, yt = _digits()
+    train = _Stream(x, y) if as_stream else (x, y)
+    logged = []
+    cfg = TrainConfig(epochs=14, lr=0.05, momentum=0.6, batch_size=64, schedule="constant")
+    res = fit(_tiny_cnn(), train, cfg, test=(xt, yt), progress=False, log=logged.append)
+    losses = [h["train_loss"] for h in res.history]
+    assert len(losses) == 14 and all(v > 2.29 for v in losses[:3]), losses  # the plateau the old check stopped
+    assert losses[-1] < 1.5 and res.test["errors"] < 200, losses  # a constant prediction makes ~358 of 397
+    warnings = [m for m in logged if m.startswith("[warning]")]
+    assert len(warnings) == 1 and "chance level" in warnings[0] and "learning rate 0.05" in warnings[0]
+
+
+def test_a_model_stuck_at_the_class_prior_is_warned_about(blobs):
+    x, _ = blobs(600, 4, 3, seed=1)
+    y = torch.tensor([0, 0, 1, 2] * 150)  # labels 50/25/25
+    seed_everything(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # dead ReLUs: the output is the last bias, whatever the input
+    logged = []
+    res = fit(model, (x, y), TrainConfig(epochs=6, lr=0.3, batch_size=32), progress=False, log=logged.append)
+    assert len(res.history) == 6
+    warnings = [m for m in logged if m.startswith("[warning]")]
+    assert len(warnings) == 1 and "class prior" in warnings[0] and "1.04" in warnings[0], logged
+
+
+class _Scripted:
+    """An objective whose loss per epoch is fixed in advance (no gradient)."""
+    needs_teacher, needs_labels, temperature = False, False, None
+
+    def __init__(self, curve):
+        self.curve, self.epoch = curve, 1
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __call__(self, out, teacher_out, labels):
+        return out.sum() * 0.0 + self.curve[self.epoch - 1]
+
+
+def test_the_guard_can_be_turned_off(toy, tmp_path):
+    from distill.cli import _check_numbers, _config, build_parser
+
+    def parsed(argv):
+        args = build_parser().parse_args(argv)
+        _check_numbers(args)
+        return args
+
+    curve = [2.0, 0.5, 30.0, 30.0, 30.0]
+    with pytest.raises(TrainingDiverged, match=r"epoch 4: the loss rose from 0.5 to 30.*divergence=None"):
+        fit(_model(), toy, TrainConfig(epochs=5, objective=_Scripted(curve)), progress=False, log=quiet)
+    logged = []
+    res = fit(_model(), toy, TrainConfig(epochs=5, objective=_Scripted(curve), divergence=None), progress=False,
+              log=logged.append)
+    assert [h["train_loss"] for h in res.history] == curve and not any("[warning]" in m for m in logged)
+    assert TrainConfig().divergence == "stop"
+    with pytest.raises(ValueError, match="divergence must be one of"):
+        TrainConfig(divergence="off")
+    # the switch does not change which run a run folder holds
+    first = fit(_model(), toy, TrainConfig(epochs=1), run_dir=tmp_path / "{key}", progress=False, log=quiet)
+    again = fit(_model(), toy, TrainConfig(epochs=1, divergence=None), run_dir=tmp_path / "{key}", progress=False,
+                log=quiet)
+    assert again.skipped and again.run_dir == first.run_dir
+    for command in (["teacher", "--jitter", "0"], ["student"]):
+        args = parsed(command + ["--out", "x", "--no-guard"])
+        assert args.no_guard and _config(args, command[0] == "teacher").divergence is None
+        args = parsed(command + ["--out", "x"])
+        assert _config(args, command[0] == "teacher").divergence == "stop"
+
+
+def _collapse_at(model, batch):
+    """Kill the hidden layer (dead ReLUs) just before training batch number ``batch``."""
+    calls = {"n": 0}
+
+    def hook(module, inputs):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == batch:
+                with torch.no_grad():
+                    model.hidden_layers[0].weight.zero_()
+                    model.hidden_layers[0].bias.fill_(-10.0)
+
+    model.register_forward_pre_hook(hook)
+    return model
+
+
+def test_select_best_says_when_it_kept_an_epoch_before_a_collapse(blobs):
+    x, y = blobs(500, 10, 3, seed=2)
+    train, val = (x[:300], y[:300]), (x[300:], y[300:])
+    steps = 300 // 50
+    # collapsed from epoch 4 on, with the guard off; and in the last epoch only, with the guard on
+    for config, batch in ((TrainConfig(epochs=6, lr=0.1, batch_size=50, select="best", divergence=None), 3 * steps),
+                          (TrainConfig(epochs=6, lr=0.1, batch_size=50, select="best"), 5 * steps)):
+        logged = []
+        res = fit(_collapse_at(_model(0, d_in=10, hidden=16, classes=3), batch + 1), train, config, val=val,
+                  progress=False, log=logged.append)
+        notes = [m for m in logged if m.startswith("[note]")]
+        assert len(notes) == 1 and res.note == notes[0][len("[note] "):], logged
+        assert re.match(rf"\[note\] kept epoch {res.epoch} of 6: the loss rose from [\d.]+ to [\d.]+ after it "
+                        r"\(validation errors from \d+ to \d+\)", notes[0]), notes
+    # a healthy select="best" run says nothing
+    logged = []
+    res = fit(_model(0, d_in=10, hidden=16, classes=3), train, TrainConfig(epochs=6, lr=0.1, batch_size=50,
+              select="best"), val=val, progress=False, log=logged.append)
+    assert res.note is None and not any(m.startswith("[note]") for m in logged)
+
+
+def test_collapse_note_rule():
+    from distill.training import collapse_note
+
+    h = [dict(train_loss=v, val_errors=e, val_accuracy=1 - e / 200) for v, e in
+         ((1.0, 60), (0.3, 10), (0.25, 12), (0.9, 150))]
+    assert collapse_note(h, 2) == "kept epoch 2 of 4: the loss rose from 0.3 to 0.9 after it " \
+                                  "(validation errors from 10 to 150)"
+    assert collapse_note(h[:3], 2) is None  # a little worse after it: the usual noise
+    assert collapse_note(h, 4) is None and collapse_note([], 0) is None
+    h[-1].update(train_loss=0.26)
+    assert collapse_note(h, 2) == "kept epoch 2 of 4: the validation errors rose from 10 to 150 after it"
 
 
 # ---------------------------------------------------------------- devices

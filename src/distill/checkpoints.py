@@ -67,6 +67,10 @@ def fault_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+#: the suffix of distill's temporary files: a sweep after a kill removes these and no file of the user's
+TMP_SUFFIX = ".distill.tmp"
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -80,7 +84,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=TMP_SUFFIX)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like any file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -105,10 +109,10 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def remove_temporaries(folder: Path) -> int:
-    """Delete the ``*.tmp`` files a killed write left in ``folder`` (call it while holding the
+    """Delete the temporaries (``*.distill.tmp``, only distill's own) a killed write left in ``folder`` (call it while holding the
     folder's lock). Returns how many were removed."""
     n = 0
-    for p in Path(folder).glob("*.tmp"):
+    for p in Path(folder).glob("*" + TMP_SUFFIX):
         if p.is_file():
             p.unlink(missing_ok=True)
             n += 1

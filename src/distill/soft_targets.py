@@ -29,8 +29,14 @@ digest, combination, and the temperature where the outputs depend on it), the da
 fingerprint (:mod:`distill.sources`), an optional selection tag, the storage dtype and top-k.
 :func:`get_store` keeps each store under ``root/soft-<key>``, so another teacher or other data
 never reuse a store; a store that fails its checks (missing file, wrong size, SHA-256 mismatch,
-bad JSON) is an error telling the user to rebuild it. Writes go to a temporary folder renamed into
-place, ``meta.json`` last.
+bad JSON, a file name that is not a plain name inside the folder) is an error telling the user to
+rebuild it. Writes go to a temporary folder renamed into place, ``meta.json`` last.
+
+A sharded build holds an exclusive lock on its folder (``.distill-store.lock``) from start to end,
+so a second build into the same folder stops with a one-line error instead of racing the first.
+Everything distill writes follows the umask, like any other output; its temporaries are named
+``.distill-tmp.<final name>.<pid>.<random>.tmp`` and only such names are swept, so the user's own
+files in an ``--out`` folder (``notes.tmp``, ``part-1-of-3.txt``) are never touched.
 
 Top-k stores (for many classes) keep the k largest logits per example and replace the rest by
 their mean, which keeps every row's mean logit exact (so the high-temperature limit, matching
@@ -38,11 +44,13 @@ zero-meaned logits, is only perturbed within the dropped classes).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +62,12 @@ from distill.errors import DistillError
 
 FORMAT = "distill-soft-targets/1"
 DTYPES = {"float16": np.float16, "float32": np.float32}
+#: the start of every temporary distill writes into a store folder (only these are ever swept)
+TMP_PREFIX = ".distill-tmp."
+#: the lock file a sharded build holds in its folder
+LOCK_NAME = ".distill-store.lock"
+#: the names of a sharded store's own files (other shard counts' files of these names are removed)
+SHARD_FILE = re.compile(r"(values|indices|rest)-\d{5}-of-\d{5}\.npy|shard-\d{5}-of-\d{5}\.json")
 
 
 class StoreError(DistillError):
@@ -221,7 +235,8 @@ class SoftTargetStore:
     @classmethod
     def open(cls, path, expect_key: str | None = None, verify: bool = True) -> "SoftTargetStore":
         """Open a store; with ``expect_key`` a different key raises :class:`StaleStoreError`.
-        ``verify`` re-hashes the files (else only their sizes are checked)."""
+        ``verify`` re-hashes the files against the SHA-256 in ``meta.json`` (else only their sizes
+        are checked: for a store this process has just written and hashed)."""
         path = Path(path)
         fix = f"delete {path} (or call get_store(..., rebuild=True)) to rebuild it"
         mpath = path / "meta.json"
@@ -236,21 +251,39 @@ class SoftTargetStore:
             raise StaleStoreError(f"{path} holds soft targets for another teacher, data set or selection "
                                   f"(key {meta.get('key')}, wanted {expect_key})")
         if "shards" in meta:
+            # a damaged shard is recomputed by the build, so there is no need to start from scratch
+            fix = (f"delete {mpath} and run the same `distill targets` (or build_store) again: shards that fail "
+                   "their checks are recomputed")
+        try:
+            return cls._open_listed(path, meta, verify, mpath, fix)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise StoreError(f"{mpath} is malformed ({type(e).__name__}: {e}); the store is damaged: {fix}") from None
+
+    @classmethod
+    def _open_listed(cls, path: Path, meta: dict, verify: bool, mpath: Path, fix: str) -> "SoftTargetStore":
+        """The store whose parsed ``meta.json`` is ``meta``: every listed file checked and mapped."""
+        if "shards" in meta:
             listed = meta["shards"]
         else:  # one file per array
             if "values.npy" not in meta.get("files", {}):
                 raise StoreError(f"{path}/values.npy is not listed in meta.json; {fix}")
             listed = [dict(start=0, stop=meta["rows"],
-                           files={n[:-4]: dict(info, name=n) for n, info in meta["files"].items()})]
+                           files={_plain_name(n, path, mpath, fix)[:-4]: dict(info, name=n)
+                                  for n, info in meta["files"].items()})]
+        if not isinstance(listed, list) or not all(isinstance(sh, dict) for sh in listed):
+            raise TypeError("shards must be a list of objects")
         shards, at = [], 0
-        for sh in listed:
-            if sh["start"] != at or sh["stop"] < sh["start"]:
+        for number, sh in enumerate(listed, 1):
+            if not all(isinstance(sh.get(k), int) for k in ("start", "stop")) or sh["start"] != at or (
+                    sh["stop"] < sh["start"]):
                 raise StoreError(f"{mpath} lists shards that do not tile the rows (row {at} expected, shard "
-                                 f"{sh['start']}..{sh['stop']}); {fix}")
+                                 f"{sh.get('start')}..{sh.get('stop')}); {fix}")
             at = sh["stop"]
             arrays = dict(start=int(sh["start"]), stop=int(sh["stop"]))
+            which = "" if len(listed) == 1 else f" (shard {number} of {len(listed)}, rows {sh['start']}..{sh['stop']})"
             for name, info in sh["files"].items():
-                arrays[name] = _open_array(path / info["name"], info, verify, mpath, fix)
+                f = path / _plain_name(info["name"], path, mpath, fix)
+                arrays[name] = _open_array(f, info, verify, mpath, fix, which)
             if "values" not in arrays:
                 raise StoreError(f"{mpath} lists a shard without values; {fix}")
             v = arrays["values"]
@@ -265,23 +298,95 @@ class SoftTargetStore:
         return cls(path, meta, shards)
 
 
-def _open_array(f: Path, info: dict, verify: bool, mpath: Path, fix: str):
-    """One listed ``.npy`` file, checked (size; SHA-256 with ``verify``) and memory-mapped."""
+def _is_plain_name(name) -> bool:
+    """Whether ``name`` names a file directly inside a folder: no path separator, not absolute,
+    not ``.``/``..``, no NUL (a manifest or record naming anything else is not followed)."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name and not os.path.isabs(name))
+
+
+def _plain_name(name, path: Path, mpath: Path, fix: str) -> str:
+    if not _is_plain_name(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise StoreError(f"{mpath} names the file {shown}, which is not a plain file name inside {path} (a store "
+                         f"only reads its own folder); the manifest is damaged or was altered: {fix}")
+    return name
+
+
+def _open_array(f: Path, info: dict, verify: bool, mpath: Path, fix: str, which: str = ""):
+    """One listed ``.npy`` file, checked (size; SHA-256 with ``verify``) and memory-mapped.
+    ``which`` says which shard it belongs to, for the messages."""
     if not f.is_file():
-        raise StoreError(f"{f} is missing; the store is incomplete: {fix}")
+        raise StoreError(f"{f}{which} is missing; the store is incomplete: {fix}")
     if f.stat().st_size != info["bytes"]:
-        raise StoreError(f"{f} has {f.stat().st_size} bytes, {info['bytes']} expected (truncated or "
+        raise StoreError(f"{f}{which} has {f.stat().st_size} bytes, {info['bytes']} expected (truncated or "
                          f"overwritten); {fix}")
     if verify and file_digest(f) != info["sha256"]:
-        raise StoreError(f"{f} does not match the SHA-256 in {mpath}; the store is damaged: {fix}")
+        raise StoreError(f"{f}{which} does not match the SHA-256 in {mpath} (changed since it was written); the "
+                         f"store is damaged: {fix}")
     try:
         return np.load(f, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise StoreError(f"{f} cannot be read as an array ({e}); {fix}") from None
+        raise StoreError(f"{f}{which} cannot be read as an array ({e}); {fix}") from None
 
 
 class StaleStoreError(DistillError):
     """The store at this path was built for another teacher, data set, selection or format."""
+
+
+# ---------------------------------------------------------------- writing
+
+def _temporary(folder: Path, final: str) -> Path:
+    """A fresh temporary name in ``folder`` for a file that becomes ``final``: distill's own
+    (:data:`TMP_PREFIX`), unique to this process, so sweeping one never touches a user's file."""
+    return folder / f"{TMP_PREFIX}{final}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(TMP_PREFIX) and name.endswith(".tmp")
+
+
+def _sweep_temporaries(folder: Path) -> None:
+    """Remove the temporaries killed distill writes left in ``folder`` (call it holding the lock)."""
+    with contextlib.suppress(OSError):
+        for f in folder.iterdir():
+            if _is_temporary(f.name) and f.is_file():
+                f.unlink(missing_ok=True)
+
+
+def _disk_full(e: BaseException, path: Path) -> None:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DistillError(f"disk full while writing the soft-target store {path}; free space and rerun the "
+                           "same command to resume") from None
+
+
+def _write_file(tmp: Path, write) -> None:
+    """Create ``tmp`` (mode 0666 less the umask, like any other output; never an existing file),
+    let ``write(f)`` fill it, fsync."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write ``path`` through a temporary of its folder (:func:`_write_file`), renamed into place."""
+    tmp = _temporary(path.parent, path.name)
+    try:
+        _write_file(tmp, write)
+        fault_point(f"written {tmp}")
+        os.replace(tmp, path)
+        fault_point(f"renamed {path}")
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        _disk_full(e, path.parent)
+        raise
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def write_store(path, logits: torch.Tensor, parts: dict) -> SoftTargetStore:
@@ -292,23 +397,20 @@ def write_store(path, logits: torch.Tensor, parts: dict) -> SoftTargetStore:
     n, n_cls = logits.shape
     top_k = stored_top_k(parts, n_cls)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp"))
+    # os.mkdir, not tempfile.mkdtemp: the store folder gets the umask's mode like any other output
+    tmp = path.with_name(f"{path.name}.distill-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    os.mkdir(tmp, 0o777)
     try:
         files = {}
         for name, arr in arrays.items():
-            with open(tmp / name, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_file(tmp / name, lambda f: np.save(f, arr, allow_pickle=False))
             fault_point(f"written {tmp / name}")
             files[name] = dict(bytes=(tmp / name).stat().st_size, sha256=file_digest(tmp / name))
         # the key is the one asked for; top_k records what was stored (None: the full logits, when
         # top_k >= the number of classes)
         meta = dict(parts, key=store_key(parts), top_k=top_k, rows=int(n), num_classes=int(n_cls), files=files)
-        with open(tmp / "meta.json", "w") as f:
-            f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        data = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
+        _write_file(tmp / "meta.json", lambda f: f.write(data))
         fault_point(f"written {tmp / 'meta.json'}")
         old = None
         if path.exists():
@@ -321,9 +423,7 @@ def write_store(path, logits: torch.Tensor, parts: dict) -> SoftTargetStore:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DistillError(f"disk full while writing the soft-target store {path}; free space and rerun the "
-                               "same command to resume") from None
+        _disk_full(e, path)
         raise
     return SoftTargetStore.open(path, expect_key=store_key(parts), verify=False)
 
@@ -423,6 +523,8 @@ def _shard_done(path: Path, record_name: str, key: str, rng: tuple[int, int]) ->
         if rec.get("key") != key or (rec["start"], rec["stop"]) != tuple(rng) or "num_classes" not in rec:
             return None
         for info in rec["files"].values():
+            if not _is_plain_name(info["name"]) or not SHARD_FILE.fullmatch(info["name"]):
+                return None  # a record naming anything but a shard file of this folder is not trusted
             f = path / info["name"]
             if not f.is_file() or f.stat().st_size != info["bytes"] or file_digest(f) != info["sha256"]:
                 return None
@@ -431,32 +533,70 @@ def _shard_done(path: Path, record_name: str, key: str, rng: tuple[int, int]) ->
     return rec
 
 
+def unfinished_build(path) -> str | None:
+    """When ``path`` is a folder where a sharded build started but wrote no manifest yet (killed
+    half-way, or still running): how far it got, e.g. ``"2 of 3 shard(s) written"``; else None."""
+    path = Path(path)
+    try:
+        if not path.is_dir() or (path / "meta.json").exists():
+            return None
+        names = [f.name for f in path.iterdir()]
+    except OSError:
+        return None
+    ours = [n for n in names if SHARD_FILE.fullmatch(n)]
+    if not ours and LOCK_NAME not in names:
+        return None
+    records = {n for n in ours if n.startswith("shard-")}
+    totals = {int(n.rsplit("-of-", 1)[1].split(".")[0]) for n in ours}
+    if len(totals) == 1:
+        total = totals.pop()
+        done = sum(_shard_name("shard", s, total, "json") in records for s in range(total))
+        return f"{done} of {total} shard(s) written"
+    return f"{len(records)} shard record(s) written"
+
+
 def _write_shard(path: Path, s: int, total: int, rng: tuple[int, int], arrays: dict, key: str,
                  num_classes: int) -> dict:
     """Write one shard's arrays (each to a temporary, fsynced, renamed), then its record."""
-    from distill.checkpoints import atomic_write_json
-
     files = {}
     for kind, arr in arrays.items():
         name = _shard_name(kind, s, total)
-        tmp = path / f".{name}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            fault_point(f"written {tmp}")
-            os.replace(tmp, path / name)
-        except BaseException as e:
-            tmp.unlink(missing_ok=True)
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DistillError(f"disk full while writing the soft-target store {path}; free space and rerun "
-                                   "the same command to resume") from None
-            raise
+        _atomic_write(path / name, lambda f: np.save(f, arr, allow_pickle=False))
         files[kind] = dict(name=name, bytes=(path / name).stat().st_size, sha256=file_digest(path / name))
     rec = dict(key=key, start=int(rng[0]), stop=int(rng[1]), num_classes=int(num_classes), files=files)
-    atomic_write_json(path / _shard_name("shard", s, total, "json"), rec)
+    _atomic_write_json(path / _shard_name("shard", s, total, "json"), rec)
     return rec
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """Hold the exclusive lock of the store folder ``path`` (created if need be) for a build: a
+    second builder gets a one-line :class:`StoreError`. The kernel drops the lock when its holder
+    dies, so a killed build leaves no stale lock. A complete store in a folder this process cannot
+    write (a read-only copy) is reused without the lock: nothing is written there."""
+    from distill.runs import FolderLock
+
+    lock = FolderLock(path / LOCK_NAME, path, wait=False, log=lambda *a: None)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock.__enter__()
+    except DistillError:  # held by another process
+        try:
+            holder = (path / LOCK_NAME).read_text().strip() or "pid unknown"
+        except OSError:
+            holder = "pid unknown"
+        raise StoreError(f"another process ({holder}) is writing the soft-target store {path}; wait for it to "
+                         "finish and run this again (the finished store is reused), or choose another --out") from None
+    except OSError as e:
+        if not (path / "meta.json").is_file():
+            raise DistillError(f"cannot write the soft-target store {path} ({e.strerror}); choose another "
+                               "--out") from None
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
 
 def build_store(path, teacher, data, *, selection: str = "", dtype: str = "float32", top_k: int | None = None,
@@ -476,8 +616,6 @@ def build_store(path, teacher, data, *, selection: str = "", dtype: str = "float
     storage, process 0 says which to copy where and the others return None).
     """
     from distill import distributed
-    from distill.checkpoints import atomic_write_json
-    from distill.metrics import predict_logits
     from distill.sources import as_source
     from distill.teachers import Teacher
 
@@ -492,6 +630,30 @@ def build_store(path, teacher, data, *, selection: str = "", dtype: str = "float
     parts = key_parts(teacher.id, source.fingerprint, selection, dtype=dtype, top_k=top_k)
     key = store_key(parts)
     rank, world_size = distributed.world()
+    # process 0 holds the folder's lock for the whole build (the job's other processes work under it)
+    with contextlib.ExitStack() as held:
+        error = None
+        if rank == 0:
+            try:
+                held.enter_context(_build_lock(path))
+            except DistillError as e:
+                error = e
+        told = distributed.from_process_0(None if error is None else str(error))  # all stop, or all go on
+        if error is not None:
+            raise error
+        if told is not None:
+            raise StoreError(told)
+        return _build_locked(path, teacher, source, parts, key, shards, batch_size, device, progress, log)
+
+
+def _build_locked(path: Path, teacher, source, parts: dict, key: str, shards, batch_size: int, device, progress,
+                  log) -> SoftTargetStore | None:
+    """:func:`build_store` past its checks, with the folder's lock held by process 0."""
+    from distill import distributed
+    from distill.metrics import predict_logits
+
+    rank, world_size = distributed.world()
+    dtype = parts["dtype"]
     if (path / "meta.json").is_file():
         store = SoftTargetStore.open(path, expect_key=key, verify=True)  # stale or damaged: an error, no overwrite
         if len(store) != source.n:
@@ -500,6 +662,9 @@ def build_store(path, teacher, data, *, selection: str = "", dtype: str = "float
             f"{dtype}); reusing it")
         distributed.barrier()
         return store
+    if rank == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        _sweep_temporaries(path)  # what killed builds left (none can be running: the lock is ours)
     distributed.barrier()  # nobody starts writing while another process still reads the old state
     ranges = shard_ranges(source.n, batch_size, shards or world_size)
     total = len(ranges)
@@ -531,14 +696,14 @@ def build_store(path, teacher, data, *, selection: str = "", dtype: str = "float
         meta = dict(parts, key=key, top_k=stored_top_k(parts, num_classes), rows=int(source.n),
                     num_classes=int(num_classes),
                     shards=[dict(start=r["start"], stop=r["stop"], files=r["files"]) for r in records])
-        atomic_write_json(path / "meta.json", meta)  # the manifest, last
+        _atomic_write_json(path / "meta.json", meta)  # the manifest, last
         fault_point(f"written {path / 'meta.json'}")
         listed = {info["name"] for r in records for info in r["files"].values()}
         listed |= {_shard_name("shard", r["shard"], total, "json") for r in records}
-        for f in path.iterdir():  # shards of an earlier build with another shard count, killed writes' temporaries
-            if f.is_file() and f.name not in listed and f.name != "meta.json" and (
-                    f.name.endswith(".tmp") or "-of-" in f.name):
+        for f in path.iterdir():  # shards of an earlier build with another shard count, by distill's names only
+            if f.is_file() and f.name not in listed and SHARD_FILE.fullmatch(f.name):
                 f.unlink(missing_ok=True)
+        _sweep_temporaries(path)
     distributed.barrier()
     missing = [r["files"]["values"]["name"] for r in records if not (path / r["files"]["values"]["name"]).is_file()]
     if missing:

@@ -186,6 +186,17 @@ class Teacher:
         if isinstance(teacher, (list, tuple)) and teacher and all(isinstance(t, (str, Path)) for t in teacher):
             teacher = (teacher[0] if len(teacher) == 1
                        else Ensemble(teacher, combine=combine, trust_factory=trust_factory))
+        if isinstance(teacher, (str, Path)) and Path(teacher).is_dir():  # a soft-target store folder
+            from distill.soft_targets import unfinished_build
+
+            done = unfinished_build(teacher)
+            if done is not None:
+                raise DistillError(f"{teacher} is an unfinished soft-target store ({done}); run the build again "
+                                   "(the same `distill targets ... --out` or build_store call) to finish it")
+            if not (Path(teacher) / "meta.json").is_file():
+                raise DistillError(f"{teacher} is a folder but neither a checkpoint nor a soft-target store (no "
+                                   "meta.json); give a checkpoint path (run/model) or a store folder")
+            teacher = SoftTargetStore.open(teacher, verify=True)
         if isinstance(teacher, (str, Path)):
             teacher, mid = load_teacher(teacher, trust_factory=trust_factory)
             self._id = self._id or mid

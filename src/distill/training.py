@@ -31,8 +31,10 @@ from distill.checkpoints import check_checkpointable, resolve_factory
 from distill.errors import DistillError
 from distill.losses import check_number
 from distill.metrics import evaluate
-from distill.runs import RunDir, model_signature, run_key
-from distill.sources import as_source, dataset_test_split
+from distill.runs import RunDir, run_key
+from distill.data.files import FileData
+from distill.digest import ExampleDigest, model_signature
+from distill.sources import Source, as_source, dataset_test_split
 from distill.teachers import as_teacher, module_id
 from distill.views import Augmenter, mixup_loss
 
@@ -69,6 +71,12 @@ class TrainConfig:
     ``augment``: an :class:`~distill.augment.Augment` (mixup, shift, crop, flip; fixed views),
     applied once per batch, the same augmented batch going to the teacher (consistent teaching);
     ``jitter=s`` is its shorthand for the paper's translations (give one or the other).
+    ``divergence``: the divergence guard, ``"stop"`` (default): a non-finite loss, or one that rises
+    well above its best and stays there, or returns to a constant prediction's cost after it had
+    fallen well below it, stops the run with :class:`TrainingDiverged` (see :func:`divergence`); a loss
+    that has sat at a constant prediction's cost from the start is only a warning (:func:`stuck`).
+    ``None`` turns the guard off (no stop, no warning); non-finite model outputs still stop the run,
+    as no step can follow them. It is not part of the run key.
     """
 
     epochs: int = 10
@@ -88,6 +96,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"
     augment: object = None
+    divergence: str | None = "stop"
 
     def __post_init__(self):
         ints = dict(epochs=1, batch_size=1, jitter=0, seed=0)
@@ -105,6 +114,8 @@ class TrainConfig:
                                      ("select", self.select, SELECT), ("precision", self.precision, PRECISIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.divergence not in ("stop", None):
+            raise ValueError(f"divergence must be one of ('stop', None), got {self.divergence!r}")
         if self.objective is not None:
             if not callable(self.objective):
                 raise ValueError(f"objective must be a callable (student_out, teacher_out, labels) -> loss, "
@@ -184,40 +195,131 @@ def resolve_device(device=None) -> torch.device:
     return dev
 
 
+#: part of every run key: bump it by hand when a change alters what a finished run would hold
+#: (2: keys cover every example of a Dataset or DataLoader, the module tree and factory arguments)
+RUN_KEY_VERSION = 2
+
 #: the "stuck at a constant prediction" rule judges only after this many optimiser steps
 MIN_STUCK_STEPS = 30
+#: a return to a constant prediction's cost is divergence only once the loss had fallen this share of
+#: what training can gain (``cost - floor``) below it: before that the run is still on its starting plateau
+LEFT_PLATEAU = 0.2
+
+
+def label_entropy(counts) -> float | None:
+    """The class prior's cost: ``H = -sum_c p_c log p_c`` with ``p_c = counts_c / sum(counts)``, the
+    cross-entropy of the best constant prediction (the label frequencies) on labels with these counts;
+    None without any label."""
+    counts = [float(c) for c in counts]
+    total = sum(counts)
+    if not total > 0:
+        return None
+    return -sum(c / total * math.log(c / total) for c in counts if c > 0)
+
+
+def _constant_costs(chance, prior, floor: float) -> list[tuple[float, str]]:
+    """The known costs of a constant prediction above ``floor``, each with its name: ``chance`` (a
+    uniform prediction), then ``prior`` (the label frequencies) when it is lower."""
+    costs = []
+    for cost, name in ((chance, "the chance level"), (prior, "the class prior's cost")):
+        if cost is not None and math.isfinite(cost) and cost > floor and all(cost < c for c, _ in costs):
+            costs.append((cost, name))
+    return costs
+
+
+def _at_constant(values, chance, prior, floor: float) -> tuple[float, str] | None:
+    """The constant prediction whose cost every loss in ``values`` sits at (or above), within 0.5 % of
+    ``cost - floor``, with its name: the chance level if they all reach it, else the class prior's cost;
+    None if they are below both."""
+    for cost, name in _constant_costs(chance, prior, floor):
+        if values and all(v >= cost - 0.005 * (cost - floor) for v in values):
+            label = f"{name} ({cost:.4g}" + (", the entropy of the training labels)" if cost == prior != chance
+                                             else ")")
+            return cost, label
+    return None
+
+
+def _valid_floor(floor) -> float:
+    return floor if floor is not None and math.isfinite(floor) and floor >= 0 else 0.0
 
 
 def divergence(epoch_losses: list[float], chance: float | None, patience: int = 2, factor: float = 2.0,
-               floor: float = 0.0, steps_per_epoch: int | None = None) -> str | None:
+               floor: float = 0.0, prior: float | None = None) -> str | None:
     """Why training has diverged, or None. ``chance`` is the loss of a constant, uniform prediction
-    (``log C`` for hard labels, ``T**2 log C`` for the soft term); ``floor`` the loss of a model that
-    copies its teacher (0 without one; ``T**2 H(p)`` for the soft term, which is near ``chance`` when
-    the teacher's soft targets are nearly uniform), so ``gap = chance - floor`` is what training can
-    gain. Diverged when the last epoch's mean loss is not finite; or the last ``patience`` epochs each
-    exceed ``factor`` times the best loss before them and are no lower than ``chance - 0.01 gap``
-    (exploded and stayed); or the last ``patience + 1`` epochs, holding at least
-    :data:`MIN_STUCK_STEPS` optimiser steps (``steps_per_epoch``, None = unknown = enough), all sit at
-    ``chance - 0.005 gap`` or above (the model predicts the same output for every input)."""
+    (``log C`` for hard labels, ``T**2 log C`` for the soft term); ``prior`` the class prior's cost, the
+    entropy of the training labels (:func:`label_entropy`; the best constant prediction for hard
+    labels, None = unknown); ``floor`` the loss of a model that copies its teacher (0 without one;
+    ``T**2 H(p)`` for the soft term, which is near ``chance`` when the teacher's soft targets are nearly
+    uniform), so ``cost - floor`` is what training can gain below a constant prediction's ``cost``.
+    Diverged when the last epoch's mean loss is not finite; or the last ``patience`` epochs each exceed
+    ``factor`` times the best loss before them and are no lower than the cheapest known constant
+    prediction's cost less 1 % of ``cost - floor`` (exploded and stayed; a loss that rose but stays
+    below that cost is the noise of a high learning rate); or the last ``patience`` epochs sit at a
+    constant prediction's cost (within 0.5 % of ``cost - floor``) after the loss had fallen
+    :data:`LEFT_PLATEAU` ``(cost - floor)`` below it (it learnt, then collapsed). A loss that has sat
+    at that cost from the start has not diverged: it is :func:`stuck`, a warning."""
     if not epoch_losses:
         return None
     last = epoch_losses[-1]
     if not math.isfinite(last):
         return f"the loss is {last}"
-    floor = floor if floor is not None and math.isfinite(floor) and floor >= 0 else 0.0
-    known = chance is not None and math.isfinite(chance) and chance > floor
-    gap = chance - floor if known else 0.0
-    if len(epoch_losses) > patience:
-        best = min(epoch_losses[:-patience])
-        tail = epoch_losses[-patience:]
-        if all(v > factor * best and (not known or v >= chance - 0.01 * gap) for v in tail):
-            return (f"the loss rose from {best:.4g} to {last:.4g} and stayed there for {patience} epochs"
-                    + (f" (a constant prediction costs {chance:.4g})" if known else ""))
-    enough = steps_per_epoch is None or (patience + 1) * steps_per_epoch >= MIN_STUCK_STEPS
-    if known and enough and len(epoch_losses) > patience and all(v >= chance - 0.005 * gap
-                                                      for v in epoch_losses[-patience - 1:]):
-        return (f"the loss has stayed at the cost of a constant prediction ({chance:.4g}) for {patience + 1} epochs "
-                f"(now {last:.4g}): the model gives every input the same output, as when its ReLUs have died")
+    if len(epoch_losses) <= patience:
+        return None
+    floor = _valid_floor(floor)
+    costs = _constant_costs(chance, prior, floor)
+    cheapest = min((c for c, _ in costs), default=None)
+    best = min(epoch_losses[:-patience])
+    tail = epoch_losses[-patience:]
+    if all(v > factor * best and (cheapest is None or v >= cheapest - 0.01 * (cheapest - floor)) for v in tail):
+        known = chance is not None and math.isfinite(chance) and chance > floor
+        return (f"the loss rose from {best:.4g} to {last:.4g} and stayed there for {patience} epochs"
+                + (f" (a constant prediction costs {chance:.4g})" if known else ""))
+    at = _at_constant(tail, chance, prior, floor)
+    if at is not None and best <= at[0] - LEFT_PLATEAU * (at[0] - floor):
+        return (f"the loss fell to {best:.4g} and came back to the cost of a constant prediction, {at[1]}, for "
+                f"{patience} epochs (now {last:.4g}): the model gives every input the same output, as when its "
+                "ReLUs have died")
+    return None
+
+
+def stuck(epoch_losses: list[float], chance: float | None, patience: int = 2, floor: float = 0.0,
+          steps_per_epoch: int | None = None, prior: float | None = None) -> str | None:
+    """Why the loss looks stuck at a constant prediction, or None: a warning, not divergence (a run that
+    has not yet left its starting plateau may still learn). ``chance``, ``prior`` and ``floor`` as in
+    :func:`divergence`. Stuck when the last ``patience + 1`` epochs, holding at least
+    :data:`MIN_STUCK_STEPS` optimiser steps (``steps_per_epoch``, None = unknown = enough), all sit at
+    (or above) the cost of a constant prediction: the chance level, or the class prior's cost, within
+    0.5 % of ``cost - floor``."""
+    if len(epoch_losses) <= patience or not all(math.isfinite(v) for v in epoch_losses[-patience - 1:]):
+        return None
+    if steps_per_epoch is not None and (patience + 1) * steps_per_epoch < MIN_STUCK_STEPS:
+        return None
+    at = _at_constant(epoch_losses[-patience - 1:], chance, prior, _valid_floor(floor))
+    if at is None:
+        return None
+    return (f"the loss has stayed at the cost of a constant prediction, {at[1]}, for {patience + 1} epochs "
+            f"(now {epoch_losses[-1]:.4g}): so far the model gives every input the same output")
+
+
+def collapse_note(history: list[dict], kept_epoch: int, factor: float = 2.0) -> str | None:
+    """What ``select="best"`` says when later epochs collapsed after the one it kept, or None: the
+    last epoch's train loss is above ``factor`` times the kept epoch's, or its validation error rate
+    is above ``factor`` times the kept epoch's and at least 5 points higher."""
+    if not history or not 0 < kept_epoch < len(history):
+        return None
+    kept, last = history[kept_epoch - 1], history[-1]
+    a, b = kept.get("train_loss"), last.get("train_loss")
+    loss = a is not None and b is not None and math.isfinite(a) and not b <= factor * a
+    errors = False
+    if all(k in h for h in (kept, last) for k in ("val_errors", "val_accuracy")):
+        ra, rb = 1 - kept["val_accuracy"], 1 - last["val_accuracy"]
+        errors = rb > factor * ra and rb - ra >= 0.05
+    head = f"kept epoch {kept_epoch} of {len(history)}: "
+    if loss:
+        return (head + f"the loss rose from {a:.4g} to {b:.4g} after it"
+                + (f" (validation errors from {kept['val_errors']} to {last['val_errors']})" if errors else ""))
+    if errors:
+        return head + f"the validation errors rose from {kept['val_errors']} to {last['val_errors']} after it"
     return None
 
 
@@ -225,7 +327,8 @@ def divergence(epoch_losses: list[float], chance: float | None, patience: int = 
 class FitResult:
     """What :func:`fit` returns: the trained model (on the device it came in on, eval mode), the
     per-epoch history, the final ``val`` and ``test`` metrics (None without those sets), the
-    epoch whose weights were kept, and where the run folder is."""
+    epoch whose weights were kept, and where the run folder is. ``note``: with ``select="best"``,
+    what :func:`collapse_note` says when the kept epoch was followed by a collapse (also logged)."""
 
     model: nn.Module
     history: list = field(default_factory=list)
@@ -237,6 +340,7 @@ class FitResult:
     resumed_from: int = 0
     skipped: bool = False
     sidecar: dict | None = None
+    note: str | None = None
 
 
 def _state_tensors(model, optimizer, gen: torch.Generator, best: dict | None) -> dict:
@@ -337,7 +441,7 @@ def _chance_loss(objective, out, tb, yb) -> tuple[float | None, float]:
 
 def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=None, val=None, test=None,
         run_dir: str | Path | None = None, device=None, factory=None, meta: dict | None = None,
-        progress: bool = True, log=print, wait: bool = False) -> FitResult:
+        progress: bool = True, log=print, wait: bool = False, data_id: str | None = None) -> FitResult:
     """Train ``model`` (any ``nn.Module`` returning class logits) on ``train``.
 
     ``train``, ``val``, ``test``: anything :func:`distill.sources.as_source` accepts (``(x, y)``
@@ -370,7 +474,13 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
     home = next(model.parameters()).device if next(model.parameters(), None) is not None else torch.device("cpu")
 
     # the parts: data, objective, teacher
-    source = as_source(train, name="train")
+    if data_id is not None:
+        if not isinstance(data_id, str) or not data_id.strip():
+            raise ValueError(f"data_id must be a non-empty string that names the training data, got {data_id!r}")
+        if isinstance(train, Source) or isinstance(train, FileData):
+            raise ValueError("data_id= names data given as arrays, a Dataset or a DataLoader; this training set "
+                             "already has its own identity (its file digests)")
+    source = as_source(train, name="train", fingerprint=None if data_id is None else f"id:{data_id}")
     val_src = as_source(val, name="val") if val is not None else None
     test_src = as_source(test, name="test") if test is not None else dataset_test_split(train)
     objective = config.objective_for(teacher is not None)
@@ -403,10 +513,11 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
     # the run folder: the key covers everything that decides the result
     # (precision joins the key only when it is not the default fp32, so that runs keyed before it
     # existed keep their keys)
-    key = run_key(dict(config={k: v for k, v in config.to_dict().items()
-                               if k not in ("temperature", "hard_weight", "soft_weight", "objective")
+    # (a Dataset's or DataLoader's fingerprint reads every example once, so only a run folder asks)
+    key = None if run_dir is None else run_key(dict(version=RUN_KEY_VERSION, config={k: v for k, v in config.to_dict().items()
+                               if k not in ("temperature", "hard_weight", "soft_weight", "objective", "divergence")
                                and not (k == "precision" and v == "fp32")},
-                       objective=losses.objective_spec(objective), model=model_signature(model),
+                       objective=losses.objective_spec(objective), model=model_signature(model, factory_spec),
                        data=source.fingerprint, val=val_src.fingerprint if val_src else None,
                        teacher=teacher.id if teacher else None))
     rank, world_size = distributed.world()
@@ -482,8 +593,13 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         chance = None
         epoch_losses = [h["train_loss"] for h in history]  # every process keeps these (divergence check)
+        # the class prior's cost, the entropy of the training labels counted over the first epoch
+        # trained here: a hard-label model stuck at it gives every input the label frequencies
+        prior, warned = None, False
+        counts = (torch.zeros(num_classes, device=dev) if config.divergence is not None
+                  and isinstance(objective, losses.HardLabels) else None)
 
-        def diverged(epoch: int, why: str, lr: float) -> TrainingDiverged:
+        def diverged(epoch: int, why: str, lr: float, switchable: bool = True) -> TrainingDiverged:
             bar.close()
             model.to(home)
             hint = (f" for the T²-scaled soft loss at T = {objective.temperature:g}"
@@ -492,12 +608,20 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
             # which one it is and its loss rather than calling it good
             kept = (f"; the state after epoch {epoch} (train loss {history[-1]['train_loss']:.4g}) is kept in "
                     f"{run.path}" if run is not None and epoch and history else "")
+            # a loss curve can be misjudged; non-finite values cannot be trained past
+            off = ("; if the run is in fact healthy, TrainConfig(divergence=None) (--no-guard) turns this check off"
+                   if switchable else "")
             return TrainingDiverged(f"training diverged at epoch {epoch + 1}: {why}; the learning rate {lr:.3g} "
-                                    f"is likely too high{hint}, try a lower lr (e.g. {config.lr / 3:.2g}){kept}")
+                                    f"is likely too high{hint}, try a lower lr (e.g. {config.lr / 3:.2g}){kept}{off}")
 
         model.train()
+        identity_checked = False
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
+            # a fingerprint read from a Dataset or DataLoader holds only if the examples trained on in
+            # the first epoch are those it read (random transforms in __getitem__ break that)
+            check = (ExampleDigest(indexed=source.indexable)
+                     if source.read_to_identify and not identity_checked and world_size == 1 else None)
             lr = lr_at(config, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -515,6 +639,8 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
             batches = (source.parts(config.batch_size, gen, rank, world_size) if streamed
                        else ((x, y, i, None) for x, y, i in source.batches(config.batch_size, gen)))
             for xb, yb, idx, b in batches:
+                if check is not None:
+                    check.update(xb, yb, idx)
                 mixed = rows = None
                 if config.jitter:  # the whole global batch, so every process draws the same shifts
                     xb = jitter(xb, source.image_shape, config.jitter, gen)
@@ -542,11 +668,13 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
                     out = out.float()
                     tb = tb.float() if isinstance(tb, torch.Tensor) else tb
                     if not torch.isfinite(out.detach()).all():  # else the objective's input check fires
-                        raise diverged(epoch, "the model's outputs became nan or infinite", lr)
+                        raise diverged(epoch, "the model's outputs became nan or infinite", lr, switchable=False)
                     loss = (objective(out, tb, yb) if mixed is None
                             else mixup_loss(objective, out, tb, yb, mixed[0].to(dev), mixed[1]))
                     if chance is None:
                         chance = _chance_loss(objective, out.detach(), tb, yb)
+                    if counts is not None and yb.dim() == 1:  # class labels (not masks), checked by the objective
+                        counts.index_add_(0, yb.long(), torch.ones_like(yb, dtype=counts.dtype))
                 else:  # an empty slice still joins DDP's gradient all-reduce, with zero gradient
                     with autocast:
                         loss = net(source_example(source).to(dev)).float().sum() * 0.0
@@ -558,14 +686,35 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
                 total += loss.detach() * len(xb)
                 count += len(xb)
                 bar.update(1)
+            if check is not None:
+                identity_checked = True
+                if "sha256:" + check.hexdigest()[:16] != source.fingerprint:
+                    bar.close()
+                    model.to(home)
+                    raise DistillError(
+                        "the training data gave other examples in epoch 1 than in the pass that identified them "
+                        "(random transforms in the Dataset, or a stream that changes), so a run folder cannot "
+                        "tell whether it holds a run on these data; pass data_id='<a name you change whenever "
+                        "the data change>' to fit, or train without run_dir (augment with config.augment)")
             train_loss = float(distributed.all_sum(total) / distributed.all_sum(count))
             t_train = time.perf_counter() - t0
             epoch_losses.append(train_loss)
             chance = distributed.from_process_0(chance)
             chance_loss, floor = chance if chance is not None else (None, 0.0)
-            why = divergence(epoch_losses, chance_loss, floor=floor, steps_per_epoch=steps)
-            if why:
-                raise diverged(epoch, why, lr)
+            if counts is not None:
+                prior, counts = label_entropy(distributed.all_sum(counts).tolist()), None
+            if config.divergence is not None:
+                why = divergence(epoch_losses, chance_loss, floor=floor, prior=prior)
+                if why:
+                    raise diverged(epoch, why, lr, switchable=math.isfinite(train_loss))
+                # sitting at a constant prediction from the start is the plateau many runs leave: say so once
+                why = None if warned else stuck(epoch_losses, chance_loss, floor=floor, steps_per_epoch=steps,
+                                                prior=prior)
+                if why:
+                    warned = True
+                    log(f"[warning] epoch {epoch + 1}: {why}; a run may sit there a few epochs before it learns, "
+                        f"but if it stays, its ReLUs may have died or the learning rate {config.lr:.3g} is too high: "
+                        f"try a lower lr (e.g. {config.lr / 3:.2g})")
             rec = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_seconds=t_train)
             if not rank:  # process 0 evaluates, logs and checkpoints
                 msg = f"epoch {epoch + 1}/{config.epochs}  loss {train_loss:.4f}"
@@ -594,6 +743,10 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
         if config.select == "best" and best is not None:
             kept_epoch = int(best["epoch"])
             model.load_state_dict({k: v for k, v in best.items() if k != "epoch"})
+        # an earlier epoch kept because later ones collapsed: say so rather than hide it
+        note = collapse_note(history, kept_epoch) if config.select == "best" else None
+        if note:
+            log(f"[note] {note}")
         model.eval()
         model.to(home)
         if teacher_home is not None:
@@ -602,7 +755,7 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
         test_metrics = evaluate(model, test_src) if test_src is not None else None
         wall = time.perf_counter() - t_start + sum(h.get("seconds", 0.0) for h in history[:start_epoch])
         result = FitResult(model, history, val_metrics, test_metrics, kept_epoch, wall,
-                           run.path if run is not None else None, resumed_from=start_epoch)
+                           run.path if run is not None else None, resumed_from=start_epoch, note=note)
         if run is not None:
             sidecar = dict(meta or {}, config=config.to_dict(), seed=config.seed, init_weights=init,
                            num_classes=num_classes,
