@@ -110,3 +110,36 @@ def test_targets_into_a_folder_another_build_holds_stops_with_one_line(tmp_path,
         assert sorted(p.name for p in out.iterdir()) == [ST.LOCK_NAME]  # nothing written
     assert main([*cmd, "--shards", "2", "--out", str(out)]) == 0  # once it is released
     _check_store(out, tmp_path)
+
+
+# ---------------------------------------------------------------- `distill export`, killed at each step
+
+def test_an_export_killed_at_any_step_leaves_the_old_file_or_none_and_the_rerun_cleans_up(tmp_path):
+    import torch
+
+    from distill.checkpoints import save_checkpoint
+    from distill.models import MLP
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ck", MLP(6, [5], 3), {"input_shape": [6]})
+    cmd = [sys.executable, "-m", "distill", "export", str(tmp_path / "ck"), "--format", "torchscript", "--out",
+           str(tmp_path / "out" / "m.pt"), "--check-inputs", "20"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    env.pop("DISTILL_FAULT_AT", None)
+    log = tmp_path / "steps.log"
+    assert subprocess.run(cmd, env=dict(env, DISTILL_FAULT_AT="999", DISTILL_FAULT_LOG=str(log)),
+                          capture_output=True, timeout=300).returncode == 0
+    steps = len(log.read_text().splitlines())
+    assert steps == 2  # written into the scratch folder, renamed into place
+    for k in range(1, steps + 1):
+        (tmp_path / "out" / "m.pt").unlink(missing_ok=True)
+        r = subprocess.run(cmd, env=dict(env, DISTILL_FAULT_AT=str(k)), capture_output=True, timeout=300)
+        assert r.returncode == -9, r.stderr[-500:]
+        out = tmp_path / "out" / "m.pt"
+        assert (k > 1) == out.exists()  # killed before the rename: no file at all, never a half-written one
+        if out.exists():
+            torch.jit.load(str(out))
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        torch.jit.load(str(out))
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["m.pt"]  # the killed run's scratch is swept

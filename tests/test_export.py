@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,7 +151,7 @@ def test_export_errors(tmp_path, capsys):
     model = nn.Linear(3, 2)
     distill.save_checkpoint(tmp_path / "bare", model, factory=("torch.nn:Linear", dict(in_features=3, out_features=2)))
     # (saved without fit: no input shape recorded)
-    err = one_line_error(capsys, "export", tmp_path / "bare", "--format", "torchscript")
+    err = one_line_error(capsys, "export", tmp_path / "bare", "--format", "torchscript", "--trust-factory")
     assert "records no input shape" in err and "--input-shape" in err
     with pytest.raises(DistillError, match="checkpoint file .* not found"):
         from distill.export import export_checkpoint
@@ -167,7 +174,9 @@ def test_end_to_end_npz_to_exported_and_compared_student(tmp_path, capsys):
     assert side["teacher_checkpoint"] == [str(tmp_path / "t" / "model")] and side["val"]["n"] == 40
     code, out, err = run(capsys, "export", tmp_path / "s" / "model", "--format", "onnx")
     assert code == 0, err
-    assert out.startswith(f"onnx: wrote {tmp_path / 's' / 'model.onnx'}") and "over 1,000 inputs (limit 0.0001)" in out
+    # checked on the recorded training data: all 200 examples (fewer than --check-inputs' 1,000)
+    assert out.startswith(f"onnx: wrote {tmp_path / 's' / 'model.onnx'}")
+    assert f"over 200 inputs (limit 0.0001), all 200 of {p.resolve()}'s training examples" in out
     diff = float(out.split("max |ONNX Runtime - PyTorch| = ")[1].split()[0])
     assert diff <= 1e-4
     meta = export_metadata(tmp_path / "s" / "model.onnx")
@@ -198,6 +207,217 @@ def test_end_to_end_npz_to_exported_and_compared_student(tmp_path, capsys):
     np.savez(tmp_path / "six.npz", x_train=x, y_train=np.arange(8) % 6, x_test=x, y_test=np.arange(8) % 6)
     assert "predicts 4 classes" in one_line_error(capsys, "compare", tmp_path / "t" / "model", tmp_path / "s" / "model",
                                                   "--data", tmp_path / "six.npz", "--out", tmp_path / "cmp2")
+
+
+# ---------------------------------------------------------------- never over an input
+
+def _checkpoint(tmp_path, model=None, factory=None, **meta):
+    """A checkpoint in tmp_path/c (an MLP on 8x8 inputs unless ``model``), trained on tmp_path/d.npz."""
+    data = write_npz(tmp_path / "d.npz")
+    model = model if model is not None else MLP(64, [8], 4)
+    meta = dict(dict(input_shape=[8, 8], data_source=dict(path=str(data), target=None)), **meta)
+    distill.save_checkpoint(tmp_path / "c" / "model", model, meta, factory=factory)
+    return tmp_path / "c" / "model", data
+
+
+def test_export_never_writes_over_its_inputs(tmp_path, capsys):
+    from distill.checkpoints import load_checkpoint
+
+    stem, data = _checkpoint(tmp_path)
+    c = tmp_path / "c"
+    (c / "sub").mkdir()
+    (tmp_path / "link.onnx").symlink_to(c / "model.safetensors")
+    (tmp_path / "data-link.pt").symlink_to(data)
+    os.link(c / "model.json", tmp_path / "hard.pt")
+    files = {p: p.read_bytes() for p in (c / "model.safetensors", c / "model.json", data)}
+    outs = [(c / "model.safetensors", "the checkpoint's weights"), (c / "model.json", "the checkpoint's sidecar"),
+            (f"{c}/./model.safetensors", "the checkpoint's weights"), (c / "sub" / ".." / "model.json", "sidecar"),
+            (tmp_path / "link.onnx", "the checkpoint's weights"), (tmp_path / "hard.pt", "sidecar"),
+            (data, "training data"), (tmp_path / "data-link.pt", "training data")]
+    for out, what in outs:
+        for fmt in ("torchscript", "onnx") if onnx_missing is None else ("torchscript",):
+            err = one_line_error(capsys, "export", stem, "--format", fmt, "--out", out)
+            assert f"--out {Path(out)} is " in err and what in err and "give another file with --out" in err, err
+    # the default output, a symlink to the sidecar, is refused as well
+    (c / "model.pt").symlink_to(c / "model.json")
+    assert "the checkpoint's sidecar" in one_line_error(capsys, "export", stem, "--format", "torchscript")
+    assert all(p.read_bytes() == b for p, b in files.items())
+    load_checkpoint(stem)  # still reads
+    assert sorted(p.name for p in c.iterdir()) == ["model.json", "model.pt", "model.safetensors", "sub"]
+    with pytest.raises(DistillError, match="is the checkpoint's weights"):
+        from distill.export import export_checkpoint
+
+        export_checkpoint(c / "model.json", c / "model.safetensors", format="torchscript")
+    # a file of another name beside them is fine
+    code, out, err = run(capsys, "export", stem, "--format", "torchscript", "--out", c / "sub" / "m.pt")
+    assert code == 0 and (c / "sub" / "m.pt").is_file(), err
+
+
+# ---------------------------------------------------------------- one line, not a traceback
+
+class FixedBatch(nn.Module):
+    """Turns the batch size into a number: torch.export fixes it to the example's, 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.lin(x.reshape(int(x.shape[0]), -1))
+
+
+class DataBranch(nn.Module):
+    """A Python branch on the data: torch.export refuses it (with colour codes in its message) and
+    torch.jit.trace would record one side of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 4)
+
+    def forward(self, x, **kwargs):  # **kwargs: torch.jit.script cannot compile it, so it is traced
+        x = x.flatten(1)
+        if x.mean() < 0:
+            return self.lin(-x) + 10
+        return self.lin(x)
+
+
+class Raw255(nn.Module):
+    """Scales raw 0..255 pixels to [0, 1] itself: the branch goes one way on its training data."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 4)
+
+    def forward(self, x, **kwargs):
+        if x.mean() > 5:
+            x = x / 255
+        return self.lin(x.flatten(1))
+
+
+def test_a_wrong_input_shape_is_one_line(tmp_path, capsys):
+    distill.save_checkpoint(tmp_path / "m", MLP(64, [8], 4))  # records no input shape
+    err = one_line_error(capsys, "export", tmp_path / "m", "--format", "torchscript", "--input-shape", "5")
+    assert "MLP cannot run on inputs of shape (5,)" in err and "--input-shape" in err and "unexpected" not in err
+    with pytest.raises(DistillError, match=r"cannot run on inputs of shape \(3, 3\)"):
+        export_model(MLP(64, [8], 4), (3, 3), tmp_path / "m.pt", "torchscript")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+
+
+@needs_onnx
+def test_onnx_runtime_refusing_a_fixed_batch_is_one_line(tmp_path):
+    with pytest.raises(DistillError) as e:
+        export_model(FixedBatch(), (6,), tmp_path / "f.onnx", "onnx")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("ONNX Runtime cannot run the export of FixedBatch on a batch of 1000")
+    assert "fixed the batch size" in msg and "x.flatten(1)" in msg and "f.onnx was not written" in msg
+    assert list(tmp_path.iterdir()) == []  # the scratch folder went with the error
+
+
+@needs_onnx
+def test_onnx_errors_carry_no_terminal_escapes(tmp_path, capsys):
+    stem, _ = _checkpoint(tmp_path, DataBranch(), factory=("test_export:DataBranch", {}))
+    err = one_line_error(capsys, "export", stem, "--format", "onnx", "--trust-factory")
+    assert "torch.onnx.export failed for DataBranch" in err and "\x1b" not in err and "[0m" not in err
+    assert "This is step 1/3 of exporting" in err  # the exporter's text, minus its colours
+
+
+def test_plain_text_strips_escape_sequences():
+    from distill.export import _first_line, plain_text
+
+    assert plain_text("\x1b[96mstep 1/3\x1b[0m \x1b[1;31mred\x1b[m \x1b]0;title\x07ok\x1b(B \x9b2Kx") == \
+        "step 1/3 red ok x"
+    assert _first_line(RuntimeError("\x1b[31m\n  \x1b[0mfirst\tline\x00 \nsecond")) == "first line"
+
+
+# ---------------------------------------------------------------- tracing checked on the data's range
+
+def test_a_traced_branch_on_the_sign_is_refused(tmp_path):
+    """Traced on [0, 1) inputs and checked on them, DataBranch used to export with its negative
+    branch silently gone; the check's inputs now have both signs."""
+    notes = []
+    with pytest.raises(DistillError, match=r"differs from PyTorch .* was not written; it was traced \(torch.jit.script "
+                                           r"cannot compile it\).* make forward scriptable") as e:
+        export_model(DataBranch(), (8, 8), tmp_path / "b.pt", "torchscript", log=notes.append)
+    assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
+    assert "tracing it instead" in notes[0]
+
+
+def test_tracing_is_checked_on_the_recorded_training_data(tmp_path, capsys):
+    """Raw255 on raw pixels: traced on uniform [0, 1) inputs it used to skip its scaling; traced and
+    checked on the training data the checkpoint records it exports right, and says it was traced."""
+    from distill.data.files import load_files
+
+    x, _ = images(120)
+    np.savez(tmp_path / "raw.npz", x_train=x * 255, y_train=np.arange(120) % 4)
+    torch.manual_seed(0)
+    stem, _ = _checkpoint(tmp_path, Raw255(), factory=("test_export:Raw255", {}),
+                          data_source=dict(path=str(tmp_path / "raw.npz"), target=None))
+    code, out, err = run(capsys, "export", stem, "--format", "torchscript", "--trust-factory")
+    assert code == 0, err
+    model, _ = distill.load_checkpoint(stem, trust_factory=True)
+    real = load_files(tmp_path / "raw.npz", log=lambda *a: None).train.x
+    loaded = torch.jit.load(str(stem.with_suffix(".pt")))
+    with torch.no_grad():
+        assert torch.allclose(loaded(real), model.eval()(real), atol=1e-5)  # right on the data it will see
+    assert "torch.jit.trace" in out and f"all 120 of {tmp_path / 'raw.npz'}'s training examples" in out
+    assert "traced, not scripted" in out
+    res = distill.export.export_checkpoint(stem, tmp_path / "again.pt", "torchscript", trust_factory=True,
+                                           log=lambda *a: None)
+    assert res.traced and res.n_checked == 120 and "raw.npz" in res.inputs
+    # with no data recorded, random inputs of both signs and several scales
+    res = export_model(MLP(64, [8], 4), (8, 8), tmp_path / "m.pt", "torchscript")
+    assert not res.traced and res.inputs.startswith("random inputs")
+    from distill.export import check_inputs
+
+    r = check_inputs((64,), 400)
+    assert r.min() < -3 and r.max() > 3 and (r[0::4] >= 0).all() and (r[2::4] < 0).all()
+
+
+# ---------------------------------------------------------------- scratch folders
+
+def test_an_interrupted_exports_scratch_is_swept(tmp_path):
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:60]  # as the scratch folders name it
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    proc.wait()
+    gone = proc.pid  # a process that has ended
+    killed = tmp_path / f".distill-export.{host}.{gone}.k1ll3d"  # what a killed export leaves
+    stale = tmp_path / ".distill-export.otherhost.12.old_01"  # untouched for two days
+    live = tmp_path / f".distill-export.{host}.{os.getpid()}.live01"  # a running export's (this process)
+    elsewhere = tmp_path / ".distill-export.otherhost.12.new_01"  # maybe running on another machine
+    user = [tmp_path / ".m.pt.keep01", tmp_path / ".distill-export-notes", tmp_path / "user"]
+    for d in (killed, stale, live, elsewhere, *user):
+        d.mkdir()
+        (d / "m.pt").write_bytes(b"partial")
+    old = time.time() - 2 * 86400
+    os.utime(stale, (old, old))
+    (tmp_path / f".distill-export.{host}.{gone}.afile1").write_text("a file, not a folder of ours")
+    (tmp_path / f".distill-export.{host}.{gone}.link01").symlink_to(tmp_path / "user")
+    notes = []
+    res = export_model(MLP(64, [8], 4), (64,), tmp_path / "m.pt", "torchscript", log=notes.append)
+    assert res.path.is_file()
+    assert not killed.exists() and not stale.exists()
+    assert live.is_dir() and elsewhere.is_dir() and all((d / "m.pt").read_bytes() == b"partial" for d in user)
+    assert (tmp_path / f".distill-export.{host}.{gone}.afile1").is_file()
+    assert (tmp_path / f".distill-export.{host}.{gone}.link01").is_symlink()
+    assert f"removed 2 scratch folder(s) an interrupted export left in {tmp_path}" in notes[0]
+
+
+def test_a_failed_or_interrupted_export_removes_its_scratch(tmp_path, monkeypatch):
+    import distill.export as E
+
+    made = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(E.tempfile, "mkdtemp", lambda *a, **kw: made.append(Path(real(*a, **kw))) or str(made[-1]))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.jit, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(MLP(64, [8], 4), (64,), tmp_path / "m.pt", "torchscript")
+    assert re.fullmatch(r"\.distill-export\.[A-Za-z0-9-]+\.\d+\.\w+", made[0].name)  # named as distill's own
+    assert made[0].parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("cmd", ["export", "compare"])

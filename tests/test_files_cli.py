@@ -413,6 +413,8 @@ def test_user_factory_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert "must be a JSON object" in one_line_error(capsys, "teacher", "--model", f"{name}:make", "--model-args",
                                                      "[1, 2]", *o)
     assert "give --model too" in one_line_error(capsys, "teacher", "--model-args", "{}", *o)
+    deep = '{"a": ' * 20000 + "1" + "}" * 20000
+    assert "nested" in one_line_error(capsys, "teacher", "--model", f"{name}:make", "--model-args", deep, *o)
     assert "failed: RuntimeError: no GPU here" in one_line_error(capsys, "teacher", "--model", f"{name}:broken", *o)
     assert "failed: TypeError" in one_line_error(capsys, "teacher", "--model", f"{name}:make", *o)  # missing args
     assert "not a torch.nn.Module" in one_line_error(capsys, "teacher", "--model", f"{name}:not_a_module", *o)

@@ -187,6 +187,15 @@ def _common_train(p, epochs, hidden):
                                     "$DISTILL_DEVICE, else cpu); `distill reproduce` reads $DISTILL_DEVICE")
     p.add_argument("--out", required=True, help="output folder (checkpoint, state for resuming, log)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.add_argument("--no-guard", action="store_true",
+                   help="turn the divergence guard off: a loss that explodes or collapses back to a constant "
+                        "prediction no longer stops the run (non-finite outputs still do)")
+
+
+def _trust_flag(p) -> None:
+    p.add_argument("--trust-factory", action="store_true",
+                   help="let checkpoints rebuild their model with a factory outside distill (imports and runs that "
+                        "code: only for checkpoints you trust; see also $DISTILL_TRUSTED_MODULES)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_train(s, epochs=20, hidden=[800, 800])
     s.add_argument("--teacher", action="append",
                    help="teacher checkpoint: distil from its soft targets; repeat for an ensemble")
+    _trust_flag(s)
     s.add_argument("--combine", choices=["arithmetic", "geometric"], default="arithmetic",
                    help="how an ensemble's softened distributions are averaged (several --teacher)")
     _num(s, "--temperature", help="distillation temperature T (default 20; 1 on label masks, 4 with --cwd; needs "
@@ -224,12 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test errors, accuracy and NLL of a checkpoint")
     e.add_argument("checkpoint")
+    _trust_flag(e)
     _common_data(e)
     e.add_argument("--json", action="store_true", help="print a JSON object")
 
     # issue 15: ship the student
     x = sub.add_parser("export", help="export a checkpoint to ONNX (checked in ONNX Runtime) or TorchScript")
     x.add_argument("checkpoint")
+    _trust_flag(x)
     x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="(default onnx)")
     x.add_argument("--out", help="file to write (default: the checkpoint's path with .onnx or .pt)")
     _num(x, "--check-inputs", default=1000, help="inputs on which the export is compared with PyTorch (default 1000)",
@@ -241,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="a teacher beside its students: size, accuracy, agreement, latency")
     c.add_argument("teacher", help="the teacher's checkpoint")
     c.add_argument("students", nargs="+", metavar="student", help="student checkpoint(s)")
+    _trust_flag(c)
     _common_data(c, train_size=False)
     _num(c, "--threads", default=1, help="threads for PyTorch and ONNX Runtime (default 1)", integer=True, minimum=1)
     _num(c, "--repeats", default=100, help="timed runs per latency figure (default 100)", integer=True, minimum=1)
@@ -270,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "sharded soft-target store; under torchrun each process computes its shards")
     tg.add_argument("--teacher", action="append", required=True,
                     help="teacher checkpoint; repeat for an ensemble")
+    _trust_flag(tg)
     tg.add_argument("--combine", choices=["arithmetic", "geometric"], default="arithmetic",
                     help="how an ensemble's softened distributions are averaged (several --teacher)")
     _num(tg, "--temperature", default=1.0, help="T at which an arithmetic ensemble is combined (its stored logits "
@@ -445,7 +459,8 @@ def _config(args, teacher_mode: bool):
     from distill.training import TrainConfig
 
     common = dict(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                  momentum=args.momentum, schedule=args.schedule, seed=args.seed, precision=args.precision)
+                  momentum=args.momentum, schedule=args.schedule, seed=args.seed, precision=args.precision,
+                  divergence=None if getattr(args, "no_guard", False) else "stop")
     if teacher_mode:
         return TrainConfig(jitter=args.jitter, **common)
     given = [f for f, v in (("--temperature", args.temperature), ("--hard-weight", args.hard_weight),
@@ -515,15 +530,11 @@ def _user_model(target: str, model_args: str | None):
     """``(model, (target, kwargs))`` from ``--model target --model-args JSON``."""
     from torch import nn
 
-    from distill.checkpoints import import_factory
+    from distill.checkpoints import import_factory, safe_json_loads
 
     kwargs = {}
-    if model_args is not None:
-        try:
-            kwargs = json.loads(model_args)
-        except ValueError as e:
-            raise DistillError(f"--model-args is not valid JSON ({e}); give an object, e.g. '{{\"width\": 64}}'") \
-                from None
+    if model_args is not None:  # bounded in size and nesting, like every JSON distill reads
+        kwargs = safe_json_loads(model_args, "--model-args", "give an object, e.g. '{\"width\": 64}'")
         if not isinstance(kwargs, dict):
             raise DistillError(f"--model-args must be a JSON object of keyword arguments, got {model_args!r}")
     factory = import_factory(target)
@@ -569,7 +580,7 @@ def _train(args, teacher_mode: bool):
             side = load_tensors(path)[1]
             _check_fits(f"teacher {path}", side, data)
             teacher_classes = side.get("num_classes") or teacher_classes
-        teacher = distill.Teacher(args.teacher, combine=args.combine)
+        teacher = distill.Teacher(args.teacher, combine=args.combine, trust_factory=args.trust_factory)
         out2 = _run_on("the teacher" if len(args.teacher) == 1 else "the teacher ensemble", teacher.forward,
                        first_inputs(data.train), data)
         teacher_classes = teacher_classes or int(out2.shape[1])
@@ -621,7 +632,7 @@ def _evaluate(args):
     from distill.metrics import classification_metrics, expected_calibration_error, predict_logits
     from distill.models import count_params
 
-    model, side = load_checkpoint(args.checkpoint)
+    model, side = load_checkpoint(args.checkpoint, trust_factory=args.trust_factory)
     data = _load_any(args, recorded=side)
     _check_fits(args.checkpoint, side, data)
     if data.test is None:
@@ -653,16 +664,22 @@ def _evaluate(args):
 def _store_teacher(paths, data):
     """A ``--teacher`` that names a soft-target store folder (``distill targets --out``): a Teacher
     over it, checked against ``data``; None when the paths are checkpoints."""
-    from distill.soft_targets import SoftTargetStore
+    from distill.soft_targets import SoftTargetStore, unfinished_build
     from distill.sources import as_source
     from distill.teachers import Teacher
 
+    for p in paths:
+        done = unfinished_build(p)
+        if done is not None:
+            raise DistillError(f"{p} is an unfinished soft-target store ({done}: its build was interrupted or is "
+                               f"still running); run the same `distill targets ... --out {p}` again to finish it")
     stores = [p for p in paths if Path(p).is_dir() and (Path(p) / "meta.json").is_file()]
     if not stores:
         return None
     if len(paths) > 1:
         raise DistillError("a soft-target store is already a (combined) teacher: give it as the only --teacher")
-    store = SoftTargetStore.open(stores[0], verify=False)
+    # every file re-hashed against meta.json: values changed in place must not train a student unnoticed
+    store = SoftTargetStore.open(stores[0], verify=True)
     if store.meta.get("data") != as_source(data).fingerprint:
         raise DistillError(f"the store {stores[0]} was built over other data than {data.name}'s training set "
                            "(another --dataset, --data or --train-size?)")
@@ -687,7 +704,8 @@ def _targets(args):
     data = _load_any(args)
     for path in args.teacher:
         _check_fits(f"teacher {path}", load_tensors(path)[1], data)
-    teacher = distill.Teacher(args.teacher, combine=args.combine, temperature=args.temperature)
+    teacher = distill.Teacher(args.teacher, combine=args.combine, temperature=args.temperature,
+                              trust_factory=args.trust_factory)
     _run_on("the teacher" if len(args.teacher) == 1 else "the teacher ensemble", teacher.forward,
             first_inputs(data.train), data)
     store = build_store(out, teacher, data.train, dtype=args.dtype, top_k=args.top_k, shards=args.shards,
@@ -716,10 +734,14 @@ def _export(args):
     from distill.export import export_checkpoint
 
     res = export_checkpoint(args.checkpoint, args.out, args.format, input_shape=args.input_shape,
-                            n_check=args.check_inputs, tolerance=args.tolerance, log=_log)
+                            n_check=args.check_inputs, tolerance=args.tolerance, log=_log,
+                            trust_factory=args.trust_factory)
     runtime = "ONNX Runtime" if args.format == "onnx" else "TorchScript"
+    # a traced module is right only where its inputs take the path the check inputs took: say so
+    traced = ("; traced, not scripted: branches in forward that depend on the data follow the path these "
+              "inputs took" if res.traced else "")
     print(f"{args.format}: wrote {res.path} ({res.bytes / 1e6:.2f} MB, {res.method}); max |{runtime} - PyTorch| = "
-          f"{res.max_abs_diff:.2e} over {res.n_checked:,} inputs (limit {res.tolerance:g})")
+          f"{res.max_abs_diff:.2e} over {res.n_checked:,} inputs (limit {res.tolerance:g}), {res.inputs}{traced}")
 
 
 def _compare(args):
@@ -731,7 +753,7 @@ def _compare(args):
     for path, side in sides.items():
         _check_fits(path, side, data)
     result = C.compare(args.teacher, args.students, data, threads=args.threads, repeats=args.repeats,
-                       warmup=args.warmup, onnx=args.onnx, log=_log)
+                       warmup=args.warmup, onnx=args.onnx, log=_log, trust_factory=args.trust_factory)
     files = C.write(result, args.out)
     print(C.markdown(result), end="")
     print(f"wrote {files['md']}, {files['json']}, {files['png']}")
@@ -744,13 +766,20 @@ def _plot(args):
     print(f"wrote {path}")
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (ANSI colour codes dropped, at most 500 characters)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", str(e)).strip()
+    text = " ".join(text.split()) or type(e).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
 def main(argv=None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once in logs too
     from distill import distributed
 
-    if os.getcwd() not in sys.path and "" not in sys.path:  # --model and checkpoint factories: as `python -m`
-        sys.path.append(os.getcwd())
     try:
         args = build_parser().parse_args(argv)
         _check_numbers(args)
@@ -778,7 +807,17 @@ def main(argv=None) -> int:
         elif args.command == "bench":
             _bench(args)
     except (DistillError, ValueError) as e:
-        print(f"distill: error: {e}", file=sys.stderr)
+        print(f"distill: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a command never ends in a traceback; $DISTILL_DEBUG shows it
+        if os.environ.get("DISTILL_DEBUG"):
+            raise
+        if distributed.world()[1] > 1 and isinstance(e, RuntimeError):  # a collective failed: a peer died
+            print(f"distill: error: process {distributed.world()[0]} stopped: another process of this torchrun job "
+                  f"failed or was killed ({_one_line(e)[:200]}); rerun the same command to resume", file=sys.stderr)
+            return 2
+        print(f"distill: error: unexpected {type(e).__name__}: {_one_line(e)} (set DISTILL_DEBUG=1 for the "
+              "traceback, and please report it)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("distill: interrupted; run the same command again to resume", file=sys.stderr)
