@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import distill
 from distill.data import load_mnist
-from distill.models import MLP
-from distill.sources import as_source
+from distill.models.classifiers import MLP
+from distill.data.sources import as_source
 
 
 def main():

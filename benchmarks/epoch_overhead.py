@@ -14,7 +14,7 @@ on hard labels, for ``--epochs`` epochs; each round runs the four variants, alte
 it records (``history[i]["train_seconds"]``: every batch's copy, forward, loss, backward, step,
 max-norm hook and loss bookkeeping, without evaluation, as no val/test set is given). Prints the
 median seconds per epoch of each variant and the two ratios ``fit / bare``. The measuring code
-is :func:`distill.bench.fit_vs_bare`, which ``distill bench`` runs too.
+is :func:`distill.tools.bench.fit_vs_bare`, which ``distill bench`` runs too.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import argparse
 
 import torch
 
-from distill.bench import fit_vs_bare
+from distill.tools.bench import fit_vs_bare
 from distill.data import load_mnist
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.augment import jitter  # the package's own jitter (runs on the tensors' device)
+from distill.data.augment import jitter  # the package's own jitter (runs on the tensors' device)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 OUT = os.environ.get("OUT", "/tmp/sweep_out")
@@ -101,7 +101,7 @@ def export(cache, teachers, out):
         name, stage = spec.split("=", 1)
         t, side = load_tensors(os.path.join(cache, stage, "model"))
         if (side.get("factory") or {}).get("target") != "distill.models:MLP":
-            raise SystemExit(f"{stage} is not a distill.models.MLP checkpoint")
+            raise SystemExit(f"{stage} is not a distill.models.classifiers.MLP checkpoint")
         keys = sorted((k for k in t if k.endswith("weight")), key=lambda k: int(k.split(".")[1]))
         save_weights(os.path.join(out, f"teacher_{name}.npz"), [(t[k].T, t[k[:-6] + "bias"]) for k in keys])
         print(f"wrote {out}/teacher_{name}.npz from {stage}")

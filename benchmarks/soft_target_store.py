@@ -26,7 +26,7 @@ import torch
 import distill
 from distill import losses
 from distill.data import load_mnist
-from distill.models import MLP
+from distill.models.classifiers import MLP
 
 
 def epoch(student, opt, x, y, targets, gen, batch_size=128, temperature=20.0, hard_weight=0.1):

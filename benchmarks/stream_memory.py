@@ -6,8 +6,8 @@
 For each row count it writes a synthetic transfer set to disk (``x.npy``: ``rows x 784`` uint8
 pixels in {0, 1}, class templates with 10 % of the pixels flipped; ``y.npy``: int64 labels),
 builds a sharded soft-target store over it (a fresh 784-10 linear teacher, float16,
-:func:`distill.soft_targets.build_store`), then runs one student epoch (``fit``, T = 4, batch 128)
-in a fresh process reading the inputs through :class:`distill.sources.ArrayDataset`
+:func:`distill.teachers.store.build_store`), then runs one student epoch (``fit``, T = 4, batch 128)
+in a fresh process reading the inputs through :class:`distill.data.sources.ArrayDataset`
 (``np.load(mmap_mode="r")``, each batch's rows read from the file, one batch ahead) and the targets from
 the store by example index. Each child reports its peak RSS (``VmHWM``), its RSS after imports and
 its examples/s; the smallest row count also runs with the same rows and targets held in memory
@@ -57,14 +57,15 @@ def write_transfer_set(folder: Path, rows: int, seed: int = 0, chunk: int = 100_
 
 
 def build(folder: Path, shards: int) -> None:
-    from distill.soft_targets import build_store  # distill first: it sets OMP_WAIT_POLICY before torch loads
+    from distill.teachers.teacher import Teacher
+    from distill.teachers.store import build_store  # distill first: it sets OMP_WAIT_POLICY before torch loads
 
     import torch
-    from distill.sources import ArrayDataset
+    from distill.data.sources import ArrayDataset
 
     torch.manual_seed(0)
     teacher = torch.nn.Linear(FEATURES, CLASSES)
-    build_store(folder / "store", teacher, ArrayDataset(folder / "x.npy", folder / "y.npy"), dtype="float16",
+    build_store(folder / "store", Teacher(teacher), ArrayDataset(folder / "x.npy", folder / "y.npy"), dtype="float16",
                 shards=shards, batch_size=4096, progress=False, log=lambda *a: None)
 
 
@@ -81,9 +82,9 @@ def child(spec: dict) -> None:
 
     import torch
     from distill import distributed
-    from distill.models import MLP
-    from distill.soft_targets import SoftTargetStore
-    from distill.sources import ArrayDataset
+    from distill.models.classifiers import MLP
+    from distill.teachers.store import SoftTargetStore
+    from distill.data.sources import ArrayDataset
 
     distributed.init_from_env()
     rank, world = distributed.world()

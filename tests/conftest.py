@@ -1,8 +1,11 @@
 """Shared fixtures. Most tests run on small *generated* data (``toy``, ``blobs``): fast, and
 independent of any download. Only tests about MNIST itself use ``mnist`` / ``small``, which skip
 with a message saying what to do when no MNIST source is reachable."""
+import json  # noqa: F401 - the CLI helpers' callers read their JSON output
 import os
+import sys  # noqa: F401
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,3 +79,78 @@ def mnist():
 def small(mnist):
     """1,000 training and 500 test images of real MNIST, stratified, fixed seed."""
     return mnist.subset(train=1000, test=500, seed=0)
+
+
+# ---------------------------------------------------------------- helpers shared by test modules
+
+from distill.cli import main  # noqa: E402 - after the thread setting above
+
+def quiet(*_a):
+    """A ``log=`` that prints nothing."""
+
+
+#: classes of the generated file data sets below
+CLASSES = 4
+
+
+def images(n: int, seed: int = 0, size=(8, 8), noise: float = 0.2):
+    """``n`` grey images in [0, 1] of ``CLASSES`` classes (class templates fixed across seeds)."""
+    templates = (np.random.default_rng(123).random((CLASSES, *size)) > 0.6).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % CLASSES
+    x = np.clip(templates[y] + noise * rng.standard_normal((n, *size)), 0, 1).astype(np.float32)
+    return x, y
+
+
+def write_npz(path, n_train=120, n_val=40, n_test=40, labeled=True, **extra):
+    (xtr, ytr), (xv, yv), (xte, yte) = images(n_train, 0), images(n_val, 1), images(n_test, 2)
+    arrays = dict(x_train=xtr, x_val=xv, y_val=yv, x_test=xte, y_test=yte)
+    if labeled:
+        arrays["y_train"] = ytr
+    arrays.update(extra)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def write_folder(root, splits=(("train", 24), ("val", 8), ("test", 8)), colour=False, suffix=".png", labeled=True):
+    from PIL import Image
+
+    for k, (split, n) in enumerate(splits):
+        x, y = images(n, k)
+        for i in range(n):
+            folder = root / split / f"c{y[i]}" if labeled or split != "train" else root / split
+            folder.mkdir(parents=True, exist_ok=True)
+            a = (x[i] * 255).round().astype(np.uint8)
+            img = Image.fromarray(np.stack([a, a[::-1], a.T], -1) if colour else a)
+            img.save(folder / f"{i:03d}{suffix}")
+    return root
+
+
+def table(n: int, seed: int, names=("apple", "banana", "cherry")):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(names)
+    centres = np.array([[0, 0, 0], [3, 0, 1], [0, 3, -1]], dtype=float)
+    x = centres[y] + rng.standard_normal((n, 3))
+    df = pd.DataFrame(x, columns=["f1", "f2", "f3"])
+    df["count"] = rng.integers(0, 5, n)  # an integer feature
+    df["fruit"] = np.asarray(names)[y]
+    return df
+
+
+def run(capsys, *argv):
+    """main(argv) -> (exit code, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(capsys, *argv) -> str:
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("distill: error: ") and "Traceback" not in err, err
+    return err
+
+
+# ---------------------------------------------------------------- formats round-trip

@@ -5,6 +5,22 @@ The public API (everything else is internal)::
     import distill
     result = distill.fit(student, (x, y), distill.TrainConfig(epochs=20, temperature=4.0),
                          teacher=teacher, val=(x_val, y_val), run_dir="runs/student")
+
+The package is built in layers; a module imports only from its own layer and the ones listed
+before it (``tests/test_layers.py`` parses every import and fails on an upward one or a circle):
+
+    core         errors, checks (numbers, temperatures), digest, atomic (writes, the folder lock),
+                 checkpoints, distributed
+    losses/      functional (the formulas, pure) · objectives (what fit calls)
+    data/        sources (what fit accepts) · datasets, files, augment, transfer sets
+    metrics      evaluation over a source
+    models/      classifiers (MLP, CNN) · segmentation (DeepLabV3, MobileNetSeg)
+    teachers/    teacher (Teacher, Ensemble) · store (the soft-target store: knows nothing of Teacher)
+    train/       fit · config · rundir · divergence · augmenter
+    methods/     specialists · trees · tuning (held-out selection)
+    tools/       bench · compare · export · plots
+    experiments/ the paper's experiments and the registry
+    cli          the ``distill`` command
 """
 
 __version__ = "0.2.0"
@@ -21,12 +37,13 @@ if "OMP_WAIT_POLICY" not in _os.environ and "torch" not in _sys.modules:
 
 from distill.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
-from distill.losses import Distillation, HardLabels, LogitMatching  # noqa: E402
+from distill.losses.objectives import Distillation, HardLabels, LogitMatching
 from distill.metrics import evaluate, predict_logits  # noqa: E402
-from distill.soft_targets import SoftTargetStore, get_store  # noqa: E402
-from distill.sources import as_source  # noqa: E402
-from distill.teachers import Ensemble, Teacher  # noqa: E402
-from distill.training import FitResult, TrainConfig, TrainingDiverged, fit, seed_everything  # noqa: E402
+from distill.teachers import store as _store  # noqa: E402
+from distill.teachers.store import SoftTargetStore  # noqa: E402
+from distill.data.sources import as_source  # noqa: E402
+from distill.teachers.teacher import Ensemble, Teacher  # noqa: E402
+from distill.train.fit import FitResult, TrainConfig, TrainingDiverged, fit, seed_everything  # noqa: E402
 
 __all__ = [
     "fit", "TrainConfig", "FitResult", "TrainingDiverged", "seed_everything",
@@ -37,3 +54,9 @@ __all__ = [
     "save_checkpoint", "load_checkpoint",
     "DistillError",
 ]
+
+
+def get_store(root, teacher, data, **options) -> SoftTargetStore:
+    """:func:`distill.teachers.store.get_store` for ``teacher`` given as anything
+    :class:`distill.Teacher` accepts (a module, an ensemble, a checkpoint path, a Teacher)."""
+    return _store.get_store(root, teacher if isinstance(teacher, Teacher) else Teacher(teacher), data, **options)

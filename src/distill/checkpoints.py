@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from distill.atomic import atomic_write_bytes, atomic_write_json
 from distill.digest import tensors_digest
 from distill.errors import DistillError
 
@@ -36,87 +37,22 @@ MAX_JSON_BYTES = 64 << 20
 MAX_JSON_DEPTH = 64
 
 
+def distill_version() -> str:
+    """The installed package's version (read from its metadata: core imports nothing above it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("distill")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def versions() -> dict:
     import numpy
     import safetensors
 
-    from distill import __version__
-
-    return dict(distill=__version__, torch=torch.__version__, numpy=numpy.__version__,
+    return dict(distill=distill_version(), torch=torch.__version__, numpy=numpy.__version__,
                 safetensors=safetensors.__version__, python=platform.python_version())
-
-
-_FAULT_STEPS = [0]
-
-
-def fault_point(step: str) -> None:
-    """Fault injection for the crash-safety tests: every file-system step of a checkpoint or store
-    write calls this; with ``$DISTILL_FAULT_AT=k`` the process SIGKILLs itself at the k-th step
-    (``$DISTILL_FAULT_LOG``, when set, names a file that gets one line per step reached)."""
-    at = os.environ.get("DISTILL_FAULT_AT")
-    if at is None:
-        return
-    _FAULT_STEPS[0] += 1
-    log = os.environ.get("DISTILL_FAULT_LOG")
-    if log:
-        with open(log, "a") as f:
-            f.write(f"{_FAULT_STEPS[0]} {step}\n")
-    if _FAULT_STEPS[0] == int(at):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-#: the suffix of distill's temporary files: a sweep after a kill removes these and no file of the user's
-TMP_SUFFIX = ".distill.tmp"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, fsync, rename over ``path``. A full disk is a
-    :class:`DistillError` naming the file; the old ``path`` is untouched and no temporary is left."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=TMP_SUFFIX)
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like any file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        fault_point(f"written {tmp}")
-        os.replace(tmp, path)
-        tmp = None
-        fault_point(f"renamed {path}")
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DistillError(f"disk full while writing {path}; free space and rerun the same command "
-                               "to resume") from None
-        raise
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-def remove_temporaries(folder: Path) -> int:
-    """Delete the temporaries (``*.distill.tmp``, only distill's own) a killed write left in ``folder`` (call it while holding the
-    folder's lock). Returns how many were removed."""
-    n = 0
-    for p in Path(folder).glob("*" + TMP_SUFFIX):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
 
 
 def _depth(obj, limit: int) -> int:
@@ -275,6 +211,12 @@ OWN_FACTORIES = frozenset({
     "distill.models:MLP", "distill.models:CNN",
     "distill.segmentation:DeepLabV3", "distill.segmentation:MobileNetSeg",
 })
+#: stable factory names recorded before a module moved -> where the callable lives now (checkpoints
+#: written by earlier versions keep loading; the recorded name also stays the run keys' name)
+FACTORY_ALIASES = {
+    "distill.segmentation:DeepLabV3": "distill.models.segmentation:DeepLabV3",
+    "distill.segmentation:MobileNetSeg": "distill.models.segmentation:MobileNetSeg",
+}
 #: environment variable: comma-separated module prefixes whose factories checkpoints may name
 TRUST_ENV = "DISTILL_TRUSTED_MODULES"
 
@@ -309,7 +251,7 @@ def import_factory(target: str):
     """The callable named by ``"package.module:attr"`` (``attr`` may be dotted). Imports the module;
     never unpickles. The caller decides whether ``target`` may be imported (the user named it, or
     :func:`factory_is_trusted`)."""
-    module, attr = parse_factory_target(target)
+    module, attr = parse_factory_target(FACTORY_ALIASES.get(target, target))
     try:
         obj = importlib.import_module(module)
         for part in attr.split("."):

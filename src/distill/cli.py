@@ -109,7 +109,7 @@ def _num(p: _Parser, flag: str, default=None, help: str | None = None, nargs=Non
 
 
 def _number(flag: str, value, rules: dict):
-    from distill.losses import check_number
+    from distill.checks import check_number
 
     if isinstance(value, str):
         try:
@@ -334,7 +334,6 @@ def _log(msg) -> None:
 def _load_data(args, name: str | None = None):
     """The built-in data set ``name`` (default ``--dataset``, else mnist) as a distill Dataset."""
     from distill import data as D
-
     if getattr(args, "data", None) is not None:
         raise DistillError(f"`distill {args.command}` reads --dataset only; --data works with teacher, student, "
                            "evaluate and compare")
@@ -455,8 +454,8 @@ def _check_out(out: str) -> Path:
 
 def _config(args, teacher_mode: bool):
     """The TrainConfig of ``teacher``/``student``, built (and so checked) before any data loads."""
-    from distill.losses import LogitMatching
-    from distill.training import TrainConfig
+    from distill.losses.objectives import LogitMatching
+    from distill.train.fit import TrainConfig
 
     common = dict(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                   momentum=args.momentum, schedule=args.schedule, seed=args.seed, precision=args.precision,
@@ -491,7 +490,7 @@ def _config(args, teacher_mode: bool):
 def _build_model(args, data, teacher_mode: bool, num_classes: int):
     """``(model, factory)``: the user's ``--model`` (its factory recorded as given) or a built-in
     ``--arch`` (which carries its own factory, so None)."""
-    from distill.models import CNN, MLP
+    from distill.models.classifiers import CNN, MLP
 
     if args.arch in ("deeplab", "mobilenet") or _is_dense(data):
         return _segmentation_model(args, data, num_classes)
@@ -559,11 +558,13 @@ def _data_meta(args, data) -> dict:
 def _train(args, teacher_mode: bool):
     import dataclasses
 
-    import distill
+    from distill.teachers.teacher import Teacher
+
+    from distill.train.fit import TrainConfig, fit, seed_everything
     from distill import distributed
     from distill.checkpoints import load_tensors
     from distill.data.files import first_inputs
-    from distill.training import resolve_device, seed_everything
+    from distill.train.fit import resolve_device, seed_everything
 
     out = _check_out(args.out)
     if teacher_mode and args.jitter is None:
@@ -580,7 +581,7 @@ def _train(args, teacher_mode: bool):
             side = load_tensors(path)[1]
             _check_fits(f"teacher {path}", side, data)
             teacher_classes = side.get("num_classes") or teacher_classes
-        teacher = distill.Teacher(args.teacher, combine=args.combine, trust_factory=args.trust_factory)
+        teacher = Teacher(args.teacher, combine=args.combine, trust_factory=args.trust_factory)
         out2 = _run_on("the teacher" if len(args.teacher) == 1 else "the teacher ensemble", teacher.forward,
                        first_inputs(data.train), data)
         teacher_classes = teacher_classes or int(out2.shape[1])
@@ -606,7 +607,7 @@ def _train(args, teacher_mode: bool):
         num_classes = teacher_classes  # a transfer set without (all) labels: the teacher's classes
     model, factory = _build_model(args, data, teacher_mode, num_classes)
     name = "teacher" if teacher_mode else ("student-distilled" if teacher is not None else "student-hard")
-    res = distill.fit(model, data.train, config, teacher=teacher, val=data.val, test=data.test, run_dir=out,
+    res = fit(model, data.train, config, teacher=teacher, val=data.val, test=data.test, run_dir=out,
                       device=args.device, factory=factory,
                       meta=dict(name=name, teacher_checkpoint=getattr(args, "teacher", None), **_data_meta(args, data)),
                       progress=not args.no_progress, log=_log)
@@ -630,7 +631,7 @@ def _evaluate(args):
     from distill.checkpoints import load_checkpoint
     from distill.data.files import first_inputs
     from distill.metrics import classification_metrics, expected_calibration_error, predict_logits
-    from distill.models import count_params
+    from distill.models.classifiers import count_params
 
     model, side = load_checkpoint(args.checkpoint, trust_factory=args.trust_factory)
     data = _load_any(args, recorded=side)
@@ -664,9 +665,9 @@ def _evaluate(args):
 def _store_teacher(paths, data):
     """A ``--teacher`` that names a soft-target store folder (``distill targets --out``): a Teacher
     over it, checked against ``data``; None when the paths are checkpoints."""
-    from distill.soft_targets import SoftTargetStore, unfinished_build
-    from distill.sources import as_source
-    from distill.teachers import Teacher
+    from distill.teachers.store import SoftTargetStore, unfinished_build
+    from distill.data.sources import as_source
+    from distill.teachers.teacher import Teacher
 
     for p in paths:
         done = unfinished_build(p)
@@ -690,12 +691,13 @@ def _store_teacher(paths, data):
 
 
 def _targets(args):
-    import distill
+    from distill.teachers.teacher import Teacher
+    from distill.train.fit import TrainConfig, fit, seed_everything
     from distill import distributed
     from distill.checkpoints import load_tensors
     from distill.data.files import first_inputs
-    from distill.soft_targets import build_store
-    from distill.training import resolve_device
+    from distill.teachers.store import build_store
+    from distill.train.fit import resolve_device
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -704,7 +706,7 @@ def _targets(args):
     data = _load_any(args)
     for path in args.teacher:
         _check_fits(f"teacher {path}", load_tensors(path)[1], data)
-    teacher = distill.Teacher(args.teacher, combine=args.combine, temperature=args.temperature,
+    teacher = Teacher(args.teacher, combine=args.combine, temperature=args.temperature,
                               trust_factory=args.trust_factory)
     _run_on("the teacher" if len(args.teacher) == 1 else "the teacher ensemble", teacher.forward,
             first_inputs(data.train), data)
@@ -718,8 +720,7 @@ def _targets(args):
 
 
 def _bench(args):
-    from distill import bench
-
+    from distill.tools import bench as bench
     results = bench.run(quick=args.quick, skip=args.skip, data=args.dataset, train_size=args.train_size,
                         rounds=args.rounds, seeds=args.seeds, precision_epochs=args.precision_epochs,
                         batch_size=args.batch_size, log=_log)
@@ -731,7 +732,7 @@ def _bench(args):
 
 
 def _export(args):
-    from distill.export import export_checkpoint
+    from distill.tools.export import export_checkpoint
 
     res = export_checkpoint(args.checkpoint, args.out, args.format, input_shape=args.input_shape,
                             n_check=args.check_inputs, tolerance=args.tolerance, log=_log,
@@ -745,7 +746,7 @@ def _export(args):
 
 
 def _compare(args):
-    from distill import compare as C
+    from distill.tools import compare as C
     from distill.checkpoints import load_tensors
 
     sides = {p: load_tensors(p)[1] for p in [args.teacher, *args.students]}
@@ -760,8 +761,7 @@ def _compare(args):
 
 
 def _plot(args):
-    from distill import report
-
+    from distill.tools import plots as report
     path = report.plot_temperature(args.logits, args.temperatures, args.out)
     print(f"wrote {path}")
 
@@ -779,7 +779,6 @@ def main(argv=None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once in logs too
     from distill import distributed
-
     try:
         args = build_parser().parse_args(argv)
         _check_numbers(args)
@@ -863,8 +862,9 @@ def _dense_config(args, config, data, teacher_mode: bool):
     index 255. Other data: ``config`` as it is (``--cwd`` is then an error)."""
     import dataclasses
 
-    from distill import losses, segmentation
+    from distill import losses
 
+    from distill.models import segmentation as segmentation
     cwd = getattr(args, "cwd", False)
     if not _is_dense(data):
         if cwd or args.arch in ("deeplab", "mobilenet"):
@@ -903,7 +903,7 @@ def _dense_config(args, config, data, teacher_mode: bool):
 def _segmentation_model(args, data, num_classes: int):
     """``(model, None)``: ``--arch deeplab`` (the default for a teacher) or ``mobilenet`` (a
     student's) for label masks; the models carry their factories."""
-    from distill.segmentation import build
+    from distill.models.segmentation import build
 
     if not _is_dense(data):
         raise DistillError(f"--arch {args.arch} is for segmentation (label masks); {data.name} has one label per "
@@ -927,7 +927,7 @@ def _dense_line(m: dict) -> str:
 
 def _evaluate_dense(args, model, side, data):
     from distill.metrics import evaluate
-    from distill.models import count_params
+    from distill.models.classifiers import count_params
 
     m = evaluate(model, data.test)
     recorded = side.get("data_fingerprint")

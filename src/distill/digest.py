@@ -72,6 +72,13 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def key_name(cls: type) -> str:
+    """A class's name in run keys: its own ``KEY_NAME`` (distill's classes set it to the path they
+    had when keys were first written, so moving a file re-keys nothing), else ``module.qualname``.
+    Only the class's own attribute counts: a user's subclass of ``MLP`` is not ``MLP``."""
+    return cls.__dict__.get("KEY_NAME") or f"{cls.__module__}.{cls.__qualname__}"
+
+
 def model_signature(model: torch.nn.Module, factory=None) -> dict:
     """A model's structure, for run keys and teacher identities (not its values: the seed decides
     those): its class, the ``repr`` of its module tree (activations, dropout rates and other
@@ -83,7 +90,7 @@ def model_signature(model: torch.nn.Module, factory=None) -> dict:
         f = (f.get("target"), f.get("kwargs", {}))
     elif isinstance(f, str):
         f = (f, {})
-    return dict(cls=f"{type(model).__module__}.{type(model).__qualname__}",
+    return dict(cls=key_name(type(model)),
                 factory=[f[0], f[1]] if f else None,
                 tree=hashlib.sha256(repr(model).encode()).hexdigest()[:16],
                 state={k: list(v.shape) for k, v in model.state_dict().items()})

@@ -14,13 +14,13 @@ from tqdm.auto import tqdm
 def predict_logits(model, data, batch_size: int = 2000, *, device=None, progress: bool = False,
                    desc: str = "predict", labels: list | None = None) -> torch.Tensor:
     """The one batched "run a model over inputs" helper: ``model``'s outputs for every example of
-    ``data`` (a tensor, or any source :func:`distill.sources.as_source` accepts), in order, in eval
+    ``data`` (a tensor, or any source :func:`distill.data.sources.as_source` accepts), in order, in eval
     mode, without autograd, as float32 on the CPU (or on ``data``'s device for a tensor).
 
     ``model`` is an ``nn.Module`` (each chunk runs on its device, or on ``device``) or any callable
     on a batch (e.g. :meth:`distill.Teacher.forward`). With ``labels`` (a list), the batches'
     labels are appended to it in the same pass."""
-    from distill.sources import Source, as_source
+    from distill.data.sources import Source, as_source
 
     module = model if isinstance(model, nn.Module) else None
     was_training = module.training if module is not None else False
@@ -54,10 +54,10 @@ def predict_logits(model, data, batch_size: int = 2000, *, device=None, progress
 
 def evaluate(model, data, batch_size: int = 2000, device=None) -> dict:
     """``errors``, ``accuracy``, ``nll`` and ``n`` of ``model`` on labelled ``data`` (anything
-    :func:`distill.sources.as_source` accepts), in one pass. With per-position labels (masks
+    :func:`distill.data.sources.as_source` accepts), in one pass. With per-position labels (masks
     ``(n, H, W)``) the model's logits are ``(n, C, H, W)`` and the result is
     :func:`segmentation_metrics`' (these four counted over labelled pixels, plus IoUs)."""
-    from distill.sources import Source, as_source
+    from distill.data.sources import Source, as_source
 
     src = data if isinstance(data, Source) else as_source(data, name="data")
     if not src.labeled:
@@ -175,7 +175,7 @@ def dense_evaluate(model, data, batch_size: int = 500, device=None, ignore_index
                    background: int | None = 0) -> dict:
     """:func:`segmentation_metrics` of ``model`` over labelled dense ``data`` in one streamed pass
     (confusion counts accumulated per batch; the logits are never all held at once)."""
-    from distill.sources import Source, as_source
+    from distill.data.sources import Source, as_source
 
     src = data if isinstance(data, Source) else as_source(data, name="data")
     module = model if isinstance(model, nn.Module) else None

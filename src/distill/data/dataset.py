@@ -8,6 +8,7 @@ import torch
 
 from distill.data.fetch import DatasetSpec, fingerprint, locate
 from distill.data.idx import MAGIC_IMAGES, MAGIC_LABELS, parse_idx
+from distill.data.sources import TensorSource
 from distill.errors import DistillError
 
 
@@ -24,6 +25,17 @@ class Dataset:
     classes: tuple[str, ...]
     fingerprint: str
     image_shape: tuple[int, ...] | None = None
+
+    def training_source(self, fingerprint: str | None = None, name: str = "train"):
+        """The training split as the in-memory source ``fit`` reads (fingerprint: of its tensors)."""
+        return TensorSource(self.x_train, self.y_train, fingerprint=fingerprint, image_shape=self.image_shape,
+                            name=name)
+
+    def test_source(self):
+        """The test split as a source, None when there is none."""
+        if self.x_test is None or not len(self.x_test):
+            return None
+        return TensorSource(self.x_test, self.y_test, image_shape=self.image_shape, name="test")
 
     @property
     def num_classes(self) -> int:

@@ -1,7 +1,7 @@
 """Your own data from files: a ``.npz`` archive, a folder of images, a CSV or Parquet table.
 
 :func:`load_files` reads any of them into a :class:`FileData`: training, validation and test
-splits as :mod:`distill.sources` sources, the class list, and the input and image shapes.
+splits as :mod:`distill.data.sources` sources, the class list, and the input and image shapes.
 ``distill.fit`` takes it as it is (its training split, and its test split as ``test``); pass the
 validation split yourself: ``fit(model, data, config, val=data.val)``.
 
@@ -63,7 +63,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Subset
 
 from distill.errors import DistillError
-from distill.sources import MapSource, Source, TensorSource, _digest
+from distill.data.sources import MapSource, Source, TensorSource, data_digest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -115,6 +115,13 @@ class FileData:
 
     def split(self, name: str) -> Source | None:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def training_source(self, fingerprint: str | None = None, name: str = "train") -> Source:
+        """What ``fit`` trains on: the training split (its fingerprint is the files' digest)."""
+        return self.train
+
+    def test_source(self) -> Source | None:
+        return self.test
 
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> "FileData":
         """A class-stratified random subset of ``train`` training and ``test`` test examples (as
@@ -736,7 +743,7 @@ def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: in
                                    f"training classes ({_show(map(str, classes))})")
         y = torch.tensor([index[v] for v in raw], dtype=torch.int64)
         if isinstance(x, np.memmap):
-            fp = _digest(torch.from_numpy(x), y)
+            fp = data_digest(torch.from_numpy(x), y)
             sources[split] = MapSource(TableRows(x, y), fingerprint=fp, name=split)
         else:
             sources[split] = TensorSource(x, y, name=split)
@@ -816,7 +823,7 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
         spill = None
         shape = (n, len(features))
         x = np.memmap(tmp, dtype=np.float32, mode="c", shape=shape)  # copy-on-write: never changes the file
-        final = Path(tmp).with_name(f"{_digest(torch.from_numpy(x)).split(':')[1]}-{n}x{len(features)}.f32")
+        final = Path(tmp).with_name(f"{data_digest(torch.from_numpy(x)).split(':')[1]}-{n}x{len(features)}.f32")
         del x
         os.replace(tmp, final)
         tmp = None

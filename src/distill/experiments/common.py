@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from distill.augment import Augment
-from distill.checkpoints import atomic_write_bytes, atomic_write_json
+from distill.data.augment import Augment
+from distill.atomic import atomic_write_bytes, atomic_write_json
 from distill.data import load_mnist
-from distill.models import MLP, count_params
-from distill.teachers import Teacher
-from distill.training import FitResult, TrainConfig, fit, seed_everything
+from distill.models.classifiers import MLP, count_params
+from distill.teachers.teacher import Teacher
+from distill.train.fit import FitResult, TrainConfig, fit, seed_everything
 
 DEFAULT_CACHE = Path("runs") / "cache"
 
@@ -127,7 +127,7 @@ def load_records(out: Path) -> list[dict]:
 
 
 def soft_teacher(runner: Runner, teacher) -> Teacher:
-    """``teacher`` (a module or an :class:`~distill.teachers.Ensemble`) as the students' teacher,
+    """``teacher`` (a module or an :class:`~distill.teachers.teacher.Ensemble`) as the students' teacher,
     its outputs over each transfer set computed once into a soft-target store under
     ``runner.cache / "soft-targets"`` (keyed by the teacher's identity and the data, so every
     experiment sharing the cache reuses them). The temperature comes from each stage's config."""
@@ -233,7 +233,7 @@ def student_set(p: MnistPreset, data):
 def mnist_student_stages(p: MnistPreset, data, seed: int, teacher, temperature: float | None = None,
                          hidden=None) -> tuple[Stage, Stage]:
     """The student on hard labels (no teacher) and the same student distilled from ``teacher``
-    (a :class:`~distill.teachers.Teacher`, e.g. :func:`soft_teacher`) at ``temperature``
+    (a :class:`~distill.teachers.teacher.Teacher`, e.g. :func:`soft_teacher`) at ``temperature``
     (default ``p.temperature``)."""
     hidden = tuple(hidden or p.student_hidden)
 

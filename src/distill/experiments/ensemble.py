@@ -3,7 +3,7 @@
 Members are MLPs with dropout and max-norm trained on all of MNIST's training set, differing
 only in their seed (weight init, dropout masks, data order). They are combined at T by the
 arithmetic mean of their softened distributions and by the normalised geometric mean
-(:class:`distill.teachers.Ensemble`); each combination is the teacher of an 800-800 student
+(:class:`distill.teachers.teacher.Ensemble`); each combination is the teacher of an 800-800 student
 distilled at T = 20 with hard-label weight 0.1 (the ``mnist`` student's loss), its effective
 logits at that T computed once over the training set into a soft-target store (the arithmetic
 ensemble's identity includes T, see :attr:`distill.Teacher.id`). The table reports every member,
@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from distill.data import load_mnist
 from distill.experiments.common import Runner, Stage, mean_std, soft_teacher
 from distill.metrics import classification_metrics, predict_logits
-from distill.models import MLP, count_params
-from distill.teachers import Ensemble
-from distill.training import TrainConfig
+from distill.models.classifiers import MLP, count_params
+from distill.teachers.teacher import Ensemble
+from distill.train.fit import TrainConfig
 
 
 @dataclass(frozen=True)

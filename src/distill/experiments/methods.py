@@ -15,7 +15,7 @@ Methods (the same student architecture, epochs, batch size and data for all):
                   the augmentation.
 
 How settings are chosen: before anything trains, ``val_size`` examples are held out of the
-*training* set (:func:`distill.tuning.holdout_split`, seeded); the teacher and every student train
+*training* set (:func:`distill.methods.tuning.holdout_split`, seeded); the teacher and every student train
 on the rest and never see them. Every candidate of a method's grid trains once with seed 0 and is
 scored by its errors on the held-out examples (final weights, no early stopping); the candidate
 with the fewest (the first in grid order on a tie) is the method's setting. It is then trained with
@@ -27,12 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from distill import data as D
-from distill.augment import Augment
+from distill.data.augment import Augment
 from distill.experiments.common import Runner, Stage, fmt_mean_std, mean_std, soft_teacher
-from distill.losses import DKD, Distillation, Standardized, check_number
-from distill.models import MLP
-from distill.training import TrainConfig, TrainingDiverged
-from distill.tuning import holdout_split
+from distill.checks import check_number
+from distill.losses.objectives import DKD, Distillation, Standardized
+from distill.models.classifiers import MLP
+from distill.train.fit import TrainConfig, TrainingDiverged
+from distill.methods.tuning import holdout_split
 
 METHODS = ("hard", "kd", "dkd", "std-kd", "consistent", "hard-aug")
 LABELS = {"hard": "hard labels", "kd": "Hinton KD", "dkd": "DKD", "std-kd": "standardized KD",
@@ -173,7 +174,7 @@ def summarize(records: list[dict]) -> str:
 
 def plot(records: list[dict], out, title: str = "") -> None:
     """Bar chart of the methods' mean test errors with ± std error bars (teacher as a line)."""
-    from distill.report import plt, save_figure
+    from distill.tools.plots import plt, save_figure
 
     final = [r for r in records if r.get("role") == "final"]
     names = [m for m in METHODS if any(r["method"] == m for r in final)]

@@ -8,7 +8,7 @@ change of the output-layer biases, not a new training run):
 * ``none``  – the distilled student as trained;
 * ``paper`` – the paper's manual offsets (+3.5 on the 3's bias; -7.6 on the biases of 7 and 8);
 * ``auto``  – offsets for the classes absent from the transfer set, fitted by
-  :func:`distill.transfer.fit_offsets`: they minimise ``mean_x KL(teacher(x) || student(x)+b)``
+  :func:`distill.data.transfer.fit_offsets`: they minimise ``mean_x KL(teacher(x) || student(x)+b)``
   at T = 1, which is the same as matching the student's mean predicted probability of each
   absent class to the teacher's. **Data used:** an unlabeled calibration set of
   ``calibration_size`` training-set images drawn at random (seeded) from the *whole* training
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from distill import transfer
+from distill.data import transfer as transfer
 from distill.experiments.common import (
     MNIST_PRESETS,
     QUICK_TEACHER,
@@ -39,8 +39,8 @@ from distill.experiments.common import (
     teacher_and_data,
 )
 from distill.metrics import classification_metrics, predict_logits
-from distill.models import MLP
-from distill.training import TrainConfig
+from distill.models.classifiers import MLP
+from distill.train.fit import TrainConfig
 
 
 @dataclass(frozen=True)

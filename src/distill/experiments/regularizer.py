@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from distill import transfer
-from distill.augment import Augment
+from distill.data import transfer as transfer
+from distill.data.augment import Augment
 from distill.experiments.common import (
     MNIST_PRESETS,
     QUICK_TEACHER,
@@ -30,8 +30,8 @@ from distill.experiments.common import (
     soft_teacher,
     teacher_and_data,
 )
-from distill.models import MLP
-from distill.training import TrainConfig
+from distill.models.classifiers import MLP
+from distill.train.fit import TrainConfig
 
 PAPER = dict(hard_3pct=44.5, soft_3pct=57.0, hard_100pct=58.9)  # test frame accuracy %, speech
 PAPER_RECOVERED = (57.0 - 44.5) / (58.9 - 44.5)

@@ -1,8 +1,8 @@
 """Dense prediction, the lecture's use case: a small MobileNet-style segmentation net learns from a
 DeepLab-v3-style one, per pixel, on MNIST segmentation canvases (:mod:`distill.data.segmentation`).
 
-Stages: the teacher (:class:`~distill.segmentation.DeepLabV3`, per-pixel cross-entropy), then,
-for each seed, the student (:class:`~distill.segmentation.MobileNetSeg`) on the label masks alone,
+Stages: the teacher (:class:`~distill.models.segmentation.DeepLabV3`, per-pixel cross-entropy), then,
+for each seed, the student (:class:`~distill.models.segmentation.MobileNetSeg`) on the label masks alone,
 distilled pixel-wise (:class:`~distill.losses.PixelwiseDistillation`: Hinton's loss at every
 labelled pixel) and distilled channel-wise (:class:`~distill.losses.ChannelWiseDistillation`,
 Shu et al. 2021). All train on the same canvases, the last ``val`` training canvases held out as
@@ -24,10 +24,10 @@ from distill import losses
 from distill.data.segmentation import load_mnist_seg
 from distill.experiments.common import Runner, Stage, fmt_mean_std, gap_closed, mean_std
 from distill.metrics import predict_logits
-from distill.segmentation import DeepLabV3, MobileNetSeg
-from distill.sources import as_source
-from distill.teachers import Teacher
-from distill.training import TrainConfig
+from distill.models.segmentation import DeepLabV3, MobileNetSeg
+from distill.data.sources import as_source
+from distill.teachers.teacher import Teacher
+from distill.train.fit import TrainConfig
 
 ADAM = dict(optimizer="adam", lr=0.003, batch_size=32, schedule="cosine")
 #: the students' learning rate, chosen on the validation split (``--tune``, step 1)
@@ -178,8 +178,7 @@ def _stages(p: Preset, image_shape, num_classes: int):
 def figure(out: Path, data, models: dict, n: int) -> Path:
     """``out/segmentation.png``: the first ``n`` test canvases, their masks, and each model's
     predicted masks (argmax per pixel), one row each."""
-    from distill import report
-
+    from distill.tools import plots as report
     x = data.x_test[:n]
     rows = {"input": x, "truth": data.y_test[:n]}
     for name, model in models.items():

@@ -10,7 +10,7 @@ paper's Tables 3/4 (accuracy, relative improvement, accuracy by number of coveri
 
 **Settings chosen on held-out data** (issue 19). A preset with ``holdout`` and a ``grid`` of
 candidate settings (number of clusters, overlap, specialist epochs, clustering temperature)
-first holds ``holdout`` examples out of the *training* set (:func:`distill.tuning.holdout_split`,
+first holds ``holdout`` examples out of the *training* set (:func:`distill.methods.tuning.holdout_split`,
 split seed 0) and, on the rest, trains a generalist (seed 0) and for every candidate the
 specialists (and the control); the candidate whose generalist + specialists make the fewest
 errors on the held-out examples is chosen (the first in grid order on a tie). Those runs never
@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
-from distill import specialists as S
-from distill.checkpoints import atomic_write_json
+from distill.methods import specialists as S
+from distill.atomic import atomic_write_json
 from distill.errors import DistillError
 from distill.experiments.common import Runner, Stage, mean_std
 from distill.metrics import classification_metrics, predict_logits
-from distill.models import MLP, count_params
-from distill.teachers import Teacher, module_id
-from distill.training import TrainConfig
+from distill.models.classifiers import MLP, count_params
+from distill.teachers.teacher import Teacher, module_id
+from distill.train.fit import TrainConfig
 
 DATASETS = ("fashion-mnist", "mnist", "synthetic", "double-mnist")
 VARIANTS = S.VARIANTS
@@ -189,7 +189,6 @@ def load_data(dataset: str, p: Preset, data_dir=None, log=print):
         data = load_double_mnist(data_dir, log, **p.double_mnist)
     elif dataset in ("mnist", "fashion-mnist"):
         from distill import data as D
-
         data = D.load(dataset, data_dir, log=log)
     else:
         raise DistillError(f"unknown data set {dataset!r}; choose one of {DATASETS}")
@@ -199,7 +198,7 @@ def load_data(dataset: str, p: Preset, data_dir=None, log=print):
 
 
 def stage_fit(runner: Runner, records: list | None = None):
-    """The ``fit_fn`` hook (see :mod:`distill.tuning`) that trains through ``runner``'s stage cache
+    """The ``fit_fn`` hook (see :mod:`distill.methods.tuning`) that trains through ``runner``'s stage cache
     and appends each stage's record to ``records``."""
     def fit_fn(name, data, build, config, teacher=None, extra=None):
         res = runner.train(data, Stage(name, build, config, teacher, dict(extra or {})))
@@ -227,7 +226,7 @@ def train_control(runner: Runner, p: Preset, data, dataset: str, generalist, gen
                   seed: int = 0) -> tuple[dict, torch.Tensor]:
     """The control: a copy of the generalist trained on all classes as long as one specialist
     (``p.specialist``), averaged with the generalist like a specialist covering every class
-    (:func:`distill.specialists.mean_of_full_coverage` of ``p_g_test``, the generalist's
+    (:func:`distill.methods.specialists.mean_of_full_coverage` of ``p_g_test``, the generalist's
     probabilities on ``data.x_test``, and its own). Returns (its record, named
     ``generalist-extra``; the combined probabilities on ``data.x_test``)."""
     x = runner.train(data, Stage(from_generalist("generalist-extra", gen_id), lambda: copy.deepcopy(generalist).train(),
@@ -238,7 +237,7 @@ def train_control(runner: Runner, p: Preset, data, dataset: str, generalist, gen
 
 
 def train_specialists(runner: Runner, p: Preset, data, generalist, subsets, variant: str, seed: int = 0):
-    """:func:`distill.specialists.train_specialists` with the preset's recipe, through the stage
+    """:func:`distill.methods.specialists.train_specialists` with the preset's recipe, through the stage
     cache; returns (specialists, records, total training seconds)."""
     recs: list[dict] = []
     specs, _ = S.train_specialists(generalist, data, subsets, replace(p.specialist, seed=seed), variant=variant,
@@ -349,14 +348,14 @@ def select_setting(runner: Runner, p: Preset, data, dataset: str, cands: list[di
                    seed: int = 0, split_seed: int = 0, progress: bool = True, log=print) -> tuple[int, list[dict]]:
     """Choose among ``cands`` on held-out TRAINING examples; ``data``'s test split is never read.
 
-    :func:`distill.tuning.holdout_split` (``p.holdout`` examples, ``split_seed``) gives ``tune``,
+    :func:`distill.methods.tuning.holdout_split` (``p.holdout`` examples, ``split_seed``) gives ``tune``,
     whose training split is the rest and whose *test* split is the held-out examples. On it: one
     generalist (``seed``); per candidate the clustering, the specialists (``variant``) and, with
     ``p.select_control``, the control; the held-out errors of the generalist + specialists. Returns
     ``(index of the chosen candidate, one row per candidate)``: the fewest held-out errors, the
     first in ``cands`` on a tie. Stages go through ``runner``'s cache; their records (metrics
     renamed ``heldout_*``) to ``runner.out / "selection"``."""
-    from distill.tuning import holdout_split
+    from distill.methods.tuning import holdout_split
 
     if not p.holdout:
         raise DistillError("this preset holds out no training examples (holdout); nothing to select on")

@@ -14,7 +14,7 @@ from distill.experiments.common import (
     student_set,
     teacher_and_data,
 )
-from distill.report import plot_lines
+from distill.tools.plots import plot_lines
 
 TEMPERATURES = (1.0, 2.0, 2.5, 4.0, 8.0, 20.0)
 SIZES = (800, 300, 30)

@@ -3,7 +3,7 @@
 Part ``2d``: on a noisy, heavily overlapping two-class problem (scikit-learn's ``make_moons``
 with large noise) a 128-128 MLP teacher learns a smooth boundary. An unpruned classification
 tree fit to the hard labels memorises the noise; the same unpruned tree grown as a regression
-tree on the teacher's class probabilities (:class:`distill.trees.SoftTargetClassifier`) copies
+tree on the teacher's class probabilities (:class:`distill.methods.trees.SoftTargetClassifier`) copies
 the teacher's boundary instead. Writes ``decision_boundaries.png`` (teacher, hard tree, soft tree).
 
 Part ``mnist``: a CNN teacher (32 3x3 filters, two fully connected layers of 1200 with
@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill import tuning
+from distill.methods import tuning as tuning
 from distill.data import Dataset
 from distill.errors import DistillError
 from distill.experiments.common import Runner, Stage, fmt_mean_std, mean_std
 from distill.metrics import predict_logits
-from distill.models import CNN, MLP
-from distill.teachers import Teacher
-from distill.training import TrainConfig
+from distill.models.classifiers import CNN, MLP
+from distill.teachers.teacher import Teacher
+from distill.train.fit import TrainConfig
 
 REFERENCE_2D = {"teacher": 90.0, "tree-hard": 86.5, "tree-soft": 90.0}
 REFERENCE_MNIST = {"cnn-teacher": (97.5, 248), "student-hard": (86.3, 1366), "student-distilled": (93.0, 696)}
@@ -101,7 +101,7 @@ def moons_data(n_samples: int, noise: float, seed: int) -> Dataset:
 
 
 def _tree_record(name, seed, tree, X, y, teacher_pred, wall, temperature) -> dict:
-    from distill.trees import count_nodes
+    from distill.methods.trees import count_nodes
 
     pred = tree.predict(X)
     errors = int((pred != y).sum())
@@ -117,7 +117,7 @@ def run_2d(runner: Runner, p: Preset, seed: int, plot: Path | None = None, log=p
     seeded alike); with ``plot`` also draws their decision boundaries there."""
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-    from distill.trees import SoftTargetClassifier
+    from distill.methods.trees import SoftTargetClassifier
 
     data = moons_data(p.n_samples, p.noise, seed)
     stage = Stage("teacher", lambda: MLP(2, p.mlp_hidden, 2), replace(p.mlp, seed=seed),
@@ -186,7 +186,7 @@ def plot_decision_boundaries(teacher, hard, soft, X, y, out, accuracies, nodes, 
         ax.set_yticks([])
     fig.suptitle("Decision boundaries on a noisy two-moons problem (training points shown)")
     fig.tight_layout()
-    from distill.report import save_figure
+    from distill.tools.plots import save_figure
 
     return save_figure(fig, out)
 
@@ -244,7 +244,7 @@ def run_mnist(runner: Runner, p: Preset, seeds: int, data_dir=None, temperature:
 
 def choose_temperature(runner: Runner, p: Preset, data, build, config, teacher, extra, progress=True,
                        log=print) -> float:
-    """:func:`distill.tuning.tune_temperature` over the preset's candidates: the distilled student
+    """:func:`distill.methods.tuning.tune_temperature` over the preset's candidates: the distilled student
     (seed 0) trained on the training set minus ``p.holdout`` examples, the temperature with the
     fewest errors on those held-out TRAINING examples (the test set is never read). The records go
     to ``OUT/tuning/results.{json,md}``."""

@@ -1,0 +1,337 @@
+"""The objectives ``fit`` calls: small frozen dataclasses over the pure functions of
+:mod:`distill.losses.functional`. An objective is any callable ``(student_out, teacher_out, labels)
+-> scalar``; the built-in ones also declare what they need (:class:`Objective`).
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+
+from distill.digest import key_name
+from distill.checks import MAX_WEIGHT, check_number, check_temperature
+from distill.losses.functional import (
+    DEFAULT_HARD_WEIGHT,
+    DEFAULT_IGNORE_INDEX,
+    DEFAULT_SOFT_WEIGHT,
+    STANDARDIZE_EPS,
+    channel_wise_distillation_loss,
+    dense_hard_cross_entropy,
+    dense_labels,
+    distillation_loss,
+    dkd_loss,
+    hard_cross_entropy,
+    logit_matching_loss,
+    pixelwise_distillation_loss,
+    standardize_logits,
+)
+
+# ---------------------------------------------------------------- objectives
+# A training objective is any callable ``(student_out, teacher_out, labels) -> scalar tensor``.
+# ``teacher_out`` is the teacher's logits for the batch (for a teacher given as probabilities, the
+# effective logits ``T * log p``, whose softmax at T is ``p``); ``labels`` is None for an unlabeled
+# transfer set. The built-in ones say what they need through three attributes, which a user's
+# callable may also set (defaults: ``needs_teacher=True``, ``needs_labels=True``, ``temperature=1``).
+
+
+@dataclass(frozen=True)
+class HardLabels:
+    """Cross-entropy with the true labels at T = 1 (a teacher, a hard-label student)."""
+
+    KEY_NAME = "distill.losses.HardLabels"  # its name in run keys (distill.digest.key_name)
+
+    needs_teacher = False
+    needs_labels = True
+    temperature = None
+
+    def __call__(self, student_out, teacher_out, labels):
+        return hard_cross_entropy(student_out, labels)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Hinton's loss, :func:`distillation_loss`:
+    ``soft_weight * T**2 * CE(softmax(v/T), softmax(z/T)) + hard_weight * CE(y, softmax(z))``."""
+
+    KEY_NAME = "distill.losses.Distillation"  # its name in run keys (distill.digest.key_name)
+
+    temperature: float = 1.0
+    hard_weight: float = DEFAULT_HARD_WEIGHT
+    soft_weight: float = DEFAULT_SOFT_WEIGHT
+
+    needs_teacher = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "temperature", check_temperature(self.temperature))
+        for name in ("hard_weight", "soft_weight"):
+            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0, maximum=MAX_WEIGHT))
+        if self.hard_weight == 0 and self.soft_weight == 0:
+            raise ValueError("hard_weight and soft_weight are both 0: the loss would be constant")
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.hard_weight > 0
+
+    def __call__(self, student_out, teacher_out, labels):
+        return distillation_loss(student_out, teacher_out, labels, self.temperature, self.hard_weight,
+                                 self.soft_weight)
+
+
+@dataclass(frozen=True)
+class LogitMatching:
+    """:func:`logit_matching_loss`: half the MSE of zero-meaned logits (the high-T limit)."""
+
+    KEY_NAME = "distill.losses.LogitMatching"  # its name in run keys (distill.digest.key_name)
+
+    needs_teacher = True
+    needs_labels = False
+    needs_logits = True
+    temperature = None
+
+    def __call__(self, student_out, teacher_out, labels):
+        return logit_matching_loss(student_out, teacher_out)
+
+
+def objective_spec(objective) -> dict:
+    """What identifies an objective in a run key: a dataclass's class and fields; for any other
+    callable its qualified name and a digest of its source code (when Python can read it)."""
+    cls = type(objective)
+    name = key_name(cls)
+    if is_dataclass(objective):
+        return dict(objective=name, **asdict(objective))
+    fn = objective if inspect.isfunction(objective) or inspect.ismethod(objective) else cls
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+    try:
+        src = hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+    except (OSError, TypeError):
+        src = None
+    return dict(objective=name, source=src)
+
+
+def needs(objective, what: str) -> bool:
+    """``objective.needs_<what>`` (``teacher`` / ``labels``), True for a callable that does not say."""
+    return bool(getattr(objective, f"needs_{what}", True))
+
+
+@dataclass(frozen=True)
+class DenseHardLabels:
+    """:func:`dense_hard_cross_entropy`: per-position cross-entropy with the label masks,
+    averaged over the positions not labelled ``ignore_index`` (a dense teacher, a hard-label
+    dense student)."""
+
+    KEY_NAME = "distill.losses.DenseHardLabels"  # its name in run keys (distill.digest.key_name)
+
+    ignore_index: int = DEFAULT_IGNORE_INDEX
+
+    needs_teacher = False
+    needs_labels = True
+    temperature = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "ignore_index", check_number("ignore_index", self.ignore_index, integer=True))
+
+    def __call__(self, student_out, teacher_out, labels):
+        return dense_hard_cross_entropy(student_out, labels, self.ignore_index)
+
+
+@dataclass(frozen=True)
+class PixelwiseDistillation:
+    """:func:`pixelwise_distillation_loss`, Hinton's loss at every labelled position:
+    ``soft_weight * T**2 * CE(softmax(v/T), softmax(z/T)) + hard_weight * CE(y, softmax(z))``,
+    each averaged over the positions not labelled ``ignore_index``."""
+
+    KEY_NAME = "distill.losses.PixelwiseDistillation"  # its name in run keys (distill.digest.key_name)
+
+    temperature: float = 1.0
+    hard_weight: float = DEFAULT_HARD_WEIGHT
+    soft_weight: float = DEFAULT_SOFT_WEIGHT
+    ignore_index: int = DEFAULT_IGNORE_INDEX
+
+    needs_teacher = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "temperature", check_temperature(self.temperature))
+        for name in ("hard_weight", "soft_weight"):
+            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0, maximum=MAX_WEIGHT))
+        object.__setattr__(self, "ignore_index", check_number("ignore_index", self.ignore_index, integer=True))
+        if self.hard_weight == 0 and self.soft_weight == 0:
+            raise ValueError("hard_weight and soft_weight are both 0: the loss would be constant")
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.hard_weight > 0
+
+    def __call__(self, student_out, teacher_out, labels):
+        return pixelwise_distillation_loss(student_out, teacher_out, labels, self.temperature, self.hard_weight,
+                                           self.soft_weight, ignore_index=self.ignore_index)
+
+
+@dataclass(frozen=True)
+class ChannelWiseDistillation:
+    """``soft_weight * CWD_T(z, v) + hard_weight * CE(y, softmax(z))``: the channel-wise
+    distillation term of :func:`channel_wise_distillation_loss` (over the positions not labelled
+    ``ignore_index`` when labels are given) plus the per-position hard-label cross-entropy. The
+    defaults are Shu et al.'s (T = 4, CWD weight 3, the task loss at weight 1)."""
+
+    KEY_NAME = "distill.losses.ChannelWiseDistillation"  # its name in run keys (distill.digest.key_name)
+
+    temperature: float = 4.0
+    hard_weight: float = 1.0
+    soft_weight: float = 3.0
+    ignore_index: int = DEFAULT_IGNORE_INDEX
+
+    needs_teacher = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "temperature", check_temperature(self.temperature))
+        for name in ("hard_weight", "soft_weight"):
+            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0, maximum=MAX_WEIGHT))
+        object.__setattr__(self, "ignore_index", check_number("ignore_index", self.ignore_index, integer=True))
+        if self.hard_weight == 0 and self.soft_weight == 0:
+            raise ValueError("hard_weight and soft_weight are both 0: the loss would be constant")
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.hard_weight > 0
+
+    def __call__(self, student_out, teacher_out, labels):
+        mask = None
+        if labels is not None:
+            mask = dense_labels(student_out, labels, self.ignore_index) != self.ignore_index
+        loss = self.soft_weight * channel_wise_distillation_loss(student_out, teacher_out, self.temperature, mask)
+        if self.hard_weight > 0:
+            if labels is None:
+                raise ValueError("labels are required when hard_weight > 0; pass hard_weight=0 for unlabeled data")
+            loss = loss + self.hard_weight * dense_hard_cross_entropy(student_out, labels, self.ignore_index)
+        return loss
+
+
+def _warmup_factor(epoch, warmup_epochs: int) -> float:
+    """``min(epoch / W, 1)`` for the 1-based ``epoch`` (mdistiller's warm-up); 1 without one."""
+    if not warmup_epochs or epoch is None:
+        return 1.0
+    return min(epoch / warmup_epochs, 1.0)
+
+
+@dataclass(frozen=True)
+class DKD:
+    """Decoupled KD as trained in mdistiller:
+
+    ``L = hard_weight * CE(y, softmax(z)) + w(e) * dkd_loss(z, v, y, T, alpha, beta)``
+
+    with the warm-up ``w(e) = min(e / warmup_epochs, 1)`` for the 1-based epoch ``e`` (1 with
+    ``warmup_epochs = 0``). :func:`distill.fit` tells the objective the epoch through
+    :meth:`set_epoch` before each epoch; called by hand before any ``set_epoch``, ``w = 1``.
+    mdistiller's CIFAR-100 setting is T = 4, alpha = 1, beta = 8, hard weight 1 and a 20-epoch
+    warm-up of 240 epochs; the default here has no warm-up, since ``fit``'s schedules are
+    usually far shorter (give it explicitly, e.g. a tenth of the epochs). DKD reads the labels
+    (the target class) even with ``hard_weight = 0``.
+    """
+
+    KEY_NAME = "distill.losses.DKD"  # its name in run keys (distill.digest.key_name)
+
+    temperature: float = 4.0
+    alpha: float = 1.0
+    beta: float = 8.0
+    hard_weight: float = 1.0
+    warmup_epochs: int = 0
+
+    needs_teacher = True
+    needs_labels = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "temperature", check_temperature(self.temperature))
+        for name in ("alpha", "beta", "hard_weight"):
+            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0, maximum=MAX_WEIGHT))
+        object.__setattr__(self, "warmup_epochs",
+                           check_number("warmup_epochs", self.warmup_epochs, minimum=0, integer=True))
+        if self.alpha == 0 and self.beta == 0:
+            raise ValueError("alpha and beta are both 0: DKD would not use the teacher")
+        object.__setattr__(self, "_epoch", None)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The 1-based epoch about to run (called by :func:`distill.fit`; drives the warm-up)."""
+        object.__setattr__(self, "_epoch", int(epoch))
+
+    @property
+    def warmup(self) -> float:
+        """The current warm-up factor ``w(e)``."""
+        return _warmup_factor(self._epoch, self.warmup_epochs)
+
+    def __call__(self, student_out, teacher_out, labels):
+        if labels is None:
+            raise ValueError("DKD needs the labels (its target class); this batch has none")
+        loss = self.warmup * dkd_loss(student_out, teacher_out, labels, self.temperature, self.alpha, self.beta)
+        if self.hard_weight > 0:
+            loss = loss + self.hard_weight * hard_cross_entropy(student_out, labels)
+        return loss
+
+
+@dataclass(frozen=True)
+class Standardized:
+    """Any teacher objective on standardized logits (Sun et al. 2024): the teacher term of
+    ``inner`` sees ``standardize_logits(z)`` and ``standardize_logits(v)`` (z-scored per example,
+    then divided by ``inner``'s temperature as usual), while its hard-label term, when it has a
+    ``hard_weight``, stays on the raw student logits (as in the authors' code):
+
+    ``L = inner_soft(Z(z), Z(v), y) + hard_weight * CE(y, softmax(z))``
+
+    ``inner``: :class:`Distillation` (standardized KD), :class:`DKD`, or another dataclass
+    objective that uses a teacher (its class and fields key the run). With a teacher given as
+    probabilities the standardization acts on its effective logits ``T log p``.
+    """
+
+    KEY_NAME = "distill.losses.Standardized"  # its name in run keys (distill.digest.key_name)
+
+    inner: object
+    eps: float = STANDARDIZE_EPS
+    inner_class: str = field(init=False, default="")
+
+    needs_teacher = True
+
+    def __post_init__(self):
+        inner = self.inner
+        if not is_dataclass(inner) or isinstance(inner, type) or not callable(inner):
+            raise ValueError("Standardized wraps an objective instance that is a dataclass (Distillation, DKD, ...); "
+                             f"got {type(inner).__name__}")
+        if not needs(inner, "teacher"):
+            raise ValueError(f"{type(inner).__name__} does not use a teacher: there are no teacher logits to "
+                             "standardize")
+        object.__setattr__(self, "eps", check_number("eps", self.eps, positive=True))
+        object.__setattr__(self, "inner_class", key_name(type(inner)))
+        hw = getattr(inner, "hard_weight", None)
+        if hw:
+            if getattr(inner, "soft_weight", 1) == 0:
+                raise ValueError("the inner objective's soft_weight is 0: nothing would be standardized")
+            soft = replace(inner, hard_weight=0.0)
+        else:
+            soft, hw = inner, 0.0
+        object.__setattr__(self, "_soft", soft)
+        object.__setattr__(self, "_hard_weight", float(hw))
+
+    @property
+    def temperature(self):
+        return getattr(self.inner, "temperature", None)
+
+    @property
+    def hard_weight(self):
+        return getattr(self.inner, "hard_weight", None)
+
+    @property
+    def needs_labels(self) -> bool:
+        return needs(self.inner, "labels")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Passed on to the inner objective (e.g. DKD's warm-up)."""
+        for obj in {id(self.inner): self.inner, id(self._soft): self._soft}.values():
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+
+    def __call__(self, student_out, teacher_out, labels):
+        loss = self._soft(standardize_logits(student_out, eps=self.eps),
+                          standardize_logits(teacher_out, eps=self.eps), labels)
+        if self._hard_weight > 0:
+            if labels is None:
+                raise ValueError("labels are required when hard_weight > 0; pass hard_weight=0 for unlabeled data")
+            loss = loss + self._hard_weight * hard_cross_entropy(student_out, labels)
+        return loss

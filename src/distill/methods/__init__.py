@@ -1,0 +1,1 @@
+"""Methods built on ``fit``: generalist + specialists, soft-target trees, held-out selection."""

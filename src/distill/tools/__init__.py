@@ -1,0 +1,1 @@
+"""Tools around trained models: export, compare, bench, plots."""

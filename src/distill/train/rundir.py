@@ -1,0 +1,108 @@
+"""Run folders: lock, skip, resume and save, outside the training loop.
+
+A run folder holds one training run, identified by its *run key* (:func:`run_key`: the config,
+the objective, the model's structure, the teacher's identity and the digests of the data actually
+used). Inside it:
+
+    model.safetensors / model.json   the finished model (written once, at the end)
+    state.safetensors / state.json   the whole state after the last finished epoch (for resuming)
+    .lock                            held (``fcntl.flock``) by the process training in the folder
+
+:class:`RunDir` is a context manager: entering takes the lock (a second process gets a one-line
+error naming the folder and the holder's pid, or waits with ``wait=True``; the kernel releases the
+lock when its process dies, so a killed run never leaves a stale lock) and removes temporaries a
+killed write left behind.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.atomic import FolderLock, fault_point, remove_temporaries
+from distill.checkpoints import (
+    load_checkpoint,
+    load_tensors,
+    save_checkpoint,
+    save_tensors,
+)
+from distill.digest import json_digest
+from distill.errors import DistillError
+
+
+def run_key(parts: dict) -> str:
+    """The one run-key function: SHA-256 (16 hex) of the canonical JSON of ``parts``."""
+    return json_digest(parts)
+
+
+class RunDir:
+    """One run folder (see the module docstring). ``path`` may contain ``{key}``, replaced by the
+    run key, so callers can keep many runs side by side without computing keys themselves."""
+
+    def __init__(self, path, key: str, *, wait: bool = False, log=print):
+        self.path = Path(str(path).replace("{key}", key))
+        self.key, self.wait, self.log = key, wait, log
+        self._lock = None
+
+    # ---------------------------------------------------------------- lock
+    def __enter__(self) -> "RunDir":
+        if self.path.exists() and not self.path.is_dir():
+            raise DistillError(f"{self.path} is a file, not a folder; choose another output folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DistillError(f"cannot create the run folder {self.path} ({e.strerror})") from None
+        self._lock = FolderLock(self.path / ".lock", self.path, wait=self.wait, log=self.log)
+        self._lock.__enter__()
+        remove_temporaries(self.path)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.__exit__(*exc)
+
+    # ---------------------------------------------------------------- contents
+    @property
+    def final(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state"
+
+    def finished(self, model) -> dict | None:
+        """When the folder holds this finished run: load its weights into ``model`` and return its
+        sidecar. None when there is no finished run; an error when there is a different one."""
+        if not (self.path / "model.safetensors").is_file():
+            return None
+        try:
+            _, side = load_tensors(self.final)
+        except DistillError as e:
+            raise DistillError(f"{e} (in the run folder {self.path}: delete model.* there to retrain)") from None
+        if side.get("run_key") != self.key:
+            raise DistillError(f"{self.path} holds a different finished run; choose another output folder")
+        load_checkpoint(self.final, model=model)
+        self.log(f"[skip] {self.path} already holds this finished run")
+        return side
+
+    def resume(self) -> tuple[dict, dict] | None:
+        """``(tensors, sidecar)`` of this run's last saved state, None when there is none; an error
+        when the state belongs to a different run."""
+        if not (self.path / "state.safetensors").is_file():
+            return None
+        try:
+            tensors, side = load_tensors(self.state)
+        except DistillError as e:
+            raise DistillError(f"{e} (the resume state in {self.path}: delete state.* there to restart)") from None
+        if side.get("run_key") != self.key:
+            raise DistillError(f"{self.path} holds an unfinished different run; choose another output folder "
+                               "or delete it")
+        return tensors, side
+
+    def save_state(self, tensors: dict, sidecar: dict) -> None:
+        save_tensors(self.state, tensors, dict(sidecar, run_key=self.key))
+
+    def save_final(self, model, sidecar: dict, factory=None) -> None:
+        """Write the finished model, then drop the resume state (a crash in between leaves both,
+        and the rerun skips on the finished model)."""
+        save_checkpoint(self.final, model, dict(sidecar, run_key=self.key), factory=factory)
+        for suffix in (".safetensors", ".json"):
+            (self.path / f"state{suffix}").unlink(missing_ok=True)
+            fault_point(f"removed state{suffix}")
