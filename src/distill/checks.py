@@ -47,3 +47,49 @@ def check_temperature(temperature) -> float:
     if not lo <= t <= hi:
         raise ValueError(f"temperature must lie in [{lo:g}, {hi:g}], got {temperature!r}")
     return t
+
+
+# ---------------------------------------------------------------- numeric command-line flags
+# One regime for every command and experiment: a numeric flag is read as text and checked after
+# parsing by the rules above, so that ``nan``, ``inf``, ``1e23`` for an integer and the like are
+# one-line errors naming the flag.
+
+def add_number_flag(parser, flag: str, default=None, help: str | None = None, nargs=None, **rules) -> None:
+    """Add a numeric ``flag`` to an argparse ``parser``, checked by :func:`check_number_flags` with
+    ``rules`` (``integer``, ``minimum``, ``positive``, ``below``: an exclusive upper bound)."""
+    numbers = parser.__dict__.setdefault("numbers", {})
+    numbers[flag.lstrip("-").replace("-", "_")] = (flag, rules)
+    parser.set_defaults(_numbers=numbers)
+    kw = dict(default=default, help=help, metavar="N" if rules.get("integer") else "X")
+    if nargs is not None:
+        kw["nargs"] = nargs
+    parser.add_argument(flag, **kw)
+
+
+def number_flag_value(flag: str, value, rules: dict):
+    """``value`` (text or a number) as the number ``rules`` allow, else a ValueError naming ``flag``."""
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{flag} must be a number, got {value!r}") from None
+    v = check_number(flag, value, minimum=rules.get("minimum"), positive=rules.get("positive", False),
+                     integer=rules.get("integer", False))
+    if "below" in rules and not v < rules["below"]:
+        raise ValueError(f"{flag} must be < {rules['below']:g}, got {value!r}")
+    return v
+
+
+def check_number_flags(args) -> None:
+    """Check and convert every numeric flag of a parsed command (a ValueError naming the flag)."""
+    for dest, (flag, rules) in vars(args).pop("_numbers", {}).items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            setattr(args, dest, [number_flag_value(flag, v, rules) for v in value])
+        else:
+            setattr(args, dest, number_flag_value(flag, value, rules))

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from distill.checks import add_number_flag, check_number_flags
 from distill.errors import DistillError
 
 #: ``distill reproduce NAME`` -> (module under distill.experiments, one-line help). The module
@@ -95,49 +96,6 @@ def _add_experiment_arguments(name: str):
 
 # ---------------------------------------------------------------- numeric flags
 
-def _num(p: _Parser, flag: str, default=None, help: str | None = None, nargs=None, **rules) -> None:
-    """Add a numeric flag, read as text and checked after parsing with ``rules`` (``integer``,
-    ``minimum``, ``positive``, ``below``: an exclusive upper bound), so that ``nan``, ``inf``,
-    ``1e23`` for an integer and the like are one-line errors naming the flag."""
-    dest = flag.lstrip("-").replace("-", "_")
-    p.numbers[dest] = (flag, rules)
-    p.set_defaults(_numbers=p.numbers)
-    kw = dict(default=default, help=help, metavar="N" if rules.get("integer") else "X")
-    if nargs is not None:
-        kw["nargs"] = nargs
-    p.add_argument(flag, **kw)
-
-
-def _number(flag: str, value, rules: dict):
-    from distill.checks import check_number
-
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"{flag} must be a number, got {value!r}") from None
-    v = check_number(flag, value, minimum=rules.get("minimum"), positive=rules.get("positive", False),
-                     integer=rules.get("integer", False))
-    if "below" in rules and not v < rules["below"]:
-        raise ValueError(f"{flag} must be < {rules['below']:g}, got {value!r}")
-    return v
-
-
-def _check_numbers(args) -> None:
-    """Check and convert every numeric flag of the parsed command (ValueError naming the flag)."""
-    for dest, (flag, rules) in vars(args).pop("_numbers", {}).items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            setattr(args, dest, [_number(flag, v, rules) for v in value])
-        else:
-            setattr(args, dest, _number(flag, value, rules))
-
-
 # ---------------------------------------------------------------- the parser
 
 def _common_data(p, train_size: bool = True):
@@ -151,17 +109,17 @@ def _common_data(p, train_size: bool = True):
                         "CSV/Parquet table with --target (or a folder with train.csv, optional val.csv, test.csv)")
     p.add_argument("--target", metavar="COLUMN", help="the label column of a --data table")
     if train_size:
-        _num(p, "--train-size", help="use a stratified subset of this many training examples", integer=True,
+        add_number_flag(p, "--train-size", help="use a stratified subset of this many training examples", integer=True,
              minimum=1)
-    _num(p, "--test-size", help="use a stratified subset of this many test examples", integer=True, minimum=1)
+    add_number_flag(p, "--test-size", help="use a stratified subset of this many test examples", integer=True, minimum=1)
 
 
 def _common_train(p, epochs, hidden):
     p.add_argument("--arch", choices=["mlp", "cnn", "deeplab", "mobilenet"],
                    help="a built-in model (default mlp; deeplab|mobilenet: segmentation, for label masks)")
-    _num(p, "--width", help="channels of the first layer of --arch deeplab (default 32) or mobilenet (default 16)",
+    add_number_flag(p, "--width", help="channels of the first layer of --arch deeplab (default 32) or mobilenet (default 16)",
          integer=True, minimum=2)
-    _num(p, "--hidden", nargs="+", help=f"hidden layer sizes of --arch (default {' '.join(map(str, hidden))})",
+    add_number_flag(p, "--hidden", nargs="+", help=f"hidden layer sizes of --arch (default {' '.join(map(str, hidden))})",
          integer=True, minimum=1)
     p.set_defaults(_hidden=hidden)
     p.add_argument("--model", metavar="PACKAGE.MODULE:FACTORY",
@@ -172,13 +130,13 @@ def _common_train(p, epochs, hidden):
     p.add_argument("--select", choices=["last", "best"], default="last",
                    help="keep the last epoch's weights, or those with the fewest validation errors (best: needs a "
                         "validation split in --data) (default last)")
-    _num(p, "--epochs", default=epochs, help=f"(default {epochs})", integer=True, minimum=1)
-    _num(p, "--batch-size", default=128, help="(default 128)", integer=True, minimum=1)
+    add_number_flag(p, "--epochs", default=epochs, help=f"(default {epochs})", integer=True, minimum=1)
+    add_number_flag(p, "--batch-size", default=128, help="(default 128)", integer=True, minimum=1)
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    _num(p, "--lr", help=LR_HELP, positive=True)
-    _num(p, "--momentum", default=0.9, help="SGD momentum, in [0, 1) (default 0.9)", minimum=0, below=1)
+    add_number_flag(p, "--lr", help=LR_HELP, positive=True)
+    add_number_flag(p, "--momentum", default=0.9, help="SGD momentum, in [0, 1) (default 0.9)", minimum=0, below=1)
     p.add_argument("--schedule", choices=["constant", "cosine", "exponential"], default="cosine")
-    _num(p, "--seed", default=0, help="seeds weight init, dropout and data order (default 0)", integer=True,
+    add_number_flag(p, "--seed", default=0, help="seeds weight init, dropout and data order (default 0)", integer=True,
          minimum=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: bfloat16 autocast for the forward/backward passes, float32 weights and loss "
@@ -206,11 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("teacher", help="train a teacher (dropout, max-norm, jitter)")
     _common_data(t)
     _common_train(t, epochs=20, hidden=[1200, 1200])
-    _num(t, "--dropout-input", help="dropout on the inputs, MLP only (default 0.2)", minimum=0, below=1)
-    _num(t, "--dropout-hidden", help="dropout on the hidden units (default 0.5)", minimum=0, below=1)
-    _num(t, "--max-norm", help="bound on each unit's incoming weight norm (default 3.5)",
+    add_number_flag(t, "--dropout-input", help="dropout on the inputs, MLP only (default 0.2)", minimum=0, below=1)
+    add_number_flag(t, "--dropout-hidden", help="dropout on the hidden units (default 0.5)", minimum=0, below=1)
+    add_number_flag(t, "--max-norm", help="bound on each unit's incoming weight norm (default 3.5)",
          positive=True)
-    _num(t, "--jitter", help="max translation in pixels, 0 = off (default 2 on --dataset, 0 with --data)",
+    add_number_flag(t, "--jitter", help="max translation in pixels, 0 = off (default 2 on --dataset, 0 with --data)",
          integer=True, minimum=0)
 
     s = sub.add_parser("student", help="train a student on hard labels, or distil one with --teacher")
@@ -221,11 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_flag(s)
     s.add_argument("--combine", choices=["arithmetic", "geometric"], default="arithmetic",
                    help="how an ensemble's softened distributions are averaged (several --teacher)")
-    _num(s, "--temperature", help="distillation temperature T (default 20; 1 on label masks, 4 with --cwd; needs "
+    add_number_flag(s, "--temperature", help="distillation temperature T (default 20; 1 on label masks, 4 with --cwd; needs "
                                   "--teacher)", positive=True)
-    _num(s, "--hard-weight", help="weight of the hard-label term (default 0.1; 1 on label masks; needs --teacher)",
+    add_number_flag(s, "--hard-weight", help="weight of the hard-label term (default 0.1; 1 on label masks; needs --teacher)",
          minimum=0)
-    _num(s, "--soft-weight", help="weight of the T²·soft term (default 1; needs --teacher)", minimum=0)
+    add_number_flag(s, "--soft-weight", help="weight of the T²·soft term (default 1; needs --teacher)", minimum=0)
     s.add_argument("--cwd", action="store_true",
                    help="segmentation: channel-wise distillation (Shu et al. 2021) instead of pixel-wise; defaults "
                         "T = 4, --soft-weight 3, --hard-weight 1 (needs --teacher)")
@@ -244,10 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_flag(x)
     x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="(default onnx)")
     x.add_argument("--out", help="file to write (default: the checkpoint's path with .onnx or .pt)")
-    _num(x, "--check-inputs", default=1000, help="inputs on which the export is compared with PyTorch (default 1000)",
+    add_number_flag(x, "--check-inputs", default=1000, help="inputs on which the export is compared with PyTorch (default 1000)",
          integer=True, minimum=1)
-    _num(x, "--tolerance", default=1e-4, help="largest |export - PyTorch| allowed (default 1e-4)", positive=True)
-    _num(x, "--input-shape", nargs="+", help="one example's shape, for a checkpoint that records none",
+    add_number_flag(x, "--tolerance", default=1e-4, help="largest |export - PyTorch| allowed (default 1e-4)", positive=True)
+    add_number_flag(x, "--input-shape", nargs="+", help="one example's shape, for a checkpoint that records none",
          integer=True, minimum=1)
 
     c = sub.add_parser("compare", help="a teacher beside its students: size, accuracy, agreement, latency")
@@ -255,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("students", nargs="+", metavar="student", help="student checkpoint(s)")
     _trust_flag(c)
     _common_data(c, train_size=False)
-    _num(c, "--threads", default=1, help="threads for PyTorch and ONNX Runtime (default 1)", integer=True, minimum=1)
-    _num(c, "--repeats", default=100, help="timed runs per latency figure (default 100)", integer=True, minimum=1)
-    _num(c, "--warmup", default=10, help="untimed runs before them (default 10)", integer=True, minimum=0)
+    add_number_flag(c, "--threads", default=1, help="threads for PyTorch and ONNX Runtime (default 1)", integer=True, minimum=1)
+    add_number_flag(c, "--repeats", default=100, help="timed runs per latency figure (default 100)", integer=True, minimum=1)
+    add_number_flag(c, "--warmup", default=10, help="untimed runs before them (default 10)", integer=True, minimum=0)
     c.add_argument("--onnx", choices=["auto", "off"], default="auto",
                    help="auto: also time ONNX Runtime, on the export beside each checkpoint or one made now, when "
                         "distill[export] is installed (default auto)")
@@ -286,17 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_flag(tg)
     tg.add_argument("--combine", choices=["arithmetic", "geometric"], default="arithmetic",
                     help="how an ensemble's softened distributions are averaged (several --teacher)")
-    _num(tg, "--temperature", default=1.0, help="T at which an arithmetic ensemble is combined (its stored logits "
+    add_number_flag(tg, "--temperature", default=1.0, help="T at which an arithmetic ensemble is combined (its stored logits "
                                                "depend on T: use the student's); no effect otherwise (default 1)",
          positive=True)
     _common_data(tg)
     tg.add_argument("--out", required=True, help="the store folder (shards, their records, meta.json last)")
     tg.add_argument("--dtype", choices=["float16", "float32"], default="float32", help="(default float32)")
-    _num(tg, "--top-k", help="keep the k largest logits per example and the mean of the rest", integer=True,
+    add_number_flag(tg, "--top-k", help="keep the k largest logits per example and the mean of the rest", integer=True,
          minimum=1)
-    _num(tg, "--shards", help="number of shards (default: one per process); keep it when resuming with another "
+    add_number_flag(tg, "--shards", help="number of shards (default: one per process); keep it when resuming with another "
                               "number of processes", integer=True, minimum=1)
-    _num(tg, "--batch-size", default=2000, help="teacher batch (default 2000); shards start at its multiples",
+    add_number_flag(tg, "--batch-size", default=2000, help="teacher batch (default 2000); shards start at its multiples",
          integer=True, minimum=1)
     tg.add_argument("--device", help="where the teacher runs: cpu, cuda (default $DISTILL_DEVICE, else cpu)")
     tg.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -308,19 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave a section out (repeatable)")
     bn.add_argument("--dataset", choices=["mnist", "fashion-mnist", "synthetic"],
                     help="(default mnist; synthetic with --quick)")
-    _num(bn, "--train-size", help="examples per epoch (default: the whole training set)", integer=True, minimum=1)
-    _num(bn, "--rounds", help="repeats of each timing (default 3; 2 with --quick)", integer=True, minimum=1)
-    _num(bn, "--seeds", help="seeds of the bf16/fp32 runs (default 1)", integer=True, minimum=1)
-    _num(bn, "--precision-epochs", help="epochs of the bf16/fp32 runs (default 3; 1 with --quick)", integer=True,
+    add_number_flag(bn, "--train-size", help="examples per epoch (default: the whole training set)", integer=True, minimum=1)
+    add_number_flag(bn, "--rounds", help="repeats of each timing (default 3; 2 with --quick)", integer=True, minimum=1)
+    add_number_flag(bn, "--seeds", help="seeds of the bf16/fp32 runs (default 1)", integer=True, minimum=1)
+    add_number_flag(bn, "--precision-epochs", help="epochs of the bf16/fp32 runs (default 3; 1 with --quick)", integer=True,
          minimum=1)
-    _num(bn, "--batch-size", default=128, help="(default 128)", integer=True, minimum=1)
+    add_number_flag(bn, "--batch-size", default=128, help="(default 128)", integer=True, minimum=1)
     bn.add_argument("--json", metavar="FILE", help="also write every figure (and every repeat) to FILE")
 
     pl = sub.add_parser("plot", help="figures")
     psub = pl.add_subparsers(dest="figure", required=True, parser_class=_Parser)
     pt = psub.add_parser("temperature", help="softmax of a logit vector at T = 1, 4, 20 beside the logits")
-    _num(pt, "--logits", default=[0.5, 8, 1.5, 3, 6, 11, 2.5, 0.01, 5, 0.2], nargs="+", help="the logit vector")
-    _num(pt, "--temperatures", default=[1, 4, 20], nargs="+", help="(default 1 4 20)", positive=True)
+    add_number_flag(pt, "--logits", default=[0.5, 8, 1.5, 3, 6, 11, 2.5, 0.01, 5, 0.2], nargs="+", help="the logit vector")
+    add_number_flag(pt, "--temperatures", default=[1, 4, 20], nargs="+", help="(default 1 4 20)", positive=True)
     pt.add_argument("--out", default="temperature.png", help="PNG file to write")
     return ap
 
@@ -781,7 +739,7 @@ def main(argv=None) -> int:
     from distill import distributed
     try:
         args = build_parser().parse_args(argv)
-        _check_numbers(args)
+        check_number_flags(args)
         if distributed.init_from_env(device=getattr(args, "device", None)) and args.command not in (
                 "teacher", "student", "targets"):
             raise DistillError("under torchrun only the `teacher` and `student` commands train data-parallel "

@@ -479,11 +479,12 @@ class _Scripted:
 
 
 def test_the_guard_can_be_turned_off(toy, tmp_path):
-    from distill.cli import _check_numbers, _config, build_parser
+    from distill.checks import check_number_flags
+    from distill.cli import _config, build_parser
 
     def parsed(argv):
         args = build_parser().parse_args(argv)
-        _check_numbers(args)
+        check_number_flags(args)
         return args
 
     curve = [2.0, 0.5, 30.0, 30.0, 30.0]
