@@ -10,7 +10,7 @@ The package is built in layers; a module imports only from its own layer and the
 before it (``tests/test_layers.py`` parses every import and fails on an upward one or a circle):
 
     core         errors, checks (numbers, temperatures), digest, atomic (writes, the folder lock),
-                 checkpoints, distributed
+                 checkpoints, distributed, modelio (a model's inputs and outputs: tensors, dicts, .logits)
     losses/      functional (the formulas, pure) · objectives (what fit calls)
     data/        sources (what fit accepts) · datasets, files, augment, transfer sets
     metrics      evaluation over a source
@@ -43,7 +43,9 @@ from distill.teachers import store as _store  # noqa: E402
 from distill.teachers.store import SoftTargetStore  # noqa: E402
 from distill.data.sources import as_source  # noqa: E402
 from distill.teachers.teacher import Ensemble, Teacher  # noqa: E402
-from distill.train.fit import FitResult, TrainConfig, TrainingDiverged, fit, seed_everything  # noqa: E402
+from distill.train.fit import FitResult, fit  # noqa: E402
+from distill.train.config import TrainConfig, seed_everything
+from distill.train.divergence import TrainingDiverged
 
 __all__ = [
     "fit", "TrainConfig", "FitResult", "TrainingDiverged", "seed_everything",

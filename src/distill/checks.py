@@ -57,7 +57,8 @@ def check_temperature(temperature) -> float:
 def add_number_flag(parser, flag: str, default=None, help: str | None = None, nargs=None, **rules) -> None:
     """Add a numeric ``flag`` to an argparse ``parser``, checked by :func:`check_number_flags` with
     ``rules`` (``integer``, ``minimum``, ``positive``, ``below``: an exclusive upper bound)."""
-    numbers = parser.__dict__.setdefault("numbers", {})
+    owner = getattr(parser, "_container", parser)  # an argument group keeps its flags with its parser
+    numbers = owner.__dict__.setdefault("numbers", {})
     numbers[flag.lstrip("-").replace("-", "_")] = (flag, rules)
     parser.set_defaults(_numbers=numbers)
     kw = dict(default=default, help=help, metavar="N" if rules.get("integer") else "X")

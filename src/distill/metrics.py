@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from distill.modelio import inputs_to, logits_of, model_forward
+from distill.data.sources import Source, as_source
+
 
 @torch.no_grad()
 def predict_logits(model, data, batch_size: int = 2000, *, device=None, progress: bool = False,
@@ -20,7 +23,6 @@ def predict_logits(model, data, batch_size: int = 2000, *, device=None, progress
     ``model`` is an ``nn.Module`` (each chunk runs on its device, or on ``device``) or any callable
     on a batch (e.g. :meth:`distill.Teacher.forward`). With ``labels`` (a list), the batches'
     labels are appended to it in the same pass."""
-    from distill.data.sources import Source, as_source
 
     module = model if isinstance(model, nn.Module) else None
     was_training = module.training if module is not None else False
@@ -39,7 +41,7 @@ def predict_logits(model, data, batch_size: int = 2000, *, device=None, progress
     out = []
     try:
         for x, y, _ in chunks:
-            out.append(model(x.to(dev) if dev is not None else x).float().to(home))
+            out.append(logits_of(model_forward(model, inputs_to(x, dev) if dev is not None else x)).float().to(home))
             if labels is not None:
                 labels.append(y)
             bar.update(len(x))
@@ -57,7 +59,6 @@ def evaluate(model, data, batch_size: int = 2000, device=None) -> dict:
     :func:`distill.data.sources.as_source` accepts), in one pass. With per-position labels (masks
     ``(n, H, W)``) the model's logits are ``(n, C, H, W)`` and the result is
     :func:`segmentation_metrics`' (these four counted over labelled pixels, plus IoUs)."""
-    from distill.data.sources import Source, as_source
 
     src = data if isinstance(data, Source) else as_source(data, name="data")
     if not src.labeled:
@@ -105,7 +106,7 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins:
     return float(ece)
 
 
-# ---------------------------------------------------------------- dense prediction (issue 18)
+# ---------------------------------------------------------------- dense prediction
 #: the label of pixels that are not scored (as in distill.losses.DEFAULT_IGNORE_INDEX)
 IGNORE_INDEX = 255
 
@@ -175,7 +176,6 @@ def dense_evaluate(model, data, batch_size: int = 500, device=None, ignore_index
                    background: int | None = 0) -> dict:
     """:func:`segmentation_metrics` of ``model`` over labelled dense ``data`` in one streamed pass
     (confusion counts accumulated per batch; the logits are never all held at once)."""
-    from distill.data.sources import Source, as_source
 
     src = data if isinstance(data, Source) else as_source(data, name="data")
     module = model if isinstance(model, nn.Module) else None
@@ -187,7 +187,7 @@ def dense_evaluate(model, data, batch_size: int = 500, device=None, ignore_index
     m, nll_sum, n, ignored = None, 0.0, 0, 0
     try:
         for x, y, _ in src.ordered(batch_size):
-            out = model(x.to(dev) if dev is not None else x).float()
+            out = logits_of(model_forward(model, inputs_to(x, dev) if dev is not None else x)).float()
             y = y.to(out.device)
             cm = confusion_matrix(out, y, ignore_index)
             m = cm if m is None else m + cm

@@ -12,7 +12,8 @@ from distill import checkpoints as C
 from distill.digest import tensors_digest
 from distill.errors import DistillError
 from distill.models.classifiers import MLP
-from distill.train.fit import TrainConfig, fit, seed_everything
+from distill.train.config import TrainConfig, seed_everything
+from distill.train.fit import fit
 from conftest import quiet
 
 

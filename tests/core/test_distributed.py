@@ -16,9 +16,8 @@ from safetensors.torch import load_file, save_file
 from distill import distributed
 from distill.data import Dataset
 from distill.models.classifiers import MLP
-from distill.train.fit import TrainConfig, fit, seed_everything
-
-
+from distill.train.config import TrainConfig, seed_everything
+from distill.train.fit import fit
 def test_shards_partition_the_batch_in_order():
     for b in (0, 1, 3, 10, 128, 129):
         for w in (1, 2, 3, 8):
@@ -213,10 +212,10 @@ def test_cli_student_trains_under_torchrun(tmp_path, mnist):
 def test_a_surviving_rank_says_its_peer_stopped_in_one_line(monkeypatch, capsys):
     # what a collective raises on the rank that survives when its peer is killed mid-run
     from distill import cli
-    def peer_gone(args, teacher_mode):
+    def peer_gone(args):
         raise torch.distributed.DistBackendError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")
 
-    monkeypatch.setattr(cli, "_train", peer_gone)
+    monkeypatch.setitem(cli.COMMANDS, "student", peer_gone)
     monkeypatch.setattr(distributed, "init_from_env", lambda device=None: False)
     monkeypatch.setattr(distributed, "world", lambda: (1, 2))
     assert cli.main(["student", "--out", "unused"]) == 2

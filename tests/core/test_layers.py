@@ -11,7 +11,7 @@ SRC = Path(distill.__file__).parent
 #: lowest first; a module may import from its own layer and the ones before it
 LAYERS = [
     ("core", ["distill.errors", "distill.checks", "distill.digest", "distill.atomic", "distill.checkpoints",
-              "distill.distributed"]),
+              "distill.distributed", "distill.modelio"]),
     ("losses", ["distill.losses"]),
     ("data", ["distill.data"]),
     ("metrics", ["distill.metrics"]),

@@ -8,7 +8,8 @@ import torch
 from distill import distributed
 from distill.models.classifiers import MLP
 from distill.data.sources import ArrayDataset, MapSource, RowReader, TensorSource, as_source
-from distill.train.fit import TrainConfig, fit, seed_everything
+from distill.train.config import TrainConfig, seed_everything
+from distill.train.fit import fit
 from conftest import quiet
 
 

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import distill
 from distill.metrics import evaluate, predict_logits
-from distill.train.fit import seed_everything
+from distill.train.config import seed_everything
 from conftest import quiet
 
 

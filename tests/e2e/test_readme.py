@@ -1,10 +1,17 @@
-"""The README's own-model example runs as written.
+"""The documentation's examples run as written, and its links lead somewhere.
 
-The Python blocks of the sections "Distil your own model on your own data", "Your own loss" and
-"Teachers" form one program on scikit-learn's 8x8 digits: the first block is the user's model
-module (``digits_models.py``), the second the main script, the rest continue in the script's
-namespace. They are executed here, in that order, in a temporary working directory, and what they
-define is checked; so is the output the README quotes for the main script.
+* The README's "Quick start" Python block runs, and prints what the README quotes.
+* The Python blocks of the sections "Distil your own model on your own data", "Your own loss" and
+  "Teachers" of docs/guide.md form one program on scikit-learn's 8x8 digits: the first block is
+  the user's model module (``digits_models.py``), the second the main script, the rest continue in
+  the script's namespace. They are executed here, in that order, in a temporary working directory,
+  and what they define is checked; so is the output the guide quotes for the main script.
+* Every relative link (and image) in README.md and docs/*.md points to an existing file, and every
+  ``#anchor`` to a heading of its target; the README and the guides name no issue numbers and
+  the source and test paths they mention exist; docs/design.md lists the package's layers as
+  ``src/distill/__init__.py`` does.
+
+(docs/segmentation.md's example runs in tests/models/test_segmentation.py.)
 """
 from __future__ import annotations
 
@@ -17,14 +24,18 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide.md"
 SECTIONS = ("Distil your own model on your own data", "Your own loss", "Teachers")
+#: the documents this project's documentation owns (docs/results.md is a lab notebook, appended to)
+GUIDES = ("README.md", "docs/guide.md", "docs/cli.md", "docs/scale.md", "docs/segmentation.md", "docs/design.md")
 
 
-def section(text: str, title: str) -> str:
+def section(text: str, title: str, doc: str = "README") -> str:
     """The body of the ``## title`` section (up to the next ``## `` heading)."""
     m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
-    assert m, f"README has no section '## {title}'"
+    assert m, f"{doc} has no section '## {title}'"
     return m.group(1)
 
 
@@ -41,20 +52,20 @@ def code_blocks(body: str, lang: str) -> list[str]:
                 current = None
         elif current is not None:
             current.append(line)
-    assert current is None, "unclosed code fence in the README"
+    assert current is None, "unclosed code fence"
     return blocks
 
 
-def readme_program() -> tuple[str, str, list[str], str]:
+def guide_program() -> tuple[str, str, list[str], str]:
     """(model module, main script, continuation blocks, quoted output of the main script)."""
-    text = README.read_text(encoding="utf-8")
-    blocks = [b for title in SECTIONS for b in code_blocks(section(text, title), "python")]
+    text = GUIDE.read_text(encoding="utf-8")
+    blocks = [b for title in SECTIONS for b in code_blocks(section(text, title, "docs/guide.md"), "python")]
     assert len(blocks) >= 3, "expected the model module, the script and at least one continuation"
     module, script, rest = blocks[0], blocks[1], blocks[2:]
     assert module.startswith("# digits_models.py"), "the first Python block must be digits_models.py"
     assert script.startswith("# distil_digits.py"), "the second Python block must be distil_digits.py"
-    quoted = code_blocks(section(text, SECTIONS[0]), "")
-    assert quoted, "the README quotes no output of distil_digits.py"
+    quoted = code_blocks(section(text, SECTIONS[0], "docs/guide.md"), "")
+    assert quoted, "docs/guide.md quotes no output of distil_digits.py"
     return module, script, rest, quoted[0]
 
 
@@ -68,9 +79,9 @@ def run_script(script: str) -> tuple[dict, str]:
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory):
-    """Run the README program once in a fresh folder; yield its namespaces and outputs."""
-    module, script, rest, quoted = readme_program()
-    work = tmp_path_factory.mktemp("readme")
+    """Run the guide's program once in a fresh folder; yield its namespaces and outputs."""
+    module, script, rest, quoted = guide_program()
+    work = tmp_path_factory.mktemp("guide")
     (work / "digits_models.py").write_text(module, encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
@@ -83,7 +94,7 @@ def program(tmp_path_factory):
             ns = dict(first)
             for i, block in enumerate(rest):
                 with contextlib.redirect_stdout(io.StringIO()):
-                    exec(compile(block, f"README block {i + 3}", "exec"), ns)
+                    exec(compile(block, f"docs/guide.md block {i + 3}", "exec"), ns)
             yield dict(work=work, first=first, first_out=first_out, second=second, second_out=second_out,
                        ns=ns, quoted=quoted)
         finally:
@@ -143,12 +154,12 @@ def test_rerun_reuses_every_run_folder(program):
     assert summary(program["first_out"]) == summary(program["second_out"])
 
 
-def test_readme_quotes_what_the_script_printed(program):
+def test_guide_quotes_what_the_script_printed(program):
     """The quoted result lines are the script's, up to a few errors of float rounding across CPUs."""
     got, quoted = summary(program["first_out"]), summary(program["quoted"])
     assert set(quoted) == {"teacher", "hard", "student", "reloaded"} == set(got), (quoted, got)
     for k in quoted:
-        assert abs(quoted[k] - got[k]) <= 5, f"README quotes {k} {quoted[k]}, the script printed {got[k]}"
+        assert abs(quoted[k] - got[k]) <= 5, f"docs/guide.md quotes {k} {quoted[k]}, the script printed {got[k]}"
     assert got["reloaded"] == got["student"]
 
 
@@ -171,3 +182,118 @@ def test_continuation_blocks_run(program):
     assert probs.shape == (497, 10)
     assert abs(float(probs.sum(1).min()) - 1) < 1e-6 and abs(float(probs.sum(1).max()) - 1) < 1e-6
     assert list((program["work"] / "runs" / "soft-targets").glob("soft-*"))
+
+
+# ---------------------------------------------------------------- the README's quick start
+
+def numbers_match(printed: str, quoted: str, tolerance: int = 5) -> bool:
+    """The same text, with every integer within ``tolerance`` of the quoted one (float rounding
+    across CPUs moves an error count or two)."""
+    split = re.compile(r"(\d+)")
+    a, b = split.split(printed.strip()), split.split(quoted.strip())
+    return len(a) == len(b) and all(x == y if i % 2 == 0 else abs(int(x) - int(y)) <= tolerance
+                                    for i, (x, y) in enumerate(zip(a, b)))
+
+
+def test_readme_quick_start_runs_and_prints_what_it_quotes(tmp_path, monkeypatch):
+    body = section(README.read_text(encoding="utf-8"), "Quick start")
+    blocks, quoted = code_blocks(body, "python"), code_blocks(body, "")
+    assert blocks and quoted, "the README's Quick start needs a Python block and its quoted output"
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {"__name__": "__main__"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"README quick start block {i + 1}", "exec"), ns)
+    assert numbers_match(out.getvalue(), quoted[0]), (out.getvalue(), quoted[0])
+    teacher, student = ns["teacher"], ns["student"]
+    assert teacher.epoch == student.epoch == 20 and student.test["n"] == 497
+    assert teacher.test["accuracy"] > 0.9 and student.test["accuracy"] > 0.85
+
+
+# ---------------------------------------------------------------- links, names, paths
+
+FENCE = re.compile(r"^```.*?^```[^\n]*$", re.MULTILINE | re.DOTALL)
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def prose(text: str) -> str:
+    """``text`` without its fenced code blocks and inline code spans."""
+    return re.sub(r"`[^`\n]*`", "", FENCE.sub("", text))
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation (backticks, colons, ...) dropped,
+    spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every heading anchor of a Markdown file (repeats get GitHub's ``-1``, ``-2`` suffixes)."""
+    found: set[str] = set()
+    for m in re.finditer(r"^#{1,6} (.+)$", FENCE.sub("", path.read_text(encoding="utf-8")), re.MULTILINE):
+        base = slug(m.group(1))
+        name, n = base, 0
+        while name in found:
+            n += 1
+            name = f"{base}-{n}"
+        found.add(name)
+    return found
+
+
+def markdown_files() -> list[Path]:
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_guides_exist():
+    for name in GUIDES:
+        assert (ROOT / name).is_file(), name
+
+
+@pytest.mark.parametrize("doc", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_to_existing_files_and_headings(doc):
+    broken = []
+    for target in LINK.findall(prose(doc.read_text(encoding="utf-8"))):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:, ...
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (doc.parent / file).resolve() if file else doc
+        if not dest.exists():
+            broken.append(f"{target} (no file {dest})")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(f"{target} (no heading #{anchor} in {dest.name})")
+    assert not broken, f"{doc.relative_to(ROOT)}: broken links: {broken}"
+
+
+def test_readme_is_a_front_page():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines; the rest belongs in docs/"
+
+
+@pytest.mark.parametrize("name", GUIDES)
+def test_no_issue_numbers(name):
+    """Sections are named by what they are, not by the issue that asked for them."""
+    text = (ROOT / name).read_text(encoding="utf-8")
+    found = re.findall(r"\bissues? #?\d+", text, re.IGNORECASE)
+    assert not found, f"{name} names {found}"
+
+
+@pytest.mark.parametrize("name", GUIDES)
+def test_mentioned_source_and_test_paths_exist(name):
+    text = (ROOT / name).read_text(encoding="utf-8")
+    paths = set(re.findall(r"`((?:src|tests|benchmarks)/[\w./-]+\.py)`", text))
+    paths |= set(re.findall(r"`python ((?:benchmarks)/[\w./-]+\.py)", text))
+    missing = sorted(p for p in paths if not (ROOT / p).is_file())
+    assert not missing, f"{name} mentions files that do not exist: {missing}"
+
+
+def test_design_lists_the_layers_of_the_package_docstring():
+    import distill
+
+    doc = distill.__doc__
+    listed = doc[doc.index("\n\n", doc.index("built in layers")):].strip("\n")
+    layers = [line.strip() for line in listed.splitlines() if line.strip()]
+    design = section((ROOT / "docs" / "design.md").read_text(encoding="utf-8"), "The layers", "docs/design.md")
+    block = code_blocks(design, "")[0]
+    assert [line.strip() for line in block.splitlines() if line.strip()] == \
+        [line.replace("``", "`") for line in layers]

@@ -129,8 +129,7 @@ def argvs(draw):
 
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory):
-    from distill.train.fit import seed_everything
-
+    from distill.train.config import seed_everything
     seed_everything(0)
     d = _tiny_dataset()
     res = distill.fit(MLP(16, [8], 4), d, distill.TrainConfig(epochs=1), progress=False,
@@ -164,8 +163,7 @@ def test_random_cli_flags_exit_0_or_2_never_a_traceback(argv, tmp_path_factory, 
 
 def test_a_corrupt_sidecar_copy_does_not_block_the_run_and_a_damaged_model_names_its_file(tmp_path):
     """model.json is a readable copy; the sidecar inside model.safetensors is the truth."""
-    from distill.train.fit import seed_everything
-
+    from distill.train.config import seed_everything
     d = _tiny_dataset()
     seed_everything(0)
     first = distill.fit(MLP(16, [8], 4), d, distill.TrainConfig(epochs=1), run_dir=tmp_path, progress=False)

@@ -33,8 +33,7 @@ def test_summary_table_arithmetic():
 def _configs(obj):
     from dataclasses import fields, is_dataclass
 
-    from distill.train.fit import TrainConfig
-
+    from distill.train.config import TrainConfig
     if isinstance(obj, TrainConfig):
         yield obj
     elif is_dataclass(obj):

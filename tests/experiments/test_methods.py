@@ -5,6 +5,8 @@ import json
 from dataclasses import dataclass, replace
 
 import pytest
+
+from distill.losses.objectives import Objective
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,10 +110,10 @@ def test_dkd_objective_warm_up_and_hard_term():
     v = v.float()
     obj = DKD(temperature=4.0, beta=8.0, hard_weight=0.5, warmup_epochs=4)
     kd, ce = dkd_loss(z, v, y, 4.0, 1.0, 8.0), F.cross_entropy(z, y)
-    assert torch.allclose(obj(z, v, y), 0.5 * ce + kd)              # before any set_epoch: w = 1
-    for epoch, w in ((1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)):
-        obj.set_epoch(epoch)
-        assert torch.allclose(obj(z, v, y), 0.5 * ce + w * kd)
+    assert torch.allclose(obj(z, v, y), 0.5 * ce + kd)              # called without an epoch: w = 1
+    for epoch, w in ((1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)):  # the epoch comes with every call
+        assert torch.allclose(obj(z, v, y, epoch=epoch), 0.5 * ce + w * kd)
+    assert torch.allclose(obj(z, v, y), 0.5 * ce + kd)              # no state was kept between calls
     assert losses.objective_spec(obj) == dict(objective="distill.losses.DKD", temperature=4.0, alpha=1.0, beta=8.0,
                                               hard_weight=0.5, warmup_epochs=4)
     assert DKD().needs_labels and DKD().needs_teacher
@@ -155,8 +157,8 @@ def test_standardized_wraps_hinton_and_dkd():
     assert torch.allclose(kd(z, 5 * v + 2, y), kd(z, v, y), atol=1e-5)
     assert not torch.allclose(Distillation(4.0)(z, 5 * v + 2, y), Distillation(4.0)(z, v, y))
     d = Standardized(DKD(beta=8.0, hard_weight=1.0, warmup_epochs=2))
-    d.set_epoch(1)  # reaches the inner DKD's warm-up
-    assert torch.allclose(d(z, v, y), 0.5 * dkd_loss(sz, sv, y, 4.0, 1.0, 8.0) + F.cross_entropy(z, y))
+    # the epoch reaches the inner DKD's warm-up
+    assert torch.allclose(d(z, v, y, epoch=1), 0.5 * dkd_loss(sz, sv, y, 4.0, 1.0, 8.0) + F.cross_entropy(z, y))
     assert d.temperature == 4.0 and d.needs_labels and kd.needs_labels
     assert not Standardized(Distillation(2.0, hard_weight=0.0)).needs_labels
     spec = losses.objective_spec(d)
@@ -288,19 +290,17 @@ class Interrupted(Exception):
 
 
 @dataclass(frozen=True)
-class Stopper:
-    """Hinton's loss at T = 2 (hard weight 0.1) that raises Interrupted when told epoch 3, once armed."""
+class Stopper(Objective):
+    """Hinton's loss at T = 2 (hard weight 0.1) that raises Interrupted in epoch 3, once armed."""
 
     armed = False
     needs_teacher = True
     needs_labels = True
     temperature = 2.0
 
-    def set_epoch(self, epoch):
+    def __call__(self, s, t, y, *, mask=None, epoch=None):
         if epoch == 3 and Stopper.armed:
             raise Interrupted
-
-    def __call__(self, s, t, y):
         return Distillation(2.0, 0.1)(s, t, y)
 
 
@@ -308,16 +308,15 @@ def test_fit_tells_the_objective_each_epoch(toy, toy_teacher, tmp_path):
     told = []
 
     @dataclass(frozen=True)
-    class Watch:
+    class Watch(Objective):
         needs_teacher = True
         needs_labels = True
         temperature = 4.0
 
-        def set_epoch(self, epoch):
-            told.append(epoch)
-
-        def __call__(self, s, t, y):
-            return DKD(warmup_epochs=2)(s, t, y)
+        def __call__(self, s, t, y, *, mask=None, epoch=None):
+            if not told or told[-1] != epoch:
+                told.append(epoch)
+            return DKD(warmup_epochs=2)(s, t, y, epoch=epoch)
 
     distill.seed_everything(0)
     distill.fit(MLP(64, (16,), 10), toy, distill.TrainConfig(epochs=3, objective=Watch()), teacher=toy_teacher,

@@ -8,9 +8,7 @@ from distill.data import transfer as transfer
 from distill.errors import DistillError
 from distill.experiments import regularizer
 from distill.train.rundir import RunDir
-from distill.train.fit import TrainConfig
-
-
+from distill.train.config import TrainConfig
 def test_epochs_for_small_transfer_sets():
     cfg = TrainConfig(epochs=40, batch_size=128)
     assert transfer.epochs_for(cfg, 54000, 12000) == 40          # 422 steps/epoch * 40 > 12000

@@ -252,7 +252,6 @@ def _tiny_data():
 def _no_training(calls):
     """A fit_fn hook that records its arguments and returns the built model untrained."""
     from distill.train.fit import FitResult
-
     def fit_fn(name, data, build, config, teacher, extra):
         calls.append(dict(name=name, data=data, config=config, teacher=teacher, extra=extra))
         return FitResult(build())
@@ -261,8 +260,7 @@ def _no_training(calls):
 
 def test_train_specialists_hard_variant_wiring():
     from distill.teachers.teacher import module_id
-    from distill.train.fit import TrainConfig
-
+    from distill.train.config import TrainConfig
     data = _tiny_data()
     torch.manual_seed(0)
     g = MLP(4, [8], 6)
@@ -291,8 +289,7 @@ def test_train_specialists_hard_variant_wiring():
 
 def test_train_specialists_soft_variant_teacher_and_correction():
     from distill.teachers.teacher import Teacher
-    from distill.train.fit import TrainConfig
-
+    from distill.train.config import TrainConfig
     data = _tiny_data()
     torch.manual_seed(0)
     g = MLP(4, [8], 6).eval()
@@ -314,8 +311,7 @@ def test_train_specialists_soft_variant_teacher_and_correction():
 
 def test_train_specialists_default_fit_trains():
     """With the default hook every specialist is a real distill.fit from the generalist's weights."""
-    from distill.train.fit import TrainConfig
-
+    from distill.train.config import TrainConfig
     data = _tiny_data()
     torch.manual_seed(0)
     g = MLP(4, [8], 6)
@@ -395,7 +391,7 @@ def test_experiment_tiny_end_to_end(tmp_path):
     from distill.experiments import specialists as E
 
     # the preset's own setting (the held-out selection has its own tests below)
-    recs = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, distill_back=True, select=False,
+    recs = E.run(dataset="synthetic", preset="tiny", out=tmp_path / "out", progress=False, distill_back=True, select=False,
                  log=lambda m: None)
     names = [r["model"] for r in recs]
     for name in ("generalist", "generalist+specialists", "generalist+extra", "distilled-back"):
@@ -414,7 +410,7 @@ def test_experiment_tiny_end_to_end(tmp_path):
     assert (tmp_path / "out" / "gain_vs_covering.png").stat().st_size > 0
     assert "relative accuracy change" in (tmp_path / "out" / "results.md").read_text()
     with pytest.raises(DistillError):
-        E.run("mnist", "tiny", out=tmp_path / "x", progress=False, log=lambda m: None)
+        E.run(dataset="mnist", preset="tiny", out=tmp_path / "x", progress=False, log=lambda m: None)
 
 
 def test_specialist_soft_targets_hand_made():
@@ -449,7 +445,7 @@ def test_error_coverage_counts_errors_inside_one_subset():
     assert math.isnan(S.error_coverage(y, y, subsets, 5))
 
 
-# ---------------------------------------------------------------- held-out selection, seeds (issue 19)
+# ---------------------------------------------------------------- held-out selection, seeds
 
 
 class _Poison(torch.Tensor):
@@ -478,8 +474,8 @@ def test_selection_never_reads_the_test_split_and_picks_the_argmin(tmp_path):
     assert len(cands) == 3 and cands[0] == E.setting_of(p)
     assert cands[1]["n_clusters"] == 3 and cands[1]["overlap_ratio"] is None and cands[2]["specialist_epochs"] == 1
     runner = Runner(tmp_path / "out", progress=False, log=lambda m: None)
-    best, rows = E.select_setting(runner, p, _poisoned(data), "synthetic", cands, "hard", progress=False,
-                                  log=lambda m: None)
+    best, rows = E.select_setting(runner, p, data=_poisoned(data), dataset="synthetic", cands=cands, variant="hard",
+                                  progress=False, log=lambda m: None)
     errs = [r["heldout_errors"] for r in rows]
     assert all(isinstance(e, int) and 0 <= e <= p.holdout for e in errs) and all(r["n"] == p.holdout for r in rows)
     assert best == errs.index(min(errs)) and [r["chosen"] for r in rows] == [i == best for i in range(3)]
@@ -498,14 +494,15 @@ def test_selection_tie_goes_to_the_first_candidate(tmp_path, monkeypatch):
     from distill.data.synthetic import make_synthetic
     from distill.experiments import specialists as E
     from distill.experiments.common import Runner
+    from distill.experiments.specialists import pipeline
 
     p = replace(E.PRESETS[("synthetic", "tiny")], select_control=False)
     data = make_synthetic(**p.synthetic)
     for fake, expected in (([7, 4, 4], 1), ([5, 5, 5], 0), ([9, 8, 2], 2)):
         it = iter(fake)
-        monkeypatch.setattr(E, "_errors", lambda q, y, it=it: next(it))
-        best, rows = E.select_setting(Runner(tmp_path / "o", progress=False, log=lambda m: None), p, data,
-                                      "synthetic", E.candidates(p), progress=False, log=lambda m: None)
+        monkeypatch.setattr(pipeline, "_errors", lambda q, y, it=it: next(it))
+        best, rows = E.select_setting(Runner(tmp_path / "o", progress=False, log=lambda m: None), p, data=data,
+                                      dataset="synthetic", cands=E.candidates(p), progress=False, log=lambda m: None)
         assert best == expected and [r["heldout_errors"] for r in rows] == fake
 
 
@@ -524,7 +521,7 @@ def test_explicit_settings_fix_the_grid():
     with pytest.raises(DistillError, match="unknown setting"):
         E.with_setting(p, dict(lr=0.1))
     with pytest.raises(DistillError, match="holds out no"):
-        E.run("synthetic", "quick", select=True, progress=False, log=lambda m: None)
+        E.run(dataset="synthetic", preset="quick", select=True, progress=False, log=lambda m: None)
 
 
 def test_selection_then_full_run_uses_the_choice(tmp_path):
@@ -533,7 +530,7 @@ def test_selection_then_full_run_uses_the_choice(tmp_path):
     from distill.experiments import specialists as E
 
     logs = []
-    recs = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, variants=("hard",), log=logs.append)
+    recs = E.run(dataset="synthetic", preset="tiny", out=tmp_path / "out", progress=False, variants=("hard",), log=logs.append)
     sel = recs[0]
     assert sel["model"] == "selection" and sel["split"] == "heldout" and sel["holdout"] == 96
     errs = [r["heldout_errors"] for r in sel["candidates"]]
@@ -549,7 +546,7 @@ def test_selection_then_full_run_uses_the_choice(tmp_path):
     assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["model"] == "selection"
     # a rerun trains nothing: every stage comes from the cache, the same choice and numbers
     logs2 = []
-    again = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, variants=("hard",), log=logs2.append)
+    again = E.run(dataset="synthetic", preset="tiny", out=tmp_path / "out", progress=False, variants=("hard",), log=logs2.append)
     assert again[0]["chosen"] == chosen and [r.get("test_errors") for r in again] == [r.get("test_errors") for r in recs]
     assert not any("epoch 1/" in m for m in logs2) and any("(cached)" in m for m in logs2)
 
@@ -559,7 +556,7 @@ def test_seeds_summary_is_mean_and_std_of_the_records(tmp_path):
 
     from distill.experiments import specialists as E
 
-    recs = E.run("synthetic", "tiny", out=tmp_path / "out", progress=False, seeds=(0, 1), select=False,
+    recs = E.run(dataset="synthetic", preset="tiny", out=tmp_path / "out", progress=False, seeds=(0, 1), select=False,
                  log=lambda m: None)
     sm = E.seed_summary(recs)
     assert sm["seeds"] == [0, 1]
@@ -594,7 +591,7 @@ def test_seeds_summary_is_mean_and_std_of_the_records(tmp_path):
     subsets = json.loads((tmp_path / "out" / "subsets.json").read_text())
     assert sorted(subsets["by_seed"]) == ["0", "1"] and subsets["subsets"] == subsets["by_seed"]["0"]["subsets"]
     with pytest.raises(DistillError, match="seeds"):
-        E.run("synthetic", "tiny", out=tmp_path / "x", progress=False, seeds=(1, 1), log=lambda m: None)
+        E.run(dataset="synthetic", preset="tiny", out=tmp_path / "x", progress=False, seeds=(1, 1), log=lambda m: None)
 
 
 def test_double_mnist_tiny_on_a_fake_mnist(tmp_path, monkeypatch):
@@ -615,7 +612,7 @@ def test_double_mnist_tiny_on_a_fake_mnist(tmp_path, monkeypatch):
     xte, yte = split(5)
     fake = Dataset("mnist", xtr, ytr, xte, yte, tuple("0123456789"), "fake", (28, 28))
     monkeypatch.setattr(M, "load_mnist", lambda data_dir=None, log=print: fake)
-    recs = E.run("double-mnist", "tiny", out=tmp_path / "out", progress=False, variants=("hard",),
+    recs = E.run(dataset="double-mnist", preset="tiny", out=tmp_path / "out", progress=False, variants=("hard",),
                  distill_back=True, log=lambda m: None)
     names = [r["model"] for r in recs]
     assert names[0] == "selection" and {"generalist", "generalist+specialists", "generalist+extra",
@@ -627,17 +624,23 @@ def test_double_mnist_tiny_on_a_fake_mnist(tmp_path, monkeypatch):
 
 
 def test_cli_flags_of_selection_and_seeds():
+    from distill.checks import check_number_flags
     from distill.cli import build_parser
 
-    args = build_parser().parse_args(["reproduce", "specialists", "--dataset", "double-mnist", "--preset", "paper",
-                                      "--seeds", "0", "1", "2", "--no-select", "--specialist-epochs", "3",
-                                      "--cluster-temperature", "2", "--holdout", "500"])
+    def parse(argv):  # as distill.cli.main does: numeric flags are checked and converted after parsing
+        args = build_parser().parse_args(argv)
+        check_number_flags(args)
+        return args
+
+    args = parse(["reproduce", "specialists", "--dataset", "double-mnist", "--preset", "paper",
+                  "--seeds", "0", "1", "2", "--no-select", "--specialist-epochs", "3",
+                  "--cluster-temperature", "2", "--holdout", "500"])
     assert args.dataset == "double-mnist" and args.seeds == [0, 1, 2] and args.seed is None
     assert args.select is False and args.specialist_epochs == 3 and args.cluster_temperature == 2.0
     assert args.holdout == 500
-    args = build_parser().parse_args(["specialists", "--select", "--seed", "4"])
+    args = parse(["specialists", "--select", "--seed", "4"])
     assert args.select is True and args.seed == 4 and args.seeds is None
-    assert build_parser().parse_args(["specialists"]).select is None
+    assert parse(["specialists"]).select is None
     for bad in (["--seed", "1", "--seeds", "2"], ["--select", "--no-select"]):
         with pytest.raises(SystemExit) as e:
             build_parser().parse_args(["specialists", *bad])

@@ -390,7 +390,8 @@ def test_holdout_split_never_touches_the_test_set():
 
 
 def test_tune_temperature_picks_fewest_held_out_errors_lowest_t_on_ties():
-    from distill.train.fit import FitResult, TrainConfig
+    from distill.train.fit import FitResult
+    from distill.train.config import TrainConfig
     from distill.methods.tuning import tune_temperature
 
     data = _tiny_dataset()
@@ -421,7 +422,7 @@ def test_tune_temperature_picks_fewest_held_out_errors_lowest_t_on_ties():
 
 def test_tune_temperature_default_fit_trains_real_students():
     """Without a hook, every candidate is a real distill.fit on the tune split, from a seeded build."""
-    from distill.train.fit import TrainConfig
+    from distill.train.config import TrainConfig
     from distill.methods.tuning import tune_temperature
 
     x, y = make_moons(200, noise=0.2, random_state=0)

@@ -469,15 +469,16 @@ def test_figure_of_predictions(tmp_path):
 
 
 def test_readme_dense_example_runs(tmp_path, monkeypatch):
-    """The README's "Dense prediction" Python block, on 24 generated canvases for one epoch."""
+    """The Python block of docs/segmentation.md ("Dense prediction"), on 24 generated canvases for
+    one epoch."""
     import re
     from pathlib import Path
 
     import distill.data
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    body = re.search(r"^## Dense prediction \(segmentation\)\n(.*?)(?=^## |\Z)", text, re.M | re.S).group(1)
-    block = re.search(r"```python\n(.*?)```", body, re.S).group(1)
+    text = (Path(__file__).resolve().parents[2] / "docs" / "segmentation.md").read_text(encoding="utf-8")
+    assert text.startswith("# Dense prediction (segmentation)\n")
+    block = re.search(r"^```python\n(.*?)^```", text, re.M | re.S).group(1)
     assert "load_mnist_seg(train=3000, test=1000)" in block and "validation_split(500)" in block
     block = (block.replace("train=3000, test=1000", "train=24, test=8").replace("validation_split(500)",
                                                                                 "validation_split(8)")
@@ -486,7 +487,7 @@ def test_readme_dense_example_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(distill.data, "load_mnist_seg", lambda train, test: mnist_segmentation(fake, train, test))
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(block, "README dense example", "exec"), scope)
+    exec(compile(block, "docs/segmentation.md example", "exec"), scope)
     assert 0 <= scope["student"].test["miou"] <= 1 and len(scope["student"].test["per_class_iou"]) == 11
 
 

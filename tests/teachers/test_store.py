@@ -10,7 +10,8 @@ from distill.data import transfer as TR
 from distill.models.classifiers import MLP
 from distill.data.sources import as_source
 from distill.teachers.teacher import Ensemble, Teacher, module_id
-from distill.train.fit import TrainConfig, fit
+from distill.train.config import TrainConfig
+from distill.train.fit import fit
 from conftest import quiet
 
 

@@ -16,8 +16,8 @@ from distill import distributed
 from distill.teachers import store as ST
 from distill.models.classifiers import MLP
 from distill.data.sources import ArrayDataset
-from distill.train.fit import TrainConfig, fit, seed_everything
-
+from distill.train.config import TrainConfig, seed_everything
+from distill.train.fit import fit
 from conftest import make_toy
 from conftest import quiet
 

@@ -8,9 +8,8 @@ from distill.errors import DistillError
 from distill.models.classifiers import MLP
 from distill.data.sources import as_source
 from distill.teachers.teacher import Ensemble, Teacher, combine_probabilities, effective_logits, load_teacher, module_id
-from distill.train.fit import TrainConfig, fit
-
-
+from distill.train.config import TrainConfig
+from distill.train.fit import fit
 def _softmax(v):
     e = [math.exp(a) for a in v]
     return [a / sum(e) for a in e]

@@ -3,6 +3,8 @@ import math
 import re
 
 import pytest
+
+from distill.losses.objectives import Objective
 import torch
 import torch.nn.functional as F
 
@@ -12,7 +14,9 @@ from distill.errors import DistillError
 from distill.losses import Distillation
 from distill.metrics import evaluate, predict_logits
 from distill.models.classifiers import MLP
-from distill.train.fit import TrainConfig, TrainingDiverged, divergence, fit, lr_at, seed_everything
+from distill.train.config import TrainConfig, lr_at, seed_everything
+from distill.train.divergence import TrainingDiverged, divergence
+from distill.train.fit import fit
 from conftest import quiet
 
 
@@ -260,8 +264,7 @@ def test_divergence_measures_stuck_against_what_the_teacher_allows():
     """``floor`` is the loss of copying the teacher (T^2 H(p) for the soft term): with a soft teacher
     the attainable loss sits close to a constant prediction's, and a student that closes a fair
     share of that small gap is learning, not stuck."""
-    from distill.train.fit import stuck
-
+    from distill.train.divergence import stuck
     chance = 37.30
     curve = [37.29, 37.26, 37.24]  # within 0.2 % of chance
     assert "constant prediction" in stuck(curve, chance)  # judged against 0 the curve looks stuck
@@ -379,8 +382,7 @@ def test_a_run_that_has_not_left_its_starting_plateau_has_not_diverged():
 
 
 def test_stuck_at_chance_or_at_the_class_prior_is_a_warning():
-    from distill.train.fit import stuck
-
+    from distill.train.divergence import stuck
     assert "chance level" in stuck([2.306, 2.302, 2.298], LN10, steps_per_epoch=22)
     prior = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))  # labels 50/25/25: 1.0397 < ln 3
     at_prior = [1.0425, 1.0399, 1.0398]
@@ -464,23 +466,22 @@ def test_a_model_stuck_at_the_class_prior_is_warned_about(blobs):
     assert len(warnings) == 1 and "class prior" in warnings[0] and "1.04" in warnings[0], logged
 
 
-class _Scripted:
-    """An objective whose loss per epoch is fixed in advance (no gradient)."""
-    needs_teacher, needs_labels, temperature = False, False, None
+class _Scripted(Objective):
+    """An objective whose loss per epoch is fixed in advance (no gradient): it reads the epoch that
+    fit passes with every call (the objective protocol)."""
+    needs_teacher, needs_labels, temperature, epoch_dependent = False, False, None, True
 
     def __init__(self, curve):
-        self.curve, self.epoch = curve, 1
+        self.curve = curve
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __call__(self, out, teacher_out, labels):
-        return out.sum() * 0.0 + self.curve[self.epoch - 1]
+    def __call__(self, out, teacher_out, labels, *, mask=None, epoch=None):
+        return out.sum() * 0.0 + self.curve[epoch - 1]
 
 
 def test_the_guard_can_be_turned_off(toy, tmp_path):
     from distill.checks import check_number_flags
-    from distill.cli import _config, build_parser
+    from distill.cli import build_parser
+    from distill.cli.train import train_config as _config
 
     def parsed(argv):
         args = build_parser().parse_args(argv)
@@ -547,8 +548,7 @@ def test_select_best_says_when_it_kept_an_epoch_before_a_collapse(blobs):
 
 
 def test_collapse_note_rule():
-    from distill.train.fit import collapse_note
-
+    from distill.train.divergence import collapse_note
     h = [dict(train_loss=v, val_errors=e, val_accuracy=1 - e / 200) for v, e in
          ((1.0, 60), (0.3, 10), (0.25, 12), (0.9, 150))]
     assert collapse_note(h, 2) == "kept epoch 2 of 4: the loss rose from 0.3 to 0.9 after it " \
@@ -562,8 +562,7 @@ def test_collapse_note_rule():
 # ---------------------------------------------------------------- devices
 
 def test_device_resolution_and_errors(monkeypatch, toy):
-    from distill.train.fit import resolve_device
-
+    from distill.train.config import resolve_device
     monkeypatch.delenv("DISTILL_DEVICE", raising=False)
     assert resolve_device() == torch.device("cpu")
     monkeypatch.setenv("DISTILL_DEVICE", "cpu")
@@ -585,3 +584,68 @@ def test_fit_on_gpu_matches_cpu_and_returns_home(toy):
     assert next(gpu.model.parameters()).device.type == "cpu"
     assert torch.allclose(_weights(cpu.model), _weights(gpu.model), atol=1e-3)
     assert abs(cpu.test["errors"] - gpu.test["errors"]) <= 3
+
+
+# ---------------------------------------------------------------- the seam: batches, outputs, objectives
+
+def test_jitter_is_augment_shift_with_identical_draws(toy):
+    from distill.data.augment import Augment
+
+    a = fit(_model(), toy, TrainConfig(epochs=2, jitter=2, lr=0.1), progress=False, log=quiet)
+    b = fit(_model(), toy, TrainConfig(epochs=2, augment=Augment(shift=2), lr=0.1), progress=False, log=quiet)
+    for (k, u), (_, v) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(u, v), k
+    assert TrainConfig(jitter=2).to_dict()["jitter"] == 2 and "augment" not in TrainConfig(jitter=2).to_dict()
+
+
+class _WithLogits(torch.nn.Module):
+    """A model returning an object with ``.logits``, as Hugging Face models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.net(x))
+
+
+def test_a_model_output_with_logits_trains_like_a_tensor(toy):
+    from distill.modelio import logits_of, model_forward
+
+    torch.manual_seed(0)
+    m = _WithLogits()
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(64, 10)
+    r1 = fit(m, toy, TrainConfig(epochs=2, lr=0.1), progress=False, log=quiet)
+    r2 = fit(plain, toy, TrainConfig(epochs=2, lr=0.1), progress=False, log=quiet)
+    assert torch.equal(r1.model.net.weight, r2.model.weight) and r1.test == r2.test
+    # inputs as a dict of named tensors go in as keyword arguments
+    seen = {}
+
+    def f(input_ids=None, attention_mask=None):
+        seen.update(input_ids=input_ids, attention_mask=attention_mask)
+        return {"logits": input_ids.float()}
+
+    out = model_forward(f, {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3)})
+    assert torch.equal(logits_of(out), torch.ones(2, 3)) and seen["attention_mask"] is not None
+    with pytest.raises(ValueError, match="must return logits"):
+        logits_of((1, 2))
+
+
+def test_objectives_average_over_the_masked_positions_and_take_the_epoch_per_call():
+    from distill.losses import DKD, Distillation, HardLabels, LogitMatching
+    from distill.losses.objectives import as_objective
+
+    torch.manual_seed(0)
+    z, v, y = torch.randn(6, 4), torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    mask = torch.tensor([True, False, True, True, False, True])
+    for obj in (HardLabels(), Distillation(3.0, 0.2), LogitMatching(), DKD(warmup_epochs=3)):
+        got = obj(z, v, y, mask=mask, epoch=2)
+        want = obj(z[mask], v[mask], y[mask], epoch=2)
+        assert torch.allclose(got, want), type(obj).__name__
+    assert torch.allclose(DKD(warmup_epochs=4, hard_weight=0)(z, v, y, epoch=1),
+                          0.25 * DKD(hard_weight=0)(z, v, y))
+    user = as_objective(lambda s, t, lab: (s - t).pow(2).mean())  # a user's callable still works
+    assert torch.allclose(user(z, v, y, mask=mask, epoch=5), (z[mask] - v[mask]).pow(2).mean())

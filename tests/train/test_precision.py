@@ -6,7 +6,8 @@ import torch
 from distill.cli import build_parser
 from distill.losses import Distillation
 from distill.models.classifiers import MLP
-from distill.train.fit import TrainConfig, fit, seed_everything
+from distill.train.config import TrainConfig, seed_everything
+from distill.train.fit import fit
 from conftest import quiet
 
 
@@ -29,9 +30,9 @@ def test_bf16_trains_close_to_fp32_with_float32_weights_and_loss(toy):
     seen = []
 
     class Recording(Distillation):  # the objective must receive float32 logits
-        def __call__(self, out, teacher_out, labels):
+        def __call__(self, out, teacher_out, labels, **kw):
             seen.append((out.dtype, teacher_out.dtype))
-            return super().__call__(out, teacher_out, labels)
+            return super().__call__(out, teacher_out, labels, **kw)
 
     teacher = fit(_model(7, 64), toy, TrainConfig(epochs=3, lr=0.3), progress=False, log=quiet).model
     results = {}

@@ -14,7 +14,8 @@ from distill.errors import DistillError
 from distill.models.classifiers import MLP
 from distill.digest import model_signature
 from distill.train.rundir import RunDir, run_key
-from distill.train.fit import TrainConfig, fit, seed_everything
+from distill.train.config import TrainConfig, seed_everything
+from distill.train.fit import fit
 from conftest import quiet
 
 

@@ -64,6 +64,8 @@ from torch.utils.data import Subset
 
 from distill.errors import DistillError
 from distill.data.sources import MapSource, Source, TensorSource, data_digest
+from distill.data.dataset import stratified_indices
+from distill.data.fetch import cache_root
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -165,7 +167,6 @@ def first_inputs(src: Source, n: int = 2) -> torch.Tensor:
 
 
 def _take(src: Source, n: int | None, seed: int, tag: str) -> Source:
-    from distill.data.dataset import stratified_indices
 
     if n is None or n >= src.n:
         return src
@@ -759,7 +760,6 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
     once they exceed ``budget`` bytes) and the raw target values."""
     import pandas as pd
 
-    from distill.data.fetch import cache_root
 
     kind = TABLE_SUFFIXES[path.suffix.lower()]
     held, raw, n, spill, tmp, known = [], [], 0, None, None, None

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data import Dataset as TorchDataset
 
 from distill.digest import ExampleDigest, tensor_digest
+from distill.distributed import shard
 
 
 def as_features(x, what: str = "x") -> torch.Tensor:
@@ -172,7 +173,6 @@ class Source:
         same generator draws) and that global batch's length ``b``. Sources that can read examples
         by index (tensors, map-style datasets) read only the slice; the others read the whole batch
         and slice it."""
-        from distill.distributed import shard
 
         for x, y, idx in self.batches(batch_size, generator):
             yield (shard(x, rank, world_size), None if y is None else shard(y, rank, world_size),
@@ -205,7 +205,6 @@ class TensorSource(Source):
                 yield self.x[idx], (None if self.y is None else self.y[idx]), idx
 
     def parts(self, batch_size, generator, rank, world_size):
-        from distill.distributed import shard
 
         order = torch.randperm(self.n, generator=generator) if generator is not None else torch.arange(self.n)
         for i in range(0, self.n, batch_size):
@@ -378,7 +377,6 @@ class MapSource(Source):
         yield from self._read(order[i:i + batch_size] for i in range(0, self.n, batch_size))
 
     def parts(self, batch_size, generator, rank, world_size):
-        from distill.distributed import shard
 
         order = self._order(generator)
         slices = (shard(order[i:i + batch_size], rank, world_size) for i in range(0, self.n, batch_size))

@@ -13,8 +13,8 @@ from distill.atomic import atomic_write_bytes, atomic_write_json
 from distill.data import load_mnist
 from distill.models.classifiers import MLP, count_params
 from distill.teachers.teacher import Teacher
-from distill.train.fit import FitResult, TrainConfig, fit, seed_everything
-
+from distill.train.fit import FitResult, fit
+from distill.train.config import TrainConfig, seed_everything
 DEFAULT_CACHE = Path("runs") / "cache"
 
 
@@ -35,7 +35,7 @@ class Runner:
     key; a stage another process is training is waited for) and collects their records into
     ``out/results.json`` and ``out/results.md``."""
 
-    def __init__(self, out: Path, cache: Path | None = None, progress: bool = True, log=print,
+    def __init__(self, out: Path, cache: Path | None = None, *, progress: bool = True, log=print,
                  title: str = "results", table=None):
         self.out = Path(out)
         self.cache = Path(cache) if cache is not None else self.out / "stages"
@@ -181,7 +181,7 @@ MNIST_PRESETS = {
     "quick": MnistPreset(teacher=TrainConfig(epochs=8, lr=0.1, momentum=0.9, schedule="cosine", jitter=2),
                          student=TrainConfig(epochs=10, lr=0.1, momentum=0.9, schedule="cosine"),
                          student_train_size=10000, seeds=1),
-    # beyond the paper (issue 17): consistent teaching from the `paper` teacher (the same stage, so a
+    # beyond the paper: consistent teaching from the `paper` teacher (the same stage, so a
     # cache shared with `--preset paper` reuses it): 60 epochs, ±2 px shifts and mixup (alpha 0.2)
     # applied once per batch, the teacher on that same batch, pure KL at T = 1 (hard weight 0) at the
     # control's lr 0.1 (at T = 1 the soft gradient has cross-entropy's size; T = 1 / lr 0.1 won the
@@ -216,11 +216,11 @@ def mnist_teacher_stage(p: MnistPreset, data, seed: int = 0) -> Stage:
                  replace(p.teacher, seed=seed), extra=dict(hidden=list(p.teacher_hidden)))
 
 
-def teacher_and_data(runner: Runner, p: MnistPreset, data_dir=None, log=print):
+def teacher_and_data(runner: Runner, p: MnistPreset, *, data_dir=None, log=print):
     """Train or reuse (through the runner's cache) the teacher of the MNIST preset ``p`` (the
     paper preset's teacher is the one ``distill reproduce mnist --preset paper`` trains); it adds
     the ``teacher`` record. Returns (data, the teacher model in eval mode)."""
-    data = load_mnist_data(p, data_dir, log)
+    data = load_mnist_data(p, data_dir, log=log)
     res = runner.train(data, mnist_teacher_stage(p, data))
     return data, res.model.eval()
 
@@ -230,7 +230,7 @@ def student_set(p: MnistPreset, data):
     return data.subset(train=p.student_train_size) if p.student_train_size else data
 
 
-def mnist_student_stages(p: MnistPreset, data, seed: int, teacher, temperature: float | None = None,
+def mnist_student_stages(p: MnistPreset, data, *, seed: int, teacher, temperature: float | None = None,
                          hidden=None) -> tuple[Stage, Stage]:
     """The student on hard labels (no teacher) and the same student distilled from ``teacher``
     (a :class:`~distill.teachers.teacher.Teacher`, e.g. :func:`soft_teacher`) at ``temperature``

@@ -19,9 +19,7 @@ from distill.experiments.common import Runner, Stage, mean_std, soft_teacher
 from distill.metrics import classification_metrics, predict_logits
 from distill.models.classifiers import MLP, count_params
 from distill.teachers.teacher import Ensemble
-from distill.train.fit import TrainConfig
-
-
+from distill.train.config import TrainConfig
 @dataclass(frozen=True)
 class Preset:
     members: int = 5
@@ -63,10 +61,10 @@ def summarize(records: list[dict]) -> str:
     return out
 
 
-def run(preset: str = "quick", out="runs/ensemble", cache=None, data_dir=None, progress=True, log=print,
+def run(preset: str = "quick", *, out="runs/ensemble", cache=None, data_dir=None, progress=True, log=print,
         combines=None) -> list[dict]:
     p = PRESETS[preset]
-    runner = Runner(out, cache, progress, log, title=f"Distilling an ensemble of {p.members} MNIST nets "
+    runner = Runner(out, cache, progress=progress, log=log, title=f"Distilling an ensemble of {p.members} MNIST nets "
                                                        f"(preset {preset})", table=summarize)
     data = load_mnist(data_dir, log=log)
     if p.train_size:
@@ -109,6 +107,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> list[dict]:
-    records = run(args.preset, args.out, args.cache, args.data_dir, not args.no_progress, combines=args.combine)
+    records = run(args.preset, out=args.out, cache=args.cache, data_dir=args.data_dir, progress=not args.no_progress,
+                  combines=args.combine)
     print(f"wrote {args.out}/results.json and {args.out}/results.md")
     return records

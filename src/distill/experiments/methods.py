@@ -1,4 +1,4 @@
-"""Beyond the paper (issue 17): one student, one epoch budget, six ways to train it, several seeds.
+"""Beyond the paper: one student, one epoch budget, six ways to train it, several seeds.
 
 Methods (the same student architecture, epochs, batch size and data for all):
 
@@ -29,10 +29,11 @@ from dataclasses import dataclass, field, replace
 from distill import data as D
 from distill.data.augment import Augment
 from distill.experiments.common import Runner, Stage, fmt_mean_std, mean_std, soft_teacher
-from distill.checks import check_number
+from distill.checks import add_number_flag, check_number
 from distill.losses.objectives import DKD, Distillation, Standardized
 from distill.models.classifiers import MLP
-from distill.train.fit import TrainConfig, TrainingDiverged
+from distill.train.config import TrainConfig
+from distill.train.divergence import TrainingDiverged
 from distill.methods.tuning import holdout_split
 
 METHODS = ("hard", "kd", "dkd", "std-kd", "consistent", "hard-aug")
@@ -198,7 +199,7 @@ def plot(records: list[dict], out, title: str = "") -> None:
     save_figure(fig, out)
 
 
-def run(dataset: str = "mnist", preset: str = "quick", out="runs/methods", cache=None, data_dir=None,
+def run(dataset: str = "mnist", preset: str = "quick", *, out="runs/methods", cache=None, data_dir=None,
         progress=True, log=print, seeds=None, data=None) -> list[dict]:
     """The experiment (module docstring). ``data``: a distill Dataset to use instead of ``dataset``."""
     p = PRESETS[preset]
@@ -206,8 +207,8 @@ def run(dataset: str = "mnist", preset: str = "quick", out="runs/methods", cache
         p = replace(p, seeds=tuple(range(1, check_number("--seeds", seeds, minimum=1, integer=True) + 1)))
     full = data if data is not None else D.load(dataset, data_dir, log=log)
     flip = dataset == "fashion-mnist"  # mirrored clothes are clothes; mirrored digits are not digits
-    runner = Runner(out, cache, progress, log, title=f"Methods beyond the paper, {full.name} (preset {preset})",
-                    table=summarize)
+    runner = Runner(out, cache, progress=progress, log=log,
+                    title=f"Methods beyond the paper, {full.name} (preset {preset})", table=summarize)
     rest, val, students = split(full, p)
     log(f"[methods] {len(val[1])} validation examples held out of the training set; teacher on {len(rest.y_train)}, "
         f"students on {len(students.y_train)}")
@@ -265,7 +266,8 @@ def run(dataset: str = "mnist", preset: str = "quick", out="runs/methods", cache
 def add_arguments(p) -> None:
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    p.add_argument("--seeds", type=int, help="number of reported seeds (default: the preset's, 1..3)")
+    add_number_flag(p, "--seeds", help="number of reported seeds (default: the preset's, 1..3)", integer=True,
+                    minimum=1)
     p.add_argument("--out", default="runs/methods", help="folder for results.json / results.md / methods.png")
     p.add_argument("--cache", help="folder of trained stages, shared between experiments (default OUT/stages)")
     p.add_argument("--data-dir")
@@ -273,7 +275,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> list[dict]:
-    records = run(args.dataset, args.preset, args.out, args.cache, args.data_dir, not args.no_progress,
-                  seeds=args.seeds)
+    records = run(args.dataset, args.preset, out=args.out, cache=args.cache, data_dir=args.data_dir,
+                  progress=not args.no_progress, seeds=args.seeds)
     print(f"wrote {args.out}/results.json, {args.out}/results.md and {args.out}/methods.png")
     return records

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from distill.checks import add_number_flag
 from distill.experiments.common import (
     MNIST_PRESETS,
     Runner,
@@ -35,7 +36,7 @@ BEYOND_GOAL = 70
 def summarize(records: list[dict], augmented: bool = False) -> str:
     """The paper-style table: mean ± std test errors per model beside the paper and the blog. With
     ``augmented`` (the ``beyond`` preset) the hard-label row is the augmented control, and the
-    distilled student is held to issue 17's goal: at most 70 errors and below the control by more
+    distilled student is held to its goal: at most 70 errors and below the control by more
     than the seed spread."""
     by = {}
     for r in records:
@@ -65,18 +66,18 @@ def summarize(records: list[dict], augmented: bool = False) -> str:
     return out
 
 
-def run(preset: str = "quick", seeds: int | None = None, out="runs/mnist", cache=None, data_dir=None,
+def run(preset: str = "quick", *, seeds: int | None = None, out="runs/mnist", cache=None, data_dir=None,
         progress=True, log=print) -> list[dict]:
     p = PRESETS[preset]
     seeds = seeds or p.seeds
     augmented = p.student.augment is not None
     table = partial(summarize, augmented=augmented)
-    runner = Runner(out, cache, progress, log, title=f"MNIST distillation (preset {preset})", table=table)
-    data, teacher = teacher_and_data(runner, p, data_dir, log)
+    runner = Runner(out, cache, progress=progress, log=log, title=f"MNIST distillation (preset {preset})", table=table)
+    data, teacher = teacher_and_data(runner, p, data_dir=data_dir, log=log)
     students = student_set(p, data)
     teacher = soft_teacher(runner, teacher)  # its logits over the students' set: computed once, kept
     for seed in range(seeds):
-        for stage in mnist_student_stages(p, students, seed, teacher):
+        for stage in mnist_student_stages(p, students, seed=seed, teacher=teacher):
             runner.train(students, stage)
     runner.write()
     log(table(runner.records))
@@ -85,7 +86,7 @@ def run(preset: str = "quick", seeds: int | None = None, out="runs/mnist", cache
 
 def add_arguments(p) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    p.add_argument("--seeds", type=int, help="student seeds (default: the preset's)")
+    add_number_flag(p, "--seeds", help="student seeds (default: the preset's)", integer=True, minimum=1)
     p.add_argument("--out", default="runs/mnist", help="folder for results.json / results.md")
     p.add_argument("--cache", help="folder of trained stages, shared between experiments (default OUT/stages)")
     p.add_argument("--data-dir")
@@ -93,6 +94,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> list[dict]:
-    records = run(args.preset, args.seeds, args.out, args.cache, args.data_dir, not args.no_progress)
+    records = run(args.preset, seeds=args.seeds, out=args.out, cache=args.cache, data_dir=args.data_dir,
+                  progress=not args.no_progress)
     print(f"wrote {args.out}/results.json and {args.out}/results.md")
     return records

@@ -40,9 +40,7 @@ from distill.experiments.common import (
 )
 from distill.metrics import classification_metrics, predict_logits
 from distill.models.classifiers import MLP
-from distill.train.fit import TrainConfig
-
-
+from distill.train.config import TrainConfig
 @dataclass(frozen=True)
 class Spec:
     """One partial-transfer experiment."""
@@ -112,11 +110,13 @@ def summarize(spec: Spec):
     return table
 
 
-def run(name: str, preset: str = "quick", out=None, cache=None, data_dir=None, progress=True, log=print) -> list[dict]:
+def run(name: str, preset: str = "quick", *, out=None, cache=None, data_dir=None, progress=True,
+        log=print) -> list[dict]:
     spec, p = SPECS[name], PRESETS[preset]
     out = Path(out or f"runs/{name}")
-    runner = Runner(out, cache, progress, log, title=f"{spec.title} (preset {preset})", table=summarize(spec))
-    data, teacher = teacher_and_data(runner, p.teacher, data_dir, log)
+    runner = Runner(out, cache, progress=progress, log=log, title=f"{spec.title} (preset {preset})",
+                    table=summarize(spec))
+    data, teacher = teacher_and_data(runner, p.teacher, data_dir=data_dir, log=log)
     t_logits = predict_logits(teacher, data.x_test)
 
     if spec.mode == "omit":
@@ -187,6 +187,6 @@ def main(args) -> list[dict]:
     """``distill reproduce omit-3|only-7-8``: the experiment name comes from the subcommand."""
     name = args.experiment
     out = args.out or f"runs/{name}"
-    records = run(name, args.preset, out, args.cache, args.data_dir, not args.no_progress)
+    records = run(name, args.preset, out=out, cache=args.cache, data_dir=args.data_dir, progress=not args.no_progress)
     print(f"wrote {out}/results.json and {out}/results.md")
     return records

@@ -31,8 +31,7 @@ from distill.experiments.common import (
     teacher_and_data,
 )
 from distill.models.classifiers import MLP
-from distill.train.fit import TrainConfig
-
+from distill.train.config import TrainConfig
 PAPER = dict(hard_3pct=44.5, soft_3pct=57.0, hard_100pct=58.9)  # test frame accuracy %, speech
 PAPER_RECOVERED = (57.0 - 44.5) / (58.9 - 44.5)
 
@@ -54,7 +53,7 @@ class Preset:
     epoch_size: int = 30000   # the 3 % set is repeated to this many rows per epoch (fewer test evaluations)
     subset_seed: int = 0
     jitter: int = 2           # extra pair of rows with jittered inputs (0 = off; not in the paper)
-    # beyond the paper (issue 17): with `augment`, consistent teaching on the 3 % set (the teacher on the
+    # beyond the paper: with `augment`, consistent teaching on the 3 % set (the teacher on the
     # very augmented batch, at aug_temperature / aug_hard_weight), its hard-label control, and the 100 %
     # hard-label student with the same augmentation as the reference of the gap
     augment: object = None
@@ -121,14 +120,14 @@ def recovered(records: list[dict]) -> float:
     return gap_closed(by["student-hard"], by["student-hard-3pct"], by["student-soft-3pct"])
 
 
-def run(preset: str = "quick", out="runs/regularizer", cache=None, data_dir=None, progress=True,
+def run(preset: str = "quick", *, out="runs/regularizer", cache=None, data_dir=None, progress=True,
         log=print, only=None) -> list[dict]:
     """The experiment; ``only`` (stage names) trains just those stages into the cache (to train
     stages in parallel processes before the full run collects them)."""
     p = PRESETS[preset]
-    runner = Runner(out, cache, progress, log, title=f"Soft targets as a regularizer, MNIST (preset {preset})",
-                    table=summarize)
-    data, teacher = teacher_and_data(runner, p.teacher, data_dir, log)
+    runner = Runner(out, cache, progress=progress, log=log,
+                    title=f"Soft targets as a regularizer, MNIST (preset {preset})", table=summarize)
+    data, teacher = teacher_and_data(runner, p.teacher, data_dir=data_dir, log=log)
     runner.records[-1].update(transfer_size=len(data.y_train), fraction=1.0, targets="hard", correction="none")
     hidden = tuple(p.student_hidden)
 
@@ -198,6 +197,6 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> list[dict]:
-    records = run(args.preset, args.out, args.cache, args.data_dir, not args.no_progress)
+    records = run(args.preset, out=args.out, cache=args.cache, data_dir=args.data_dir, progress=not args.no_progress)
     print(f"wrote {args.out}/results.json and {args.out}/results.md")
     return records

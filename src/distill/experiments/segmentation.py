@@ -21,14 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from distill import losses
+from distill.checks import add_number_flag
 from distill.data.segmentation import load_mnist_seg
 from distill.experiments.common import Runner, Stage, fmt_mean_std, gap_closed, mean_std
 from distill.metrics import predict_logits
 from distill.models.segmentation import DeepLabV3, MobileNetSeg
 from distill.data.sources import as_source
 from distill.teachers.teacher import Teacher
-from distill.train.fit import TrainConfig
-
+from distill.train.config import TrainConfig
 ADAM = dict(optimizer="adam", lr=0.003, batch_size=32, schedule="cosine")
 #: the students' learning rate, chosen on the validation split (``--tune``, step 1)
 STUDENT_ADAM = dict(ADAM, lr=0.01)
@@ -187,7 +187,7 @@ def figure(out: Path, data, models: dict, n: int) -> Path:
                                     ignore_index=data.ignore_index)
 
 
-def run(preset: str = "quick", seeds: int | None = None, out="runs/segmentation", cache=None, data_dir=None,
+def run(preset: str = "quick", *, seeds: int | None = None, out="runs/segmentation", cache=None, data_dir=None,
         progress=True, log=print, tune: bool = False) -> list[dict]:
     p = PRESETS[preset]
     seeds = seeds or p.seeds
@@ -198,7 +198,7 @@ def run(preset: str = "quick", seeds: int | None = None, out="runs/segmentation"
         f"({data.fingerprint})")
     teacher_net, student_net = _stages(p, data.image_shape, data.num_classes)
     title = f"Segmentation distillation (preset {preset}{', tuning on the validation split' if tune else ''})"
-    runner = Runner(out, cache, progress, log, title=title, table=tune_table if tune else summarize)
+    runner = Runner(out, cache, progress=progress, log=log, title=title, table=tune_table if tune else summarize)
     hard = losses.DenseHardLabels(data.ignore_index)
     res_t = runner.train(train, Stage("teacher", teacher_net, replace(p.teacher, objective=hard),
                                       extra=dict(width=p.teacher_width)), val=val)
@@ -253,7 +253,7 @@ def run(preset: str = "quick", seeds: int | None = None, out="runs/segmentation"
 
 def add_arguments(p) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    p.add_argument("--seeds", type=int, help="student seeds (default: the preset's)")
+    add_number_flag(p, "--seeds", help="student seeds (default: the preset's)", integer=True, minimum=1)
     p.add_argument("--tune", action="store_true",
                    help="train one seed of the students for a grid of settings and report validation mIoU "
                         "(how the presets' T and hard weights were chosen)")
@@ -264,7 +264,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> list[dict]:
-    records = run(args.preset, args.seeds, args.out, args.cache, args.data_dir, not args.no_progress,
-                  tune=args.tune)
+    records = run(args.preset, seeds=args.seeds, out=args.out, cache=args.cache, data_dir=args.data_dir,
+                  progress=not args.no_progress, tune=args.tune)
     print(f"wrote {args.out}/results.json and {args.out}/results.md")
     return records

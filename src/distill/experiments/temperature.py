@@ -92,19 +92,20 @@ def table(records: list[dict]) -> str:
     return out
 
 
-def run(preset="quick", out="runs/temperature", cache=None, data_dir=None, progress=True, log=print):
+def run(preset="quick", *, out="runs/temperature", cache=None, data_dir=None, progress=True, log=print):
     p = PRESETS[preset]
     base = MNIST_PRESETS[p.base]
     if p.student_epochs:
         base = replace(base, student=replace(base.student, epochs=p.student_epochs))
-    runner = Runner(out, cache, progress, log, title=f"Temperature and student size (preset {preset})", table=table)
-    data, teacher = teacher_and_data(runner, base, data_dir, log)
+    runner = Runner(out, cache, progress=progress, log=log, title=f"Temperature and student size (preset {preset})",
+                    table=table)
+    data, teacher = teacher_and_data(runner, base, data_dir=data_dir, log=log)
     data = student_set(base, data)
     teacher = soft_teacher(runner, teacher)  # one store of logits serves every T (the stage config sets T)
     for seed in range(p.seeds):
         for h in p.sizes:
             for t in p.temperatures:
-                _, dist = mnist_student_stages(base, data, seed, teacher, temperature=t, hidden=(h, h))
+                _, dist = mnist_student_stages(base, data, seed=seed, teacher=teacher, temperature=t, hidden=(h, h))
                 runner.train(data, dist)
     runner.write()
     means = _means(runner.records)
@@ -125,4 +126,4 @@ def add_arguments(p) -> None:
 
 
 def main(args):
-    return run(args.preset, args.out, args.cache, args.data_dir, not args.no_progress)
+    return run(args.preset, out=args.out, cache=args.cache, data_dir=args.data_dir, progress=not args.no_progress)

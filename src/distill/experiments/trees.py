@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.checks import add_number_flag
 from distill.methods import tuning as tuning
 from distill.data import Dataset
 from distill.errors import DistillError
@@ -31,8 +32,7 @@ from distill.experiments.common import Runner, Stage, fmt_mean_std, mean_std
 from distill.metrics import predict_logits
 from distill.models.classifiers import CNN, MLP
 from distill.teachers.teacher import Teacher
-from distill.train.fit import TrainConfig
-
+from distill.train.config import TrainConfig
 REFERENCE_2D = {"teacher": 90.0, "tree-hard": 86.5, "tree-soft": 90.0}
 REFERENCE_MNIST = {"cnn-teacher": (97.5, 248), "student-hard": (86.3, 1366), "student-distilled": (93.0, 696)}
 PARTS = ("2d", "mnist")
@@ -100,7 +100,7 @@ def moons_data(n_samples: int, noise: float, seed: int) -> Dataset:
                    fingerprint=f"moons-{h.hexdigest()[:16]}", image_shape=None)
 
 
-def _tree_record(name, seed, tree, X, y, teacher_pred, wall, temperature) -> dict:
+def _tree_record(name, *, seed, tree, X, y, teacher_pred, wall, temperature) -> dict:
     from distill.methods.trees import count_nodes
 
     pred = tree.predict(X)
@@ -112,7 +112,7 @@ def _tree_record(name, seed, tree, X, y, teacher_pred, wall, temperature) -> dic
                 teacher_agreement=float((pred == teacher_pred).mean()))
 
 
-def run_2d(runner: Runner, p: Preset, seed: int, plot: Path | None = None, log=print) -> list[dict]:
+def run_2d(runner: Runner, p: Preset, *, seed: int, plot: Path | None = None, log=print) -> list[dict]:
     """Teacher MLP, hard tree and soft tree on one seed of the 2-D problem (data and teacher
     seeded alike); with ``plot`` also draws their decision boundaries there."""
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
@@ -130,27 +130,28 @@ def run_2d(runner: Runner, p: Preset, seed: int, plot: Path | None = None, log=p
 
     t0 = time.perf_counter()
     hard = DecisionTreeClassifier(random_state=seed).fit(Xtr, ytr)
-    rec_hard = _tree_record("tree-hard", seed, hard, Xte, yte, teacher_pred, time.perf_counter() - t0, None)
+    rec_hard = _tree_record("tree-hard", seed=seed, tree=hard, X=Xte, y=yte, teacher_pred=teacher_pred,
+                            wall=time.perf_counter() - t0, temperature=None)
     t0 = time.perf_counter()
     # the regression tree on the teacher's probabilities softmax(v / T) over the training inputs
     soft = SoftTargetClassifier(DecisionTreeRegressor(random_state=seed),
                                 temperature=p.tree_temperature).fit(Xtr, teacher=teacher)
-    rec_soft = _tree_record("tree-soft", seed, soft, Xte, yte, teacher_pred, time.perf_counter() - t0,
-                            p.tree_temperature)
+    rec_soft = _tree_record("tree-soft", seed=seed, tree=soft, X=Xte, y=yte, teacher_pred=teacher_pred,
+                            wall=time.perf_counter() - t0, temperature=p.tree_temperature)
     for rec in (rec_hard, rec_soft):
         log(f"[{rec['model']}] seed {seed}: {rec['test_errors']} test errors ({100 * rec['test_accuracy']:.2f}%), "
             f"{rec['params']} nodes, agrees with the teacher on {100 * rec['teacher_agreement']:.1f}%")
         runner.add(rec)
     if plot is not None:
         teacher_acc = runner.records[-3]["test_accuracy"]
-        plot_decision_boundaries(teacher, hard, soft, Xtr, ytr, plot, accuracies=(
+        plot_decision_boundaries(teacher, hard, soft, X=Xtr, y=ytr, out=plot, accuracies=(
             teacher_acc, rec_hard["test_accuracy"], rec_soft["test_accuracy"]),
             nodes=(rec_hard["params"], rec_soft["params"]), hidden=p.mlp_hidden)
         log(f"wrote {plot}")
     return runner.records[-3:]
 
 
-def plot_decision_boundaries(teacher, hard, soft, X, y, out, accuracies, nodes, hidden=(128, 128),
+def plot_decision_boundaries(teacher, hard, soft, *, X, y, out, accuracies, nodes, hidden=(128, 128),
                              resolution: int = 300) -> Path:
     """Three panels: P(class 1) of the teacher, the hard tree and the soft tree over a grid
     (shaded), their decision boundary (P = 0.5, black) and the training points."""
@@ -201,7 +202,7 @@ def load_mnist_data(p: Preset, data_dir=None, log=print):
     return data
 
 
-def run_mnist(runner: Runner, p: Preset, seeds: int, data_dir=None, temperature: float | None = None,
+def run_mnist(runner: Runner, p: Preset, *, seeds: int, data_dir=None, temperature: float | None = None,
               progress=True, log=print) -> list[dict]:
     data = load_mnist_data(p, data_dir, log)
     teacher_stage = Stage(
@@ -219,7 +220,8 @@ def run_mnist(runner: Runner, p: Preset, seeds: int, data_dir=None, temperature:
 
     distill_config = replace(p.student, hard_weight=p.hard_weight)
     if temperature is None:
-        temperature = choose_temperature(runner, p, data, build, distill_config, teacher, extra, progress, log)
+        temperature = choose_temperature(runner, p, data=data, build=build, config=distill_config, teacher=teacher,
+                                         extra=extra, progress=progress, log=log)
     teacher_test = predict_logits(res.model, data.x_test, batch_size=1000).argmax(1)
 
     def with_diagnostics(fit_result):
@@ -242,13 +244,13 @@ def run_mnist(runner: Runner, p: Preset, seeds: int, data_dir=None, temperature:
     return [r for r in runner.records if r.get("part") == "mnist"]
 
 
-def choose_temperature(runner: Runner, p: Preset, data, build, config, teacher, extra, progress=True,
+def choose_temperature(runner: Runner, p: Preset, *, data, build, config, teacher, extra, progress=True,
                        log=print) -> float:
     """:func:`distill.methods.tuning.tune_temperature` over the preset's candidates: the distilled student
     (seed 0) trained on the training set minus ``p.holdout`` examples, the temperature with the
     fewest errors on those held-out TRAINING examples (the test set is never read). The records go
     to ``OUT/tuning/results.{json,md}``."""
-    tuner = Runner(runner.out / "tuning", runner.cache, progress, log,
+    tuner = Runner(runner.out / "tuning", runner.cache, progress=progress, log=log,
                    title=f"Temperature choice: distilled {'-'.join(map(str, p.student_hidden))} student, "
                          f"errors on {p.holdout} held-out TRAINING examples (the test set is not used)")
 
@@ -337,7 +339,7 @@ def summarize(records: list[dict], tuning: list[dict] | None = None) -> str:
     return "\n".join(out)
 
 
-def run(preset: str = "quick", parts=PARTS, seeds: int | None = None, out="runs/trees", cache=None,
+def run(preset: str = "quick", *, parts=PARTS, seeds: int | None = None, out="runs/trees", cache=None,
         data_dir=None, temperature: float | None = None, progress=True, log=print) -> list[dict]:
     if preset not in PRESETS:
         raise DistillError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -345,14 +347,16 @@ def run(preset: str = "quick", parts=PARTS, seeds: int | None = None, out="runs/
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise DistillError(f"unknown part(s) {sorted(unknown)}; choose from {PARTS}")
-    runner = Runner(out, cache, progress, log, title=f"Soft targets beyond neural students (preset {preset})")
+    runner = Runner(out, cache, progress=progress, log=log,
+                    title=f"Soft targets beyond neural students (preset {preset})")
     runner.tuning = None
     runner.table = lambda recs: summarize(recs, runner.tuning)
     if "2d" in parts:
         for seed in range(seeds or p.seeds_2d):
-            run_2d(runner, p, seed, plot=Path(out) / "decision_boundaries.png" if seed == 0 else None, log=log)
+            run_2d(runner, p, seed=seed, plot=Path(out) / "decision_boundaries.png" if seed == 0 else None, log=log)
     if "mnist" in parts:
-        run_mnist(runner, p, seeds or p.seeds_mnist, data_dir, temperature, progress, log)
+        run_mnist(runner, p, seeds=seeds or p.seeds_mnist, data_dir=data_dir, temperature=temperature,
+                  progress=progress, log=log)
     runner.write()
     log(summarize(runner.records, runner.tuning))
     return runner.records
@@ -361,10 +365,10 @@ def run(preset: str = "quick", parts=PARTS, seeds: int | None = None, out="runs/
 def add_arguments(parser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--part", choices=["all", *PARTS], default="all", help="run one part only")
-    parser.add_argument("--seeds", type=int, help="seeds per part (default: the preset's)")
-    parser.add_argument("--temperature", type=float,
-                        help="distillation temperature for the MNIST student (default: chosen on held-out "
-                             "training examples among the preset's candidates)")
+    add_number_flag(parser, "--seeds", help="seeds per part (default: the preset's)", integer=True, minimum=1)
+    add_number_flag(parser, "--temperature", positive=True,
+                    help="distillation temperature for the MNIST student (default: chosen on held-out "
+                         "training examples among the preset's candidates)")
     parser.add_argument("--out", default="runs/trees", help="folder for results.json / results.md / the PNG")
     parser.add_argument("--cache", help="folder of trained stages (default OUT/stages)")
     parser.add_argument("--data-dir")
@@ -372,13 +376,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> list[dict]:
-    if args.seeds is not None and args.seeds < 1:
-        raise DistillError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.temperature is not None and not args.temperature > 0:
-        raise DistillError(f"--temperature must be > 0, got {args.temperature}")
     parts = PARTS if args.part == "all" else (args.part,)
-    records = run(args.preset, parts, args.seeds, args.out, args.cache, args.data_dir, args.temperature,
-                  not args.no_progress)
+    records = run(args.preset, parts=parts, seeds=args.seeds, out=args.out, cache=args.cache, data_dir=args.data_dir,
+                  temperature=args.temperature, progress=not args.no_progress)
     print(f"wrote {args.out}/results.json, {args.out}/results.md"
           + (f" and {args.out}/decision_boundaries.png" if "2d" in parts else ""))
     return records

@@ -1,6 +1,7 @@
 """The objectives ``fit`` calls: small frozen dataclasses over the pure functions of
-:mod:`distill.losses.functional`. An objective is any callable ``(student_out, teacher_out, labels)
--> scalar``; the built-in ones also declare what they need (:class:`Objective`).
+:mod:`distill.losses.functional`, each following the one declared protocol, :class:`Objective`.
+A user's callable ``(student_out, teacher_out, labels) -> scalar`` still works:
+:func:`as_objective` wraps it (:class:`UserObjective`).
 """
 from __future__ import annotations
 
@@ -26,16 +27,96 @@ from distill.losses.functional import (
     standardize_logits,
 )
 
-# ---------------------------------------------------------------- objectives
-# A training objective is any callable ``(student_out, teacher_out, labels) -> scalar tensor``.
-# ``teacher_out`` is the teacher's logits for the batch (for a teacher given as probabilities, the
-# effective logits ``T * log p``, whose softmax at T is ``p``); ``labels`` is None for an unlabeled
-# transfer set. The built-in ones say what they need through three attributes, which a user's
-# callable may also set (defaults: ``needs_teacher=True``, ``needs_labels=True``, ``temperature=1``).
+# ---------------------------------------------------------------- the protocol
+
+class Objective:
+    """What ``fit`` calls on every batch, and what it may ask of it first.
+
+    * ``needs_teacher`` / ``needs_labels``: whether ``teacher_out`` / ``labels`` must be given;
+      ``needs_logits``: the teacher's logits, not probabilities (logit matching);
+      ``temperature``: T, where the objective has one (it sets the teacher's; else None).
+    * ``__call__(student_out, teacher_out, labels, *, mask=None, epoch=None) -> scalar``:
+      ``student_out`` the student's logits; ``teacher_out`` the teacher's (effective) logits for the
+      same batch (for probabilities ``p``, ``T log p``), None without a teacher; ``labels`` None for
+      an unlabeled transfer set; ``mask`` a boolean tensor of the positions that count (the rows of
+      a classification batch, ``(B,)``; None = all of them: dense objectives find theirs from the
+      ignore index), the loss averaging over exactly those; ``epoch`` the 1-based epoch (None outside
+      ``fit``), passed per call so that no objective holds hidden state (DKD's warm-up reads it).
+    """
+
+    needs_teacher: bool = True
+    needs_labels: bool = True
+    needs_logits: bool = False
+    temperature: float | None = None
+    #: whether the loss's scale may change with ``epoch`` (DKD's warm-up)
+    epoch_dependent: bool = False
+
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        raise NotImplementedError
+
+
+def masked_rows(mask, student_out, teacher_out, labels):
+    """The rows of a classification batch that ``mask`` (bool ``(B,)``, None = all) keeps."""
+    if mask is None:
+        return student_out, teacher_out, labels
+    return (student_out[mask], None if teacher_out is None else teacher_out[mask],
+            None if labels is None else labels[mask])
 
 
 @dataclass(frozen=True)
-class HardLabels:
+class UserObjective(Objective):
+    """A user's callable ``fn(student_out, teacher_out, labels) -> scalar`` as an :class:`Objective`:
+    what it declares (``needs_teacher``, ``needs_labels``, ``needs_logits``, ``temperature``
+    attributes) is read from it (defaults: it needs both, T = None); the mask selects the rows it
+    sees; it is not told the epoch. Its run-key identity is the callable's (:func:`objective_spec`)."""
+
+    fn: object
+
+    @property
+    def needs_teacher(self):
+        return bool(getattr(self.fn, "needs_teacher", True))
+
+    @property
+    def needs_labels(self):
+        return bool(getattr(self.fn, "needs_labels", True))
+
+    @property
+    def needs_logits(self):
+        return bool(getattr(self.fn, "needs_logits", False))
+
+    @property
+    def temperature(self):
+        return getattr(self.fn, "temperature", None)
+
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        return self.fn(*masked_rows(mask, student_out, teacher_out, labels))
+
+
+def as_objective(objective) -> Objective:
+    """``objective`` as an :class:`Objective`: itself when it is one, else a :class:`UserObjective`."""
+    if isinstance(objective, Objective):
+        return objective
+    if not callable(objective):
+        raise ValueError(f"an objective must be callable (student_out, teacher_out, labels) -> loss, got "
+                         f"{type(objective).__name__}")
+    return UserObjective(objective)
+
+
+def _masked_labels(labels, mask, ignore_index: int):
+    """Dense labels with the positions outside ``mask`` (bool, the labels' shape; None = all)
+    set to ``ignore_index``, so they count for nothing, like unlabelled pixels."""
+    if mask is None or labels is None:
+        if mask is not None:
+            raise ValueError("a dense objective masks positions through their labels; this batch has none")
+        return labels
+    return labels.masked_fill(~mask.to(labels.device), ignore_index)
+
+
+# ---------------------------------------------------------------- classification
+
+
+@dataclass(frozen=True)
+class HardLabels(Objective):
     """Cross-entropy with the true labels at T = 1 (a teacher, a hard-label student)."""
 
     KEY_NAME = "distill.losses.HardLabels"  # its name in run keys (distill.digest.key_name)
@@ -44,12 +125,13 @@ class HardLabels:
     needs_labels = True
     temperature = None
 
-    def __call__(self, student_out, teacher_out, labels):
-        return hard_cross_entropy(student_out, labels)
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        z, _, y = masked_rows(mask, student_out, None, labels)
+        return hard_cross_entropy(z, y)
 
 
 @dataclass(frozen=True)
-class Distillation:
+class Distillation(Objective):
     """Hinton's loss, :func:`distillation_loss`:
     ``soft_weight * T**2 * CE(softmax(v/T), softmax(z/T)) + hard_weight * CE(y, softmax(z))``."""
 
@@ -72,13 +154,13 @@ class Distillation:
     def needs_labels(self) -> bool:
         return self.hard_weight > 0
 
-    def __call__(self, student_out, teacher_out, labels):
-        return distillation_loss(student_out, teacher_out, labels, self.temperature, self.hard_weight,
-                                 self.soft_weight)
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        return distillation_loss(*masked_rows(mask, student_out, teacher_out, labels), self.temperature,
+                                 self.hard_weight, self.soft_weight)
 
 
 @dataclass(frozen=True)
-class LogitMatching:
+class LogitMatching(Objective):
     """:func:`logit_matching_loss`: half the MSE of zero-meaned logits (the high-T limit)."""
 
     KEY_NAME = "distill.losses.LogitMatching"  # its name in run keys (distill.digest.key_name)
@@ -88,13 +170,16 @@ class LogitMatching:
     needs_logits = True
     temperature = None
 
-    def __call__(self, student_out, teacher_out, labels):
-        return logit_matching_loss(student_out, teacher_out)
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        z, v, _ = masked_rows(mask, student_out, teacher_out, None)
+        return logit_matching_loss(z, v)
 
 
 def objective_spec(objective) -> dict:
     """What identifies an objective in a run key: a dataclass's class and fields; for any other
     callable its qualified name and a digest of its source code (when Python can read it)."""
+    if isinstance(objective, UserObjective):
+        objective = objective.fn
     cls = type(objective)
     name = key_name(cls)
     if is_dataclass(objective):
@@ -114,7 +199,7 @@ def needs(objective, what: str) -> bool:
 
 
 @dataclass(frozen=True)
-class DenseHardLabels:
+class DenseHardLabels(Objective):
     """:func:`dense_hard_cross_entropy`: per-position cross-entropy with the label masks,
     averaged over the positions not labelled ``ignore_index`` (a dense teacher, a hard-label
     dense student)."""
@@ -130,12 +215,13 @@ class DenseHardLabels:
     def __post_init__(self):
         object.__setattr__(self, "ignore_index", check_number("ignore_index", self.ignore_index, integer=True))
 
-    def __call__(self, student_out, teacher_out, labels):
-        return dense_hard_cross_entropy(student_out, labels, self.ignore_index)
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        return dense_hard_cross_entropy(student_out, _masked_labels(labels, mask, self.ignore_index),
+                                        self.ignore_index)
 
 
 @dataclass(frozen=True)
-class PixelwiseDistillation:
+class PixelwiseDistillation(Objective):
     """:func:`pixelwise_distillation_loss`, Hinton's loss at every labelled position:
     ``soft_weight * T**2 * CE(softmax(v/T), softmax(z/T)) + hard_weight * CE(y, softmax(z))``,
     each averaged over the positions not labelled ``ignore_index``."""
@@ -161,13 +247,14 @@ class PixelwiseDistillation:
     def needs_labels(self) -> bool:
         return self.hard_weight > 0
 
-    def __call__(self, student_out, teacher_out, labels):
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        labels = _masked_labels(labels, mask, self.ignore_index)
         return pixelwise_distillation_loss(student_out, teacher_out, labels, self.temperature, self.hard_weight,
                                            self.soft_weight, ignore_index=self.ignore_index)
 
 
 @dataclass(frozen=True)
-class ChannelWiseDistillation:
+class ChannelWiseDistillation(Objective):
     """``soft_weight * CWD_T(z, v) + hard_weight * CE(y, softmax(z))``: the channel-wise
     distillation term of :func:`channel_wise_distillation_loss` (over the positions not labelled
     ``ignore_index`` when labels are given) plus the per-position hard-label cross-entropy. The
@@ -194,7 +281,8 @@ class ChannelWiseDistillation:
     def needs_labels(self) -> bool:
         return self.hard_weight > 0
 
-    def __call__(self, student_out, teacher_out, labels):
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        labels = _masked_labels(labels, mask, self.ignore_index)
         mask = None
         if labels is not None:
             mask = dense_labels(student_out, labels, self.ignore_index) != self.ignore_index
@@ -214,14 +302,14 @@ def _warmup_factor(epoch, warmup_epochs: int) -> float:
 
 
 @dataclass(frozen=True)
-class DKD:
+class DKD(Objective):
     """Decoupled KD as trained in mdistiller:
 
     ``L = hard_weight * CE(y, softmax(z)) + w(e) * dkd_loss(z, v, y, T, alpha, beta)``
 
     with the warm-up ``w(e) = min(e / warmup_epochs, 1)`` for the 1-based epoch ``e`` (1 with
-    ``warmup_epochs = 0``). :func:`distill.fit` tells the objective the epoch through
-    :meth:`set_epoch` before each epoch; called by hand before any ``set_epoch``, ``w = 1``.
+    ``warmup_epochs = 0``). :func:`distill.fit` passes the epoch with every call (``epoch=``);
+    called without one, ``w = 1``.
     mdistiller's CIFAR-100 setting is T = 4, alpha = 1, beta = 8, hard weight 1 and a 20-epoch
     warm-up of 240 epochs; the default here has no warm-up, since ``fit``'s schedules are
     usually far shorter (give it explicitly, e.g. a tenth of the epochs). DKD reads the labels
@@ -238,6 +326,7 @@ class DKD:
 
     needs_teacher = True
     needs_labels = True
+    epoch_dependent = True
 
     def __post_init__(self):
         object.__setattr__(self, "temperature", check_temperature(self.temperature))
@@ -247,28 +336,23 @@ class DKD:
                            check_number("warmup_epochs", self.warmup_epochs, minimum=0, integer=True))
         if self.alpha == 0 and self.beta == 0:
             raise ValueError("alpha and beta are both 0: DKD would not use the teacher")
-        object.__setattr__(self, "_epoch", None)
 
-    def set_epoch(self, epoch: int) -> None:
-        """The 1-based epoch about to run (called by :func:`distill.fit`; drives the warm-up)."""
-        object.__setattr__(self, "_epoch", int(epoch))
+    def warmup(self, epoch: int | None) -> float:
+        """The warm-up factor ``w(e)`` of the 1-based ``epoch`` (1 for None)."""
+        return _warmup_factor(epoch, self.warmup_epochs)
 
-    @property
-    def warmup(self) -> float:
-        """The current warm-up factor ``w(e)``."""
-        return _warmup_factor(self._epoch, self.warmup_epochs)
-
-    def __call__(self, student_out, teacher_out, labels):
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
         if labels is None:
             raise ValueError("DKD needs the labels (its target class); this batch has none")
-        loss = self.warmup * dkd_loss(student_out, teacher_out, labels, self.temperature, self.alpha, self.beta)
+        z, v, y = masked_rows(mask, student_out, teacher_out, labels)
+        loss = self.warmup(epoch) * dkd_loss(z, v, y, self.temperature, self.alpha, self.beta)
         if self.hard_weight > 0:
-            loss = loss + self.hard_weight * hard_cross_entropy(student_out, labels)
+            loss = loss + self.hard_weight * hard_cross_entropy(z, y)
         return loss
 
 
 @dataclass(frozen=True)
-class Standardized:
+class Standardized(Objective):
     """Any teacher objective on standardized logits (Sun et al. 2024): the teacher term of
     ``inner`` sees ``standardize_logits(z)`` and ``standardize_logits(v)`` (z-scored per example,
     then divided by ``inner``'s temperature as usual), while its hard-label term, when it has a
@@ -321,17 +405,15 @@ class Standardized:
     def needs_labels(self) -> bool:
         return needs(self.inner, "labels")
 
-    def set_epoch(self, epoch: int) -> None:
-        """Passed on to the inner objective (e.g. DKD's warm-up)."""
-        for obj in {id(self.inner): self.inner, id(self._soft): self._soft}.values():
-            if hasattr(obj, "set_epoch"):
-                obj.set_epoch(epoch)
+    @property
+    def epoch_dependent(self) -> bool:
+        return bool(getattr(self.inner, "epoch_dependent", False))
 
-    def __call__(self, student_out, teacher_out, labels):
-        loss = self._soft(standardize_logits(student_out, eps=self.eps),
-                          standardize_logits(teacher_out, eps=self.eps), labels)
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        z, v, y = masked_rows(mask, student_out, teacher_out, labels)
+        loss = self._soft(standardize_logits(z, eps=self.eps), standardize_logits(v, eps=self.eps), y, epoch=epoch)
         if self._hard_weight > 0:
-            if labels is None:
+            if y is None:
                 raise ValueError("labels are required when hard_weight > 0; pass hard_weight=0 for unlabeled data")
-            loss = loss + self._hard_weight * hard_cross_entropy(student_out, labels)
+            loss = loss + self._hard_weight * hard_cross_entropy(z, y)
         return loss

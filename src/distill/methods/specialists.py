@@ -28,6 +28,9 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.metrics import predict_logits
+from distill.methods.tuning import fit_fresh
+from distill.models.classifiers import MLP
+from distill.teachers.teacher import Teacher, module_id
 
 # ----------------------------------------------------------------------------------------------
 # 1. confusable subsets
@@ -166,7 +169,6 @@ def build_specialist_model(generalist: nn.Module, subset, full_softmax: bool = F
     """A specialist initialised from ``generalist`` (an :class:`~distill.models.classifiers.MLP`): same
     architecture, hidden layers copied; the output layer has ``|S|+1`` rows from :func:`dustbin_init`,
     or (``full_softmax=True``, paper section 6) all the generalist's rows, an exact copy."""
-    from distill.models.classifiers import MLP
 
     if not isinstance(generalist, MLP):
         raise DistillError("specialists are built from an MLP generalist")
@@ -350,8 +352,6 @@ def train_specialists(generalist: nn.Module, data, subsets, config, *, variant: 
     Runs are named by :func:`specialist_run_name`; every call of ``fit_fn`` gets ``extra`` =
     ``dict(subset, variant, dustbin_correction, generalist)``.
     """
-    from distill.teachers.teacher import Teacher, module_id
-    from distill.methods.tuning import fit_fresh
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")

@@ -23,6 +23,9 @@ from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d,
 from distill.checks import check_temperature
 
 from distill.losses.functional import soften
+from distill.metrics import predict_logits
+from distill.teachers.store import SoftTargetStore
+from distill.teachers.teacher import Ensemble, Teacher
 
 #: Rows of soft targets must sum to 1 within this tolerance (float32 softmax outputs sum to
 #: 1 only up to ~1e-6 per class; ensembles averaged in float32 drift a little more).
@@ -90,9 +93,6 @@ def _module_device(module: torch.nn.Module):
 
 def _teacher_outputs(teacher, X: np.ndarray, temperature: float):
     """``(outputs, default kind)`` of a teacher for the rows of ``X`` (see :func:`teacher_targets`)."""
-    from distill.metrics import predict_logits
-    from distill.teachers.store import SoftTargetStore
-    from distill.teachers.teacher import Ensemble, Teacher
 
     if isinstance(teacher, (torch.nn.Module, Teacher)):
         xt = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32)

@@ -20,9 +20,8 @@ import torch
 
 from distill.errors import DistillError
 from distill.checks import check_number, check_temperature
-from distill.train.fit import FitResult, TrainConfig, fit, seed_everything
-
-
+from distill.train.fit import FitResult, fit
+from distill.train.config import TrainConfig, seed_everything
 def fit_fresh(name: str, data, build, config: TrainConfig, teacher=None, extra: dict | None = None) -> FitResult:
     """The default ``fit_fn``: seed torch with ``config.seed``, ``build()`` the model and
     :func:`distill.fit` it on ``data`` with ``teacher``, in memory and quietly (``name`` and

@@ -60,6 +60,9 @@ from distill.atomic import FolderLock, fault_point
 from distill.checkpoints import read_format_json
 from distill.digest import file_digest, json_digest
 from distill.errors import DistillError
+from distill import distributed
+from distill.data.sources import MapSource, RowReader, TensorSource, as_source
+from distill.metrics import predict_logits
 
 FORMAT = "distill-soft-targets/1"
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -208,7 +211,6 @@ class SoftTargetStore:
         return out
 
     def _read(self, s: int, name: str, rows: np.ndarray) -> np.ndarray:
-        from distill.data.sources import RowReader
 
         shard = self._shards[s]
         key = f"{name}.reader"
@@ -443,8 +445,6 @@ def get_store(root, teacher, data, *, selection: str = "", dtype: str = "float32
     its ``id`` and ``forward``; ``distill.get_store`` also takes anything Teacher accepts) over ``data`` (any source :func:`distill.data.sources.as_source` accepts), kept at
     ``root/soft-<key>``: reused when it exists, built (atomically) when it does not or ``rebuild``
     is set. A damaged store raises :class:`StoreError` unless ``rebuild`` is set."""
-    from distill.metrics import predict_logits
-    from distill.data.sources import as_source
 
     _check_teacher(teacher)
     source = as_source(data, name="transfer set")
@@ -492,7 +492,6 @@ def _shard_name(kind: str, s: int, total: int, ext: str = "npy") -> str:
 
 def _row_range(source, start: int, stop: int):
     """Rows ``start:stop`` of an indexable source, as a source that serves them in order."""
-    from distill.data.sources import MapSource, TensorSource
 
     if isinstance(source, TensorSource):
         return TensorSource(source.x[start:stop], fingerprint="rows", name="transfer set")
@@ -620,8 +619,6 @@ def build_store(path, teacher, data, *, selection: str = "", dtype: str = "float
     Returns the opened store on every process that can see all the shard files (with per-machine
     storage, process 0 says which to copy where and the others return None).
     """
-    from distill import distributed
-    from distill.data.sources import as_source
 
     path = Path(path)
     _check_teacher(teacher)
@@ -653,8 +650,6 @@ def build_store(path, teacher, data, *, selection: str = "", dtype: str = "float
 def _build_locked(path: Path, teacher, source, parts: dict, key: str, shards, batch_size: int, device, progress,
                   log) -> SoftTargetStore | None:
     """:func:`build_store` past its checks, with the folder's lock held by process 0."""
-    from distill import distributed
-    from distill.metrics import predict_logits
 
     rank, world_size = distributed.world()
     dtype = parts["dtype"]

@@ -27,6 +27,10 @@ from torch import nn
 from distill.digest import json_digest, model_signature, tensor_digest, tensors_digest
 from distill.errors import DistillError
 from distill.checks import check_temperature as _check_temperature
+from distill.checkpoints import load_checkpoint
+from distill.metrics import predict_logits
+from distill.teachers import store as soft_targets
+from distill.teachers.store import SoftTargetStore, unfinished_build
 
 COMBINES = ("arithmetic", "geometric")
 
@@ -143,7 +147,6 @@ def load_teacher(path, trust_factory: bool = False) -> tuple[nn.Module, str]:
     """A checkpoint as a frozen teacher and its identity (:func:`module_id` with the factory its
     sidecar records). The sidecar's factory is imported only when distill's own or trusted
     (:func:`distill.checkpoints.load_checkpoint`)."""
-    from distill.checkpoints import load_checkpoint
 
     model, side = load_checkpoint(path, trust_factory=trust_factory)
     for p in model.parameters():
@@ -174,7 +177,6 @@ class Teacher:
 
     def __init__(self, teacher, *, kind: str | None = None, temperature: float = 1.0, combine: str = "arithmetic",
                  id: str | None = None, store=None, trust_factory: bool = False):
-        from distill.teachers.store import SoftTargetStore
 
         self.temperature = _check_temperature(temperature)
         self.store_root = Path(store) if store is not None else None
@@ -187,7 +189,6 @@ class Teacher:
             teacher = (teacher[0] if len(teacher) == 1
                        else Ensemble(teacher, combine=combine, trust_factory=trust_factory))
         if isinstance(teacher, (str, Path)) and Path(teacher).is_dir():  # a soft-target store folder
-            from distill.teachers.store import unfinished_build
 
             done = unfinished_build(teacher)
             if done is not None:
@@ -290,10 +291,8 @@ class Teacher:
         if augmented or not source.indexable:
             return  # runs on every batch
         if self.store_root is not None:
-            from distill.teachers import store as soft_targets
             self.table = soft_targets.get_store(self.store_root, self, source, progress=progress, log=log)
         else:
-            from distill.metrics import predict_logits
 
             self.table = predict_logits(self.forward, source, device=device, progress=progress, desc="teacher")
 

@@ -41,6 +41,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+from distill import data as D, distributed, losses
+from distill.data import Dataset
+from distill.models.classifiers import MLP
+from distill.teachers.store import build_store, get_store
+from distill.teachers.teacher import Teacher
+from distill.train.config import TrainConfig, seed_everything
+from distill.train.fit import fit
 
 SECTIONS = ("peak", "overhead", "store", "precision", "ddp")
 
@@ -137,7 +144,6 @@ def mlp_flops_per_example(in_features: int, hidden, classes: int) -> int:
 def synthetic(n_train: int, n_test: int, features: int = 784, classes: int = 10, seed: int = 0):
     """A separable image-like data set (a fixed random template per class plus noise), as a
     :class:`distill.data.Dataset` (28 x 28 when ``features`` is 784)."""
-    from distill.data import Dataset
 
     g = torch.Generator().manual_seed(seed)
     templates = (torch.rand(classes, features, generator=g) > 0.7).float()
@@ -157,7 +163,6 @@ def synthetic(n_train: int, n_test: int, features: int = 784, classes: int = 10,
 def load_data(name: str, train_size: int | None, test_size: int | None):
     if name == "synthetic":
         return synthetic(train_size or 60000, test_size or 10000)
-    from distill import data as D
     d = D.load(name, log=_quiet)
     if train_size or test_size:
         d = d.subset(train=train_size, test=test_size)
@@ -197,9 +202,6 @@ def fit_vs_bare(x, y, *, hidden=(800, 800), batch_size=128, epochs=2, rounds=3, 
     init, SGD + momentum, constant lr, hard labels), on in-memory tensors and on a DataLoader;
     each round alternates which goes first. ``fit``'s time is its recorded ``train_seconds``
     (every batch's copy, forward, loss, backward, step and bookkeeping; no evaluation)."""
-    from distill.teachers.teacher import Teacher
-    from distill.train.fit import TrainConfig, fit, seed_everything
-    from distill.models.classifiers import MLP
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, schedule="constant")
     times = {f"{who} {kind}": [] for kind in kinds for who in ("bare", "fit")}
@@ -243,10 +245,6 @@ def store_vs_on_the_fly(x, y, *, hidden=(800, 800), teacher_hidden=(1200, 1200),
     teacher's logits read from a store by example index vs computed by the teacher on each batch;
     and the one-off store build. A fresh teacher of ``teacher_hidden`` stands in (speed does not
     depend on its weights)."""
-    from distill import losses
-    from distill.models.classifiers import MLP
-    from distill.teachers.store import get_store
-    from distill.teachers.teacher import Teacher
 
     classes = int(y.max()) + 1
     torch.manual_seed(123)
@@ -296,9 +294,6 @@ def precision_compare(data, *, hidden=(800, 800), batch_size=128, epochs=3, seed
     each of ``seeds`` seeds (alternating which precision goes first): the median seconds per
     epoch (``train_seconds``), the final test errors, examples/s and, given ``peaks``
     (``{"fp32": GFLOP/s, "bf16": GFLOP/s}``), the fraction of that peak the epoch reaches."""
-    from distill.teachers.teacher import Teacher
-    from distill.train.fit import TrainConfig, fit, seed_everything
-    from distill.models.classifiers import MLP
 
     x = data.x_train.reshape(len(data.x_train), -1)
     classes = int(data.y_train.max()) + 1
@@ -368,11 +363,6 @@ def ddp_scaling(spec: dict, *, rounds: int = 2, processes=(1, 2), timeout: float
 def _ddp_worker(spec: dict) -> None:
     """One torchrun process: build the sharded store (timed, all processes), then ``fit`` a
     student from it, reading its slice of each batch; process 0 writes the times to ``out``."""
-    from distill.teachers.teacher import Teacher
-    from distill.train.fit import TrainConfig, fit, seed_everything
-    from distill import distributed
-    from distill.models.classifiers import MLP
-    from distill.teachers.store import build_store
 
     torch.set_num_threads(1)
     distributed.init_from_env()

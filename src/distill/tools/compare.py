@@ -24,6 +24,11 @@ import numpy as np
 import torch
 
 from distill.errors import DistillError
+from distill.atomic import atomic_write_bytes, atomic_write_json
+from distill.checkpoints import load_checkpoint, stem_of
+from distill.metrics import agreement, classification_metrics, predict_logits
+from distill.models.classifiers import count_params
+from distill.tools.export import default_out, export_checkpoint, export_metadata, onnx_available, onnx_session
 
 BATCHES = (1, 256)
 RUNTIMES = ("pytorch", "onnxruntime")
@@ -71,7 +76,6 @@ def _torch_latency(model, x, threads, repeats, warmup) -> dict:
 
 
 def _onnx_latency(path, x, threads, repeats, warmup) -> dict:
-    from distill.tools.export import onnx_session
 
     sess = onnx_session(path, threads)
     name = sess.get_inputs()[0].name
@@ -85,7 +89,6 @@ def _onnx_latency(path, x, threads, repeats, warmup) -> dict:
 def _onnx_for(path, side, onnx: str, scratch: Path, log):
     """An ONNX file of this checkpoint: the export beside it when its recorded weights digest
     matches, else one made now (``onnx="auto"`` and the export extra installed), else None."""
-    from distill.tools.export import default_out, export_checkpoint, export_metadata, onnx_available
 
     if onnx == "off":
         return None, "off"
@@ -106,9 +109,6 @@ def compare(teacher, students, data, *, threads: int = 1, repeats: int = 100, wa
     :class:`distill.data.FileData`); see the module docstring. Factories outside distill are
     imported only with ``trust_factory`` (:func:`distill.checkpoints.load_checkpoint`). Returns a
     JSON-able dict."""
-    from distill.checkpoints import load_checkpoint, stem_of
-    from distill.metrics import agreement, classification_metrics, predict_logits
-    from distill.models.classifiers import count_params
 
     if onnx not in ("auto", "off"):
         raise ValueError(f"onnx must be 'auto' or 'off', got {onnx!r}")
@@ -256,7 +256,6 @@ def write(result: dict, out) -> dict[str, Path]:
     """``compare.md``, ``compare.json`` and ``compare.png`` in the folder ``out``."""
     import json
 
-    from distill.atomic import atomic_write_bytes, atomic_write_json
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -42,6 +42,8 @@ from torch import nn
 
 from distill.atomic import fault_point
 from distill.errors import DistillError
+from distill.checkpoints import load_checkpoint, stem_of
+from distill.data.files import load_files
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -144,7 +146,6 @@ def training_inputs(side: dict, input_shape, n: int) -> tuple[torch.Tensor | Non
     """``(inputs, what they are)``: a sample of ``n`` examples of the training data the sidecar
     records, or ``(None, why not)`` when there is none, it cannot be read or its examples are not of
     ``input_shape``. Built-in data sets (MNIST, ...) are not loaded here: that may download them."""
-    from distill.data.files import load_files
 
     path = recorded_data(side)
     if path is None:
@@ -449,13 +450,11 @@ def export_metadata(path) -> dict:
 
 def default_out(checkpoint, format: str) -> Path:
     """``runs/s/model`` -> ``runs/s/model.onnx`` (or ``.pt``)."""
-    from distill.checkpoints import stem_of
 
     return stem_of(checkpoint).with_suffix(SUFFIXES[format])
 
 
 def checkpoint_metadata(path, side: dict) -> dict:
-    from distill.checkpoints import stem_of
 
     return dict(checkpoint=str(stem_of(path)), weights_sha256=side.get("weights_sha256"),
                 classes=side.get("classes"), num_classes=side.get("num_classes"), factory=side.get("factory"))
@@ -469,7 +468,6 @@ def export_checkpoint(path, out=None, format: str = "onnx", *, input_shape=None,
     sidecar records (:func:`training_inputs`), else on random inputs. The input shape is
     ``input_shape`` when given, else the one recorded in its sidecar. ``out`` naming one of the
     checkpoint's files or its training data is refused before anything is written."""
-    from distill.checkpoints import load_checkpoint, stem_of
 
     stem = stem_of(path)
     out = Path(out) if out is not None else default_out(path, format)

@@ -57,7 +57,7 @@ def plot_lines(series: dict, xlabel: str, ylabel: str, title: str, out, logx: bo
     return save_figure(fig, out)
 
 
-# ---------------------------------------------------------------- dense prediction (issue 18)
+# ---------------------------------------------------------------- dense prediction
 
 def segmentation_colors(num_classes: int = 11, background: int | None = 0):
     """A colour map for label masks: background black, the other classes tab10/tab20 colours,

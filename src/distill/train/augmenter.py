@@ -28,6 +28,8 @@ from distill.data.augment import Augment, table_digest
 from distill.digest import json_digest
 from distill.errors import DistillError
 from distill.data.sources import Source, as_features
+from distill.data.sources import _collate
+from distill.teachers import store as soft_targets
 
 
 def take_inputs(source, idx: torch.Tensor) -> torch.Tensor:
@@ -39,7 +41,6 @@ def take_inputs(source, idx: torch.Tensor) -> torch.Tensor:
     if dataset is None:
         raise ValueError("fixed views and mixup partners need a data source that can fetch examples by index "
                          "(tensors or a map-style Dataset)")
-    from distill.data.sources import _collate
 
     x, _ = _collate([dataset[int(i)] for i in idx])
     return as_features(x, "inputs")
@@ -76,9 +77,10 @@ class ViewSource(Source):
             yield self.view(take_inputs(self.source, rows // self.k), rows), None, rows
 
 
-def mixup_loss(objective, out, teacher_out, labels, partner_labels, lam: float):
+def mixup_loss(objective, out, teacher_out, labels, partner_labels, lam: float, epoch: int | None = None):
     """The mixed-label loss ``lam * L(z, v, y) + (1 - lam) * L(z, v, y')`` (one ``lam`` per batch)."""
-    return lam * objective(out, teacher_out, labels) + (1.0 - lam) * objective(out, teacher_out, partner_labels)
+    return (lam * objective(out, teacher_out, labels, epoch=epoch)
+            + (1.0 - lam) * objective(out, teacher_out, partner_labels, epoch=epoch))
 
 
 class Augmenter:
@@ -114,7 +116,6 @@ class Augmenter:
         outputs on every view in a soft-target store under that folder."""
         if self.views is None or teacher is None or teacher.module is None or teacher.store_root is None:
             return
-        from distill.teachers import store as soft_targets
         self.store = soft_targets.get_store(teacher.store_root, teacher, self.views,
                                             selection=f"views:{self.augment.views}", dtype=self.augment.view_dtype,
                                             top_k=self.augment.view_top_k, progress=progress, log=log)

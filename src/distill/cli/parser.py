@@ -1,0 +1,329 @@
+"""The ``distill`` command line: :func:`build_parser`, one ``_add_<command>`` per subcommand.
+
+Choices and defaults come from the library, so that they are stated once: the data sets from
+:data:`distill.data.LOADERS`, the optimisers, schedules, precisions and ``--select`` from
+:mod:`distill.train.config` (what ``TrainConfig`` accepts), ``TrainConfig``'s own defaults, the
+ensemble combines from :mod:`distill.teachers.teacher`, the loss weights from the objectives, and
+the tools' settings from their functions' signatures. Help strings that state a default format it.
+
+Numeric flags go through :func:`distill.checks.add_number_flag`: checked after parsing
+(:func:`distill.checks.check_number_flags`), each message naming its flag.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from distill import data as D
+from distill.checks import add_number_flag
+from distill.cli import train
+from distill.cli.common import DEFAULT_DATASET, defaults_of
+from distill.cli.reproduce import EXPERIMENTS, add_experiment_arguments
+from distill.teachers.store import DTYPES, build_store
+from distill.teachers.teacher import COMBINES, Teacher
+from distill.tools import bench, compare
+from distill.tools.export import FORMATS, SUFFIXES, export_checkpoint
+from distill.train.config import DEFAULT_DISTILL_LR, DEFAULT_LR, OPTIMIZERS, PRECISIONS, SCHEDULES, SELECT
+
+CONFIG = train.CONFIG  # TrainConfig's defaults
+TEACHER = defaults_of(Teacher)  # --combine; --temperature of `targets`
+STORE = defaults_of(build_store)  # --dtype, --batch-size of `targets`
+EXPORT = defaults_of(export_checkpoint)  # --format, --check-inputs, --tolerance
+COMPARE = defaults_of(compare.compare)  # --threads, --repeats, --warmup, --onnx
+BENCH = defaults_of(bench.run)  # --batch-size of `bench`
+#: ``bench --dataset``: the built-in data sets that the bench loads, and its synthetic one
+BENCH_DATASETS = ("mnist", "fashion-mnist", "synthetic")
+#: ``plot temperature`` defaults, stated here: reading them from distill.tools.plots would load
+#: matplotlib on every command
+PLOT_LOGITS = [0.5, 8, 1.5, 3, 6, 11, 2.5, 0.01, 5, 0.2]
+PLOT_TEMPERATURES = [1, 4, 20]
+
+LR_HELP = (f"learning rate (default: {DEFAULT_LR:g} when training on hard labels, as a teacher or a student without "
+           f"--teacher; {DEFAULT_DISTILL_LR:g} when distilling, where the soft term is scaled by T²)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``distill`` parser. An experiment's own flags are added when its subcommand is parsed."""
+    ap = _Parser(prog="distill", description="Knowledge distillation (Hinton, Vinyals & Dean 2015).")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser, action=_LazySubparsers)
+    _add_teacher(sub)
+    _add_student(sub)
+    _add_evaluate(sub)
+    _add_export(sub)
+    _add_compare(sub)
+    _add_reproduce(sub)
+    _add_specialists(sub)
+    _add_targets(sub)
+    _add_bench(sub)
+    _add_plot(sub)
+    return ap
+
+
+# ---------------------------------------------------------------- training
+
+def _add_teacher(sub) -> None:
+    t = sub.add_parser("teacher", help="train a teacher (dropout, max-norm, jitter)")
+    _data_flags(t)
+    _training_flags(t, epochs=train.EPOCHS, hidden=train.TEACHER_HIDDEN)
+    add_number_flag(t, "--dropout-input", minimum=0, below=1,
+                    help=f"dropout on the inputs, MLP only (default {train.TEACHER_DROPOUT_INPUT:g})")
+    add_number_flag(t, "--dropout-hidden", minimum=0, below=1,
+                    help=f"dropout on the hidden units (default {train.TEACHER_DROPOUT_HIDDEN:g})")
+    add_number_flag(t, "--max-norm", positive=True,
+                    help=f"bound on each unit's incoming weight norm (default {train.TEACHER_MAX_NORM:g})")
+    add_number_flag(t, "--jitter", integer=True, minimum=0,
+                    help=f"max translation in pixels, 0 = off (default {train.TEACHER_JITTER} on --dataset, 0 with "
+                         "--data)")
+
+
+def _add_student(sub) -> None:
+    distill, pixelwise, cwd = train.DISTILL, train.PIXELWISE, train.CWD
+    s = sub.add_parser("student", help="train a student on hard labels, or distil one with --teacher")
+    _data_flags(s)
+    _training_flags(s, epochs=train.EPOCHS, hidden=train.STUDENT_HIDDEN)
+    s.add_argument("--teacher", action="append",
+                   help="teacher checkpoint: distil from its soft targets; repeat for an ensemble")
+    _trust_flag(s)
+    _combine_flag(s)
+    add_number_flag(s, "--temperature", positive=True,
+                    help=f"distillation temperature T (default {distill['temperature']:g}; "
+                         f"{pixelwise['temperature']:g} on label masks, {cwd['temperature']:g} with --cwd; needs "
+                         "--teacher)")
+    add_number_flag(s, "--hard-weight", minimum=0,
+                    help=f"weight of the hard-label term (default {distill['hard_weight']:g}; "
+                         f"{pixelwise['hard_weight']:g} on label masks; needs --teacher)")
+    add_number_flag(s, "--soft-weight", minimum=0,
+                    help=f"weight of the T²·soft term (default {distill['soft_weight']:g}; needs --teacher)")
+    s.add_argument("--cwd", action="store_true",
+                   help="segmentation: channel-wise distillation (Shu et al. 2021) instead of pixel-wise; defaults "
+                        f"T = {cwd['temperature']:g}, --soft-weight {cwd['soft_weight']:g}, --hard-weight "
+                        f"{cwd['hard_weight']:g} (needs --teacher)")
+    s.add_argument("--logit-matching", action="store_true",
+                   help="match the teacher's zero-meaned logits (MSE) instead of its soft targets (needs --teacher)")
+
+
+def _training_flags(p, epochs: int, hidden: list) -> None:
+    """The model, the optimisation and the output folder: what ``teacher`` and ``student`` share."""
+    archs = (*train.CLASSIFIER_ARCHS, *train.SEGMENTATION_ARCHS)
+    p.add_argument("--arch", choices=archs,
+                   help=f"a built-in model (default {archs[0]}; {'|'.join(train.SEGMENTATION_ARCHS)}: segmentation, "
+                        "for label masks)")
+    widths = " or ".join(f"{arch} (default {width})" for arch, width in train.WIDTHS.items())
+    add_number_flag(p, "--width", help=f"channels of the first layer of --arch {widths}", integer=True, minimum=2)
+    add_number_flag(p, "--hidden", nargs="+", integer=True, minimum=1,
+                    help=f"hidden layer sizes of --arch (default {' '.join(map(str, hidden))})")
+    p.set_defaults(_hidden=list(hidden))
+    p.add_argument("--model", metavar="PACKAGE.MODULE:FACTORY",
+                   help="your own model instead of --arch: the callable that builds it (in a module on PYTHONPATH or "
+                        "in the current folder); recorded in the checkpoint so that it can be rebuilt")
+    p.add_argument("--model-args", metavar="JSON", help="keyword arguments of --model as a JSON object, e.g. "
+                                                        "'{\"width\": 64}'")
+    p.add_argument("--select", choices=SELECT, default=CONFIG["select"],
+                   help="keep the last epoch's weights, or those with the fewest validation errors (best: needs a "
+                        f"validation split in --data) (default {CONFIG['select']})")
+    add_number_flag(p, "--epochs", default=epochs, help=f"(default {epochs})", integer=True, minimum=1)
+    add_number_flag(p, "--batch-size", default=CONFIG["batch_size"], help=f"(default {CONFIG['batch_size']})",
+                    integer=True, minimum=1)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=CONFIG["optimizer"])
+    add_number_flag(p, "--lr", help=LR_HELP, positive=True)
+    add_number_flag(p, "--momentum", default=CONFIG["momentum"],
+                    help=f"SGD momentum, in [0, 1) (default {CONFIG['momentum']:g})", minimum=0, below=1)
+    p.add_argument("--schedule", choices=SCHEDULES, default=CONFIG["schedule"])
+    add_number_flag(p, "--seed", default=CONFIG["seed"], integer=True, minimum=0,
+                    help=f"seeds weight init, dropout and data order (default {CONFIG['seed']})")
+    p.add_argument("--precision", choices=PRECISIONS, default=CONFIG["precision"],
+                   help="bf16: bfloat16 autocast for the forward/backward passes, float32 weights and loss "
+                        f"(default {CONFIG['precision']})")
+    p.add_argument("--device", help="where the training steps run: cpu, cuda, cuda:N (default "
+                                    "$DISTILL_DEVICE, else cpu); `distill reproduce` reads $DISTILL_DEVICE")
+    p.add_argument("--out", required=True, help="output folder (checkpoint, state for resuming, log)")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.add_argument("--no-guard", action="store_true",
+                   help="turn the divergence guard off: a loss that explodes or collapses back to a constant "
+                        "prediction no longer stops the run (non-finite outputs still do)")
+
+
+def _add_targets(sub) -> None:
+    tg = sub.add_parser("targets", help="compute a teacher's (or ensemble's) logits over the training set into a "
+                                        "sharded soft-target store; under torchrun each process computes its shards")
+    tg.add_argument("--teacher", action="append", required=True,
+                    help="teacher checkpoint; repeat for an ensemble")
+    _trust_flag(tg)
+    _combine_flag(tg)
+    add_number_flag(tg, "--temperature", default=TEACHER["temperature"],
+                    help="T at which an arithmetic ensemble is combined (its stored logits depend on T: use the "
+                         f"student's); no effect otherwise (default {TEACHER['temperature']:g})", positive=True)
+    _data_flags(tg)
+    tg.add_argument("--out", required=True, help="the store folder (shards, their records, meta.json last)")
+    tg.add_argument("--dtype", choices=tuple(DTYPES), default=STORE["dtype"], help=f"(default {STORE['dtype']})")
+    add_number_flag(tg, "--top-k", help="keep the k largest logits per example and the mean of the rest", integer=True,
+                    minimum=1)
+    add_number_flag(tg, "--shards", help="number of shards (default: one per process); keep it when resuming with "
+                                         "another number of processes", integer=True, minimum=1)
+    add_number_flag(tg, "--batch-size", default=STORE["batch_size"],
+                    help=f"teacher batch (default {STORE['batch_size']}); shards start at its multiples",
+                    integer=True, minimum=1)
+    tg.add_argument("--device", help="where the teacher runs: cpu, cuda (default $DISTILL_DEVICE, else cpu)")
+    tg.add_argument("--no-progress", action="store_true", help="no progress output")
+
+
+# ---------------------------------------------------------------- checkpoints: evaluate, export, compare
+
+def _add_evaluate(sub) -> None:
+    e = sub.add_parser("evaluate", help="test errors, accuracy and NLL of a checkpoint")
+    e.add_argument("checkpoint")
+    _trust_flag(e)
+    _data_flags(e)
+    e.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def _add_export(sub) -> None:
+    x = sub.add_parser("export", help="export a checkpoint to ONNX (checked in ONNX Runtime) or TorchScript")
+    x.add_argument("checkpoint")
+    _trust_flag(x)
+    x.add_argument("--format", choices=FORMATS, default=EXPORT["format"], help=f"(default {EXPORT['format']})")
+    x.add_argument("--out",
+                   help=f"file to write (default: the checkpoint's path with {' or '.join(SUFFIXES.values())})")
+    add_number_flag(x, "--check-inputs", default=EXPORT["n_check"],
+                    help=f"inputs on which the export is compared with PyTorch (default {EXPORT['n_check']})",
+                    integer=True, minimum=1)
+    add_number_flag(x, "--tolerance", default=EXPORT["tolerance"],
+                    help=f"largest |export - PyTorch| allowed (default {EXPORT['tolerance']:g})", positive=True)
+    add_number_flag(x, "--input-shape", nargs="+", help="one example's shape, for a checkpoint that records none",
+                    integer=True, minimum=1)
+
+
+def _add_compare(sub) -> None:
+    c = sub.add_parser("compare", help="a teacher beside its students: size, accuracy, agreement, latency")
+    c.add_argument("teacher", help="the teacher's checkpoint")
+    c.add_argument("students", nargs="+", metavar="student", help="student checkpoint(s)")
+    _trust_flag(c)
+    _data_flags(c, train_size=False)
+    add_number_flag(c, "--threads", default=COMPARE["threads"], integer=True, minimum=1,
+                    help=f"threads for PyTorch and ONNX Runtime (default {COMPARE['threads']})")
+    add_number_flag(c, "--repeats", default=COMPARE["repeats"], integer=True, minimum=1,
+                    help=f"timed runs per latency figure (default {COMPARE['repeats']})")
+    add_number_flag(c, "--warmup", default=COMPARE["warmup"], integer=True, minimum=0,
+                    help=f"untimed runs before them (default {COMPARE['warmup']})")
+    c.add_argument("--onnx", choices=["auto", "off"], default=COMPARE["onnx"],
+                   help="auto: also time ONNX Runtime, on the export beside each checkpoint or one made now, when "
+                        f"distill[export] is installed (default {COMPARE['onnx']})")
+    c.add_argument("--out", default="compare", help="folder for compare.md, compare.json, compare.png "
+                                                    "(default ./compare)")
+
+
+# ---------------------------------------------------------------- experiments
+
+def _add_reproduce(sub) -> None:
+    r = sub.add_parser("reproduce", help="run a paper experiment end to end")
+    rsub = r.add_subparsers(dest="experiment", required=True, parser_class=_Parser, action=_LazySubparsers,
+                            metavar="EXPERIMENT")
+    for name, (_, help_) in EXPERIMENTS.items():
+        help_ = help_.replace("%", "%%")  # argparse formats help strings with %
+        rsub.add_parser(name, help=help_, description=help_)
+        rsub.lazy[name] = add_experiment_arguments(name)
+
+
+def _add_specialists(sub) -> None:
+    """``distill specialists``: ``distill reproduce specialists`` under a shorter name (same flags,
+    same code)."""
+    help_ = EXPERIMENTS["specialists"][1].replace("%", "%%")
+    sp = sub.add_parser("specialists", help="same as `reproduce specialists`: " + help_, description=help_)
+    sp.set_defaults(experiment="specialists")
+    sub.lazy["specialists"] = add_experiment_arguments("specialists")
+
+
+# ---------------------------------------------------------------- bench, plot
+
+def _add_bench(sub) -> None:
+    full, quick = bench.FULL, bench.QUICK
+    bn = sub.add_parser("bench", help="this machine's matrix-product peak and distill's speed on it: fit vs a bare "
+                                      "loop, store vs teacher on the fly, bf16 vs fp32, torchrun scaling")
+    bn.add_argument("--quick", action="store_true", help="small sizes on synthetic data (a smoke test, seconds)")
+    bn.add_argument("--skip", action="append", default=[], choices=bench.SECTIONS,
+                    help="leave a section out (repeatable)")
+    bn.add_argument("--dataset", choices=BENCH_DATASETS, help=f"(default {full['data']}; {quick['data']} with --quick)")
+    add_number_flag(bn, "--train-size", help="examples per epoch (default: the whole training set)", integer=True,
+                    minimum=1)
+    add_number_flag(bn, "--rounds", integer=True, minimum=1,
+                    help=f"repeats of each timing (default {full['rounds']}; {quick['rounds']} with --quick)")
+    add_number_flag(bn, "--seeds", integer=True, minimum=1,
+                    help=f"seeds of the bf16/fp32 runs (default {full['seeds']})")
+    add_number_flag(bn, "--precision-epochs", integer=True, minimum=1,
+                    help=f"epochs of the bf16/fp32 runs (default {full['precision_epochs']}; "
+                         f"{quick['precision_epochs']} with --quick)")
+    add_number_flag(bn, "--batch-size", default=BENCH["batch_size"], help=f"(default {BENCH['batch_size']})",
+                    integer=True, minimum=1)
+    bn.add_argument("--json", metavar="FILE", help="also write every figure (and every repeat) to FILE")
+
+
+def _add_plot(sub) -> None:
+    pl = sub.add_parser("plot", help="figures")
+    psub = pl.add_subparsers(dest="figure", required=True, parser_class=_Parser)
+    pt = psub.add_parser("temperature", help="softmax of a logit vector at T = 1, 4, 20 beside the logits")
+    add_number_flag(pt, "--logits", default=list(PLOT_LOGITS), nargs="+", help="the logit vector")
+    add_number_flag(pt, "--temperatures", default=list(PLOT_TEMPERATURES), nargs="+",
+                    help=f"(default {' '.join(map(str, PLOT_TEMPERATURES))})", positive=True)
+    pt.add_argument("--out", default="temperature.png", help="PNG file to write")
+
+
+# ---------------------------------------------------------------- flags several commands share
+
+def _data_flags(p, train_size: bool = True) -> None:
+    """Which data: a built-in ``--dataset`` or the user's ``--data``, and the subset sizes."""
+    p.add_argument("--dataset", choices=list(D.LOADERS),
+                   help=f"a built-in data set (default {DEFAULT_DATASET}, unless --data is given)")
+    p.add_argument("--data-dir", help="folder holding the idx files (else $DISTILL_DATA_DIR, the cache, "
+                                      "the canonical URLs, then the package registry)")
+    p.add_argument("--data", metavar="PATH",
+                   help="your own data instead of --dataset: an .npz (x_train, y_train, optional x_val/y_val/x_test/"
+                        "y_test), a folder of images (train/<class>/*.png|jpg, optional val/ and test/), or a "
+                        "CSV/Parquet table with --target (or a folder with train.csv, optional val.csv, test.csv)")
+    p.add_argument("--target", metavar="COLUMN", help="the label column of a --data table")
+    if train_size:
+        add_number_flag(p, "--train-size", help="use a stratified subset of this many training examples",
+                        integer=True, minimum=1)
+    add_number_flag(p, "--test-size", help="use a stratified subset of this many test examples", integer=True,
+                    minimum=1)
+
+
+def _combine_flag(p) -> None:
+    p.add_argument("--combine", choices=COMBINES, default=TEACHER["combine"],
+                   help="how an ensemble's softened distributions are averaged (several --teacher)")
+
+
+def _trust_flag(p) -> None:
+    p.add_argument("--trust-factory", action="store_true",
+                   help="let checkpoints rebuild their model with a factory outside distill (imports and runs that "
+                        "code: only for checkpoints you trust; see also $DISTILL_TRUSTED_MODULES)")
+
+
+# ---------------------------------------------------------------- argparse, adapted
+
+class _Parser(argparse.ArgumentParser):
+    """argparse (usage line, then ``prog: error: ...``, exit 2) with a record of its numeric flags
+    (``numbers``, filled by :func:`distill.checks.add_number_flag`), checked after parsing so that
+    each message names its flag."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.numbers: dict[str, tuple[str, dict]] = {}
+
+    def error(self, message):  # argparse's own exit code is 2 already; keep its one-line style
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _LazySubparsers(argparse._SubParsersAction):
+    """Subcommands whose arguments are added only when that subcommand is the one parsed:
+    ``lazy[name](subparser)`` runs just before ``name``'s own arguments are parsed."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.lazy: dict = {}
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        load = self.lazy.pop(values[0], None)
+        if load is not None:
+            load(self._name_parser_map[values[0]])
+        super().__call__(parser, namespace, values, option_string)

@@ -1,0 +1,377 @@
+"""The training runtime of :func:`distill.fit`: the batch (:class:`Batch`), the epoch's batches as
+one process trains on them (:func:`epoch_batches`, the one place data parallelism slices), the
+restored state (:func:`restore`), and :class:`Loop` (device, DDP, teacher preparation, progress bar,
+autocast; per epoch: train, guard, evaluate and save; at the end: select and save the model).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from distill import distributed
+from distill.digest import ExampleDigest
+from distill.errors import DistillError
+from distill.losses.objectives import Distillation, HardLabels
+from distill.metrics import evaluate
+from distill.modelio import inputs_to, logits_of, model_forward
+from distill.teachers.teacher import module_id
+from distill.train.augmenter import mixup_loss
+from distill.train.config import lr_at, make_optimizer
+from distill.train.divergence import TrainingDiverged, chance_loss, collapse_note, divergence, label_entropy, stuck
+
+
+@dataclass
+class Batch:
+    """One step's examples: ``inputs`` (a tensor, or a dict of named tensors), ``labels`` and
+    ``index`` (example indices) or None, ``size`` (examples in the global batch, of which this
+    process may hold a slice), ``mask`` (bool, the positions that count; None = all), and what
+    augmentation adds: ``mixed`` (mixup's partner labels and lam) and ``rows`` (stored view rows)."""
+
+    inputs: object
+    labels: torch.Tensor | None
+    index: torch.Tensor | None
+    size: int
+    mask: torch.Tensor | None = None
+    mixed: tuple | None = None
+    rows: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        x = next(iter(self.inputs.values())) if isinstance(self.inputs, Mapping) else self.inputs
+        return len(x)
+
+    def shard(self, rank: int, world_size: int) -> "Batch":
+        """This process's contiguous slice (:func:`distill.distributed.shard`) of every tensor."""
+        def cut(t):
+            if t is None:
+                return None
+            if isinstance(t, Mapping):
+                return {k: distributed.shard(v, rank, world_size) for k, v in t.items()}
+            return distributed.shard(t, rank, world_size)
+        mixed = None if self.mixed is None else (cut(self.mixed[0]), self.mixed[1])
+        return Batch(cut(self.inputs), cut(self.labels), cut(self.index), self.size, cut(self.mask), mixed,
+                     cut(self.rows))
+
+
+def epoch_batches(source, batch_size: int, generator, augmenter, rank: int, world_size: int, seen=None):
+    """The epoch's batches as this process trains on them. Without augmentation under data
+    parallelism each process reads only its slice of every global batch (:meth:`Source.parts`:
+    same order, so one step equals the single-process step); with augmentation (``jitter`` is
+    ``Augment(shift=...)``) the whole global batch is read and augmented, so every process draws
+    the same parameters, then sliced. ``seen(x, y, idx)`` is told every batch as read."""
+    if world_size > 1 and augmenter is None:
+        for x, y, idx, b in source.parts(batch_size, generator, rank, world_size):
+            yield Batch(x, y, idx, b)
+        return
+    for x, y, idx in source.batches(batch_size, generator):
+        if seen is not None:
+            seen(x, y, idx)
+        batch = Batch(x, y, idx, len(x))
+        if augmenter is not None:
+            batch.inputs, batch.mixed, batch.rows = augmenter(x, y, idx, generator)
+        yield batch.shard(rank, world_size) if world_size > 1 else batch
+
+
+@dataclass
+class State:
+    """Where training stands: the optimiser and the data generator, the history, the epoch to
+    start from, the best weights so far (``select="best"``), the finished run's sidecar (skip), and
+    the digest of the initial weights (recorded, not keyed)."""
+
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    history: list = field(default_factory=list)
+    start_epoch: int = 0
+    best: dict | None = None
+    finished: dict | None = None
+    init: str | None = None
+
+
+def restore(plan, run, log) -> State:
+    """A fresh state, or the run folder's: its finished run (skip) or its last saved epoch (resume).
+    Under DDP process 0 alone reads the folder and sends the state to the rest."""
+    model, config = plan.model, plan.config
+    state = State(make_optimizer(model, config), torch.Generator().manual_seed(config.seed))
+    state.init = module_id(model) if run is not None else None  # not in the key (see the warning below)
+    error = None
+    if run is not None:
+        try:
+            state.finished = run.finished(model)
+            side = None if state.finished else run.resume()
+            recorded = (state.finished or (side[1] if side else None) or {}).get("init_weights")
+            if recorded not in (None, state.init):
+                log(f"[warning] {run.path} holds a run that started from other initial weights than this "
+                    "model's; it is used because the run key does not cover the initial weights. Seed them "
+                    "with distill.seed_everything(config.seed) before building the model, or give "
+                    "this run another run_dir (or another config.seed)")
+            if side is not None:
+                tensors, side = side
+                state.best = restore_state(tensors, model, state.optimizer, state.generator)
+                state.history, state.start_epoch = side["history"], side["epoch"]
+                log(f"[resume] {run.path}: continuing after epoch {state.start_epoch}/{config.epochs}")
+        except DistillError as e:
+            error = e
+    if plan.world_size > 1:
+        got = distributed.from_process_0(dict(
+            error=str(error) if error else None, finished=state.finished, history=state.history,
+            start_epoch=state.start_epoch, model=model.state_dict(), optim=state.optimizer.state_dict(),
+            gen=state.generator.get_state(), best=state.best))
+        error = DistillError(got["error"]) if got["error"] else None
+        if plan.rank and not error:
+            state.finished, state.history = got["finished"], got["history"]
+            state.start_epoch, state.best = got["start_epoch"], got["best"]
+            model.load_state_dict(got["model"])
+            state.optimizer.load_state_dict(got["optim"])
+            state.generator.set_state(got["gen"])
+    if error:
+        raise error
+    return state
+
+
+def _silent(*_args) -> None:
+    pass
+
+
+class Loop:
+    """The training runtime over one :class:`~distill.train.setup.Plan` and :class:`State`."""
+
+    def __init__(self, plan, state: State, run, *, progress: bool = True, log=print, name: str = "train"):
+        self.plan, self.state, self.run = plan, state, run
+        p, model, dev = plan, plan.model, plan.device
+        self.log = log
+        # device, teacher: outputs computed once where they can be, then the teacher moves to the device
+        model.to(dev)
+        self.teacher_home = p.teacher.device if p.teacher is not None else None
+        if p.teacher is not None:
+            p.teacher.prepare(p.source, augmented=p.augmenter is not None, device=dev,
+                              progress=progress and p.rank == 0, log=log)
+            if p.augmenter is not None:  # fixed views with a store folder: the teacher's outputs per view, once
+                p.augmenter.prepare(p.teacher, progress=progress and p.rank == 0, log=log)
+            p.teacher.to(dev)
+        # DDP: broadcasts process 0's weights; only process 0 shows progress and logs
+        self.net = model
+        if p.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model)
+            progress = progress and p.rank == 0
+            if p.rank:
+                self.log = _silent
+        self.progress = progress
+        self.constrain = getattr(model, "constrain", None)
+        self.steps = math.ceil(p.source.n / (p.source.batch_size or p.config.batch_size)) if p.source.n else None
+        self.show_bar = progress and sys.stderr.isatty()
+        self.bar = tqdm(total=self.steps * p.config.epochs if self.steps else None,
+                        initial=(self.steps or 0) * state.start_epoch, disable=not self.show_bar, desc=str(name),
+                        unit="batch", leave=False, mininterval=1.0)
+        self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=p.config.precision == "bf16")
+        # the divergence guard: the losses so far, a constant prediction's cost, the class prior's cost
+        # (the entropy of the training labels, counted over the first epoch trained here)
+        self.epoch_losses = [h["train_loss"] for h in state.history]
+        self.chance, self.prior, self.warned = None, None, False
+        self.counts = (torch.zeros(p.num_classes, device=dev) if p.config.divergence is not None
+                       and isinstance(p.objective, HardLabels) else None)
+        self.identity_checked = False
+        model.train()
+
+    # ---------------------------------------------------------------- one epoch
+    def train_epoch(self, epoch: int) -> tuple[float, float, float]:
+        """Train one epoch; ``(mean loss, lr, seconds)``."""
+        p, st = self.plan, self.state
+        t0 = time.perf_counter()
+        lr = lr_at(p.config, epoch)
+        for group in st.optimizer.param_groups:
+            group["lr"] = lr
+        if p.world_size > 1:
+            torch.manual_seed(distributed.epoch_seed(p.config.seed, p.rank, epoch))
+        if p.objective.epoch_dependent:
+            self.chance = None  # the loss's scale changes with the epoch: judge divergence at this one's
+        # a fingerprint read from a Dataset or DataLoader holds only if the examples trained on in
+        # the first epoch are those it read (random transforms in __getitem__ break that)
+        check = (ExampleDigest(indexed=p.source.indexable)
+                 if p.source.read_to_identify and not self.identity_checked and p.world_size == 1 else None)
+        total = torch.zeros((), device=p.device)
+        count = torch.zeros((), device=p.device)
+        for batch in epoch_batches(p.source, p.config.batch_size, st.generator, p.augmenter, p.rank, p.world_size,
+                                   seen=check.update if check is not None else None):
+            loss = self.step(batch, epoch, lr)
+            total += loss.detach() * len(batch)
+            count += len(batch)
+            self.bar.update(1)
+        if check is not None:
+            self.identity_checked = True
+            if "sha256:" + check.hexdigest()[:16] != p.source.fingerprint:
+                self.stop()
+                raise DistillError(
+                    "the training data gave other examples in epoch 1 than in the pass that identified them "
+                    "(random transforms in the Dataset, or a stream that changes), so a run folder cannot "
+                    "tell whether it holds a run on these data; pass data_id='<a name you change whenever "
+                    "the data change>' to fit, or train without run_dir (augment with config.augment)")
+        return float(distributed.all_sum(total) / distributed.all_sum(count)), lr, time.perf_counter() - t0
+
+    def step(self, batch: Batch, epoch: int, lr: float) -> torch.Tensor:
+        """One optimiser step on ``batch``: forward (the teacher's targets for the same inputs),
+        objective, backward, step, constraint. Returns the batch's loss."""
+        p, dev = self.plan, self.plan.device
+        weight = distributed.shard_weight(len(batch), batch.size, p.world_size) if p.world_size > 1 else 1.0
+        x = inputs_to(batch.inputs, dev)  # only this process's slice travels
+        y = batch.labels.to(dev) if batch.labels is not None else None
+        if len(batch):
+            with self.autocast:  # bf16: the forward passes; float32 weights, logits and loss
+                tb = (None if p.teacher is None else p.teacher.targets(x, batch.index) if batch.rows is None
+                      else p.augmenter.targets(batch.rows, dev))
+                out = logits_of(model_forward(self.net, x))
+            out = out.float()
+            tb = tb.float() if isinstance(tb, torch.Tensor) else tb
+            if not torch.isfinite(out.detach()).all():  # else the objective's input check fires
+                raise self.diverged(epoch, "the model's outputs became nan or infinite", lr, switchable=False)
+            if batch.mixed is None:
+                loss = p.objective(out, tb, y, mask=batch.mask, epoch=epoch + 1)
+            else:
+                loss = mixup_loss(p.objective, out, tb, y, batch.mixed[0].to(dev), batch.mixed[1], epoch=epoch + 1)
+            if self.chance is None:
+                self.chance = chance_loss(p.objective, out.detach(), tb, y, epoch=epoch + 1)
+            if self.counts is not None and y.dim() == 1:  # class labels (not masks), checked by the objective
+                self.counts.index_add_(0, y.long(), torch.ones_like(y, dtype=self.counts.dtype))
+        else:  # an empty slice still joins DDP's gradient all-reduce, with zero gradient
+            with self.autocast:
+                loss = logits_of(model_forward(self.net, inputs_to(source_example(p.source), dev))).float().sum() * 0.0
+        optimizer = self.state.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        (loss * weight).backward()
+        optimizer.step()
+        if self.constrain is not None:
+            self.constrain()
+        return loss
+
+    # ---------------------------------------------------------------- the guard
+    def guard(self, epoch: int, train_loss: float, lr: float) -> None:
+        """Stop a diverged run (:func:`~distill.train.divergence.divergence`); warn once about a loss
+        stuck at a constant prediction (:func:`~distill.train.divergence.stuck`)."""
+        p = self.plan
+        self.epoch_losses.append(train_loss)
+        self.chance = distributed.from_process_0(self.chance)
+        chance, floor = self.chance if self.chance is not None else (None, 0.0)
+        if self.counts is not None:
+            self.prior, self.counts = label_entropy(distributed.all_sum(self.counts).tolist()), None
+        if p.config.divergence is None:
+            return
+        why = divergence(self.epoch_losses, chance, floor=floor, prior=self.prior)
+        if why:
+            raise self.diverged(epoch, why, lr, switchable=math.isfinite(train_loss))
+        # sitting at a constant prediction from the start is the plateau many runs leave: say so once
+        why = None if self.warned else stuck(self.epoch_losses, chance, floor=floor, steps_per_epoch=self.steps,
+                                             prior=self.prior)
+        if why:
+            self.warned = True
+            self.log(f"[warning] epoch {epoch + 1}: {why}; a run may sit there a few epochs before it learns, "
+                     f"but if it stays, its ReLUs may have died or the learning rate {p.config.lr:.3g} is too high: "
+                     f"try a lower lr (e.g. {p.config.lr / 3:.2g})")
+
+    def diverged(self, epoch: int, why: str, lr: float, switchable: bool = True) -> TrainingDiverged:
+        p, history = self.plan, self.state.history
+        self.stop()
+        hint = (f" for the T²-scaled soft loss at T = {p.objective.temperature:g}"
+                if isinstance(p.objective, Distillation) else "")
+        # the state saved last (epoch ``epoch``) may already be part of an exploded tail: say
+        # which one it is and its loss rather than calling it good
+        kept = (f"; the state after epoch {epoch} (train loss {history[-1]['train_loss']:.4g}) is kept in "
+                f"{self.run.path}" if self.run is not None and epoch and history else "")
+        # a loss curve can be misjudged; non-finite values cannot be trained past
+        off = ("; if the run is in fact healthy, TrainConfig(divergence=None) (--no-guard) turns this check off"
+               if switchable else "")
+        return TrainingDiverged(f"training diverged at epoch {epoch + 1}: {why}; the learning rate {lr:.3g} "
+                                f"is likely too high{hint}, try a lower lr (e.g. {p.config.lr / 3:.2g}){kept}{off}")
+
+    def stop(self) -> None:
+        """Leave the way an error leaves: the bar closed, the model back where it came from."""
+        self.bar.close()
+        self.plan.model.to(self.plan.home)
+
+    # ---------------------------------------------------------------- evaluate and save
+    def end_epoch(self, epoch: int, train_loss: float, lr: float, t_train: float, t0: float) -> None:
+        """Process 0 evaluates val and test, keeps the best weights, logs, and saves the state."""
+        p, st = self.plan, self.state
+        if p.rank:
+            return
+        rec = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_seconds=t_train)
+        msg = f"epoch {epoch + 1}/{p.config.epochs}  loss {train_loss:.4f}"
+        for split, src in (("val", p.val), ("test", p.test)):
+            if src is not None:
+                m = evaluate(p.model, src)
+                rec.update({f"{split}_errors": m["errors"], f"{split}_accuracy": m["accuracy"], f"{split}_nll": m["nll"]})
+                msg += f"  {split} errors {m['errors']}/{m['n']}  nll {m['nll']:.4f}"
+        if p.val is not None and p.config.select == "best":
+            prev = [h["val_errors"] for h in st.history]
+            if not prev or rec["val_errors"] < min(prev):
+                st.best = {k: v.detach().cpu().clone() for k, v in p.model.state_dict().items()}
+                st.best["epoch"] = torch.tensor(epoch + 1)
+        rec["seconds"] = time.perf_counter() - t0
+        st.history.append(rec)
+        if self.progress:
+            (self.bar.write if self.show_bar else self.log)(f"{msg}  lr {lr:.4g}  {rec['seconds']:.1f}s")
+        if self.run is not None:
+            self.run.save_state(state_tensors(p.model, st.optimizer, st.generator, st.best),
+                                dict(epoch=epoch + 1, history=st.history, config=p.config.to_dict(),
+                                     init_weights=st.init))
+
+    def finish(self) -> tuple[int, str | None]:
+        """After the last epoch: the kept epoch's weights (``select="best"``, with a note when later
+        epochs collapsed), the model in eval mode back where it came from. ``(kept epoch, note)``."""
+        p, st = self.plan, self.state
+        self.bar.close()
+        kept_epoch = p.config.epochs
+        if p.world_size > 1 and p.config.select == "best":
+            st.best = distributed.from_process_0(st.best)
+        if p.config.select == "best" and st.best is not None:
+            kept_epoch = int(st.best["epoch"])
+            p.model.load_state_dict({k: v for k, v in st.best.items() if k != "epoch"})
+        # an earlier epoch kept because later ones collapsed: say so rather than hide it
+        note = collapse_note(st.history, kept_epoch) if p.config.select == "best" else None
+        if note:
+            self.log(f"[note] {note}")
+        p.model.eval()
+        p.model.to(p.home)
+        if self.teacher_home is not None:
+            p.teacher.to(self.teacher_home)
+        return kept_epoch, note
+
+
+def source_example(source):
+    """One input example as a batch of one (for the zero-gradient step of an empty DDP slice)."""
+    x, _, _ = next(iter(source.batches(1, None)))
+    return x
+
+
+def state_tensors(model, optimizer, gen: torch.Generator, best: dict | None) -> dict:
+    t = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, st in optimizer.state_dict()["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                t[f"optim.{i}.{k}"] = v
+    t["rng.torch"] = torch.get_rng_state()
+    t["rng.data"] = gen.get_state()
+    for k, v in (best or {}).items():
+        t[f"best.{k}"] = v
+    return t
+
+
+def restore_state(tensors: dict, model, optimizer, gen: torch.Generator) -> dict | None:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    sd = optimizer.state_dict()
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+    torch.set_rng_state(tensors["rng.torch"])
+    gen.set_state(tensors["rng.data"])
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    return best or None
