@@ -7,7 +7,7 @@ The public API (everything else is internal)::
                          teacher=teacher, val=(x_val, y_val), run_dir="runs/student")
 
 The package is built in layers; a module imports only from its own layer and the ones listed
-before it (``tests/test_layers.py`` parses every import and fails on an upward one or a circle):
+before it (``tests/core/test_layers.py`` parses every import and fails on an upward one or a circle):
 
     core         errors, checks (numbers, temperatures), digest, atomic (writes, the folder lock),
                  checkpoints, distributed, modelio (a model's inputs and outputs: tensors, dicts, .logits)
