@@ -112,6 +112,16 @@ def _masked_labels(labels, mask, ignore_index: int):
     return labels.masked_fill(~mask.to(labels.device), ignore_index)
 
 
+def _check_soft_and_hard(obj) -> None:
+    """The checks of an objective with a temperature and soft/hard weights (Hinton's, pixel-wise,
+    channel-wise): T in range, weights in [0, MAX_WEIGHT], not both 0."""
+    object.__setattr__(obj, "temperature", check_temperature(obj.temperature))
+    for name in ("hard_weight", "soft_weight"):
+        object.__setattr__(obj, name, check_number(name, getattr(obj, name), minimum=0, maximum=MAX_WEIGHT))
+    if obj.hard_weight == 0 and obj.soft_weight == 0:
+        raise ValueError("hard_weight and soft_weight are both 0: the loss would be constant")
+
+
 # ---------------------------------------------------------------- classification
 
 
@@ -144,11 +154,7 @@ class Distillation(Objective):
     needs_teacher = True
 
     def __post_init__(self):
-        object.__setattr__(self, "temperature", check_temperature(self.temperature))
-        for name in ("hard_weight", "soft_weight"):
-            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0, maximum=MAX_WEIGHT))
-        if self.hard_weight == 0 and self.soft_weight == 0:
-            raise ValueError("hard_weight and soft_weight are both 0: the loss would be constant")
+        _check_soft_and_hard(self)
 
     @property
     def needs_labels(self) -> bool:
@@ -236,12 +242,8 @@ class PixelwiseDistillation(Objective):
     needs_teacher = True
 
     def __post_init__(self):
-        object.__setattr__(self, "temperature", check_temperature(self.temperature))
-        for name in ("hard_weight", "soft_weight"):
-            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0, maximum=MAX_WEIGHT))
+        _check_soft_and_hard(self)
         object.__setattr__(self, "ignore_index", check_number("ignore_index", self.ignore_index, integer=True))
-        if self.hard_weight == 0 and self.soft_weight == 0:
-            raise ValueError("hard_weight and soft_weight are both 0: the loss would be constant")
 
     @property
     def needs_labels(self) -> bool:
@@ -270,12 +272,8 @@ class ChannelWiseDistillation(Objective):
     needs_teacher = True
 
     def __post_init__(self):
-        object.__setattr__(self, "temperature", check_temperature(self.temperature))
-        for name in ("hard_weight", "soft_weight"):
-            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0, maximum=MAX_WEIGHT))
+        _check_soft_and_hard(self)
         object.__setattr__(self, "ignore_index", check_number("ignore_index", self.ignore_index, integer=True))
-        if self.hard_weight == 0 and self.soft_weight == 0:
-            raise ValueError("hard_weight and soft_weight are both 0: the loss would be constant")
 
     @property
     def needs_labels(self) -> bool:
