@@ -16,7 +16,7 @@ before it (``tests/core/test_layers.py`` parses every import and fails on an upw
     metrics      evaluation over a source
     models/      classifiers (MLP, CNN) · segmentation (DeepLabV3, MobileNetSeg)
     teachers/    teacher (Teacher, Ensemble) · store (the soft-target store: knows nothing of Teacher)
-    train/       fit · config · rundir · divergence · augmenter
+    train/       fit · config · recipes (the paper's) · rundir · divergence · augmenter
     methods/     specialists · trees · tuning (held-out selection)
     tools/       bench · compare · export · plots
     experiments/ the paper's experiments and the registry

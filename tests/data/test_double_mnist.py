@@ -1,4 +1,4 @@
-"""Double-MNIST (issue 19): two MNIST digits side by side, class 10a + b, built deterministically
+"""Double-MNIST: two MNIST digits side by side, class 10a + b, built deterministically
 from MNIST's own splits. Most tests use a small fake MNIST whose training pixels lie in
 [0.01, 0.5) and test pixels in [0.5, 1], so a test digit in a training pair would show."""
 import numpy as np

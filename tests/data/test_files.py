@@ -1,4 +1,4 @@
-"""Your own data and model from the command line (issue 15): ``--data`` (.npz, image folders,
+"""Your own data and model from the command line: ``--data`` (.npz, image folders,
 CSV/Parquet tables), ``--model``/``--model-args``; every bad input is one line and exit 2.
 
 All data here is generated: small 8x8 images of a few classes (each class a fixed random

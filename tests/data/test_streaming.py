@@ -1,4 +1,4 @@
-"""Students that stream (issue 16): inputs on disk through ``ArrayDataset`` (memory-mapped .npy,
+"""Students that stream: inputs on disk through ``ArrayDataset`` (memory-mapped .npy,
 read a batch at a time), each DDP process reading only its slice of every global batch
 (``Source.parts``), and pages read dropped from the resident set."""
 import numpy as np

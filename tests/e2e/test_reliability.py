@@ -1,4 +1,4 @@
-"""Reliability findings of issue 14 that are not covered elsewhere, each a test that failed before:
+"""Reliability findings not covered elsewhere, each a test that failed before:
 the CLI refuses a run folder in use, a store with NaN rows is blamed by name, a top-k store asked
 for k >= classes reopens, a full disk while writing a store is one clear error, and random CLI flag
 values end in exit 0 or exit 2, never a traceback (Hypothesis)."""

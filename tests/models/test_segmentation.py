@@ -1,4 +1,4 @@
-"""Dense prediction (issue 18): pixel-wise and channel-wise distillation losses, the MNIST
+"""Dense prediction: pixel-wise and channel-wise distillation losses, the MNIST
 segmentation set, the DeepLab-v3-style teacher and MobileNet-style student, dense metrics, fit
 on label masks, the CLI and the experiment on tiny settings."""
 import json

@@ -1,4 +1,4 @@
-"""Sharded soft-target stores (issue 16): ``build_store`` / ``distill targets`` cut the rows into
+"""Sharded soft-target stores: ``build_store`` / ``distill targets`` cut the rows into
 contiguous shards, one set of files each, the manifest written last; a killed build redoes only
 the missing or damaged shards; two processes (gloo) build the one-process store bit for bit."""
 import json

@@ -1,4 +1,4 @@
-"""``distill bench`` (issue 16): the quick mode runs every in-process section in seconds and
+"""``distill bench``: the quick mode runs every in-process section in seconds and
 writes its figures as JSON; the helpers it measures with are right."""
 import json
 

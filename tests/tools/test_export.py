@@ -1,4 +1,4 @@
-"""Ship the student (issue 15): TorchScript and ONNX exports match PyTorch, `distill export` and
+"""Ship the student: TorchScript and ONNX exports match PyTorch, `distill export` and
 `distill compare`, and the whole path from an .npz to an exported, compared student."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mixed precision (issue 16): ``TrainConfig(precision="bf16")`` runs the forward passes under
+"""Mixed precision: ``TrainConfig(precision="bf16")`` runs the forward passes under
 bfloat16 autocast with float32 master weights and a float32 loss."""
 import pytest
 import torch

@@ -21,7 +21,7 @@ from distill.cli.common import DEFAULT_DATASET, defaults_of
 from distill.cli.reproduce import EXPERIMENTS, add_experiment_arguments
 from distill.teachers.store import DTYPES, build_store
 from distill.teachers.teacher import COMBINES, Teacher
-from distill.tools import bench, compare
+from distill.tools import bench, compare, plots
 from distill.tools.export import FORMATS, SUFFIXES, export_checkpoint
 from distill.train.config import DEFAULT_DISTILL_LR, DEFAULT_LR, OPTIMIZERS, PRECISIONS, SCHEDULES, SELECT
 
@@ -31,12 +31,6 @@ STORE = defaults_of(build_store)  # --dtype, --batch-size of `targets`
 EXPORT = defaults_of(export_checkpoint)  # --format, --check-inputs, --tolerance
 COMPARE = defaults_of(compare.compare)  # --threads, --repeats, --warmup, --onnx
 BENCH = defaults_of(bench.run)  # --batch-size of `bench`
-#: ``bench --dataset``: the built-in data sets that the bench loads, and its synthetic one
-BENCH_DATASETS = ("mnist", "fashion-mnist", "synthetic")
-#: ``plot temperature`` defaults, stated here: reading them from distill.tools.plots would load
-#: matplotlib on every command
-PLOT_LOGITS = [0.5, 8, 1.5, 3, 6, 11, 2.5, 0.01, 5, 0.2]
-PLOT_TEMPERATURES = [1, 4, 20]
 
 LR_HELP = (f"learning rate (default: {DEFAULT_LR:g} when training on hard labels, as a teacher or a student without "
            f"--teacher; {DEFAULT_DISTILL_LR:g} when distilling, where the soft term is scaled by T²)")
@@ -64,15 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_teacher(sub) -> None:
     t = sub.add_parser("teacher", help="train a teacher (dropout, max-norm, jitter)")
     _data_flags(t)
-    _training_flags(t, epochs=train.EPOCHS, hidden=train.TEACHER_HIDDEN)
+    _training_flags(t, epochs=train.PAPER.epochs, hidden=list(train.PAPER.teacher_hidden))
     add_number_flag(t, "--dropout-input", minimum=0, below=1,
-                    help=f"dropout on the inputs, MLP only (default {train.TEACHER_DROPOUT_INPUT:g})")
+                    help=f"dropout on the inputs, MLP only (default {train.PAPER.dropout_input:g})")
     add_number_flag(t, "--dropout-hidden", minimum=0, below=1,
-                    help=f"dropout on the hidden units (default {train.TEACHER_DROPOUT_HIDDEN:g})")
+                    help=f"dropout on the hidden units (default {train.PAPER.dropout_hidden:g})")
     add_number_flag(t, "--max-norm", positive=True,
-                    help=f"bound on each unit's incoming weight norm (default {train.TEACHER_MAX_NORM:g})")
+                    help=f"bound on each unit's incoming weight norm (default {train.PAPER.max_norm:g})")
     add_number_flag(t, "--jitter", integer=True, minimum=0,
-                    help=f"max translation in pixels, 0 = off (default {train.TEACHER_JITTER} on --dataset, 0 with "
+                    help=f"max translation in pixels, 0 = off (default {train.PAPER.jitter} on --dataset, 0 with "
                          "--data)")
 
 
@@ -80,7 +74,7 @@ def _add_student(sub) -> None:
     distill, pixelwise, cwd = train.DISTILL, train.PIXELWISE, train.CWD
     s = sub.add_parser("student", help="train a student on hard labels, or distil one with --teacher")
     _data_flags(s)
-    _training_flags(s, epochs=train.EPOCHS, hidden=train.STUDENT_HIDDEN)
+    _training_flags(s, epochs=train.PAPER.epochs, hidden=list(train.PAPER.student_hidden))
     s.add_argument("--teacher", action="append",
                    help="teacher checkpoint: distil from its soft targets; repeat for an ensemble")
     _trust_flag(s)
@@ -205,7 +199,7 @@ def _add_compare(sub) -> None:
                     help=f"timed runs per latency figure (default {COMPARE['repeats']})")
     add_number_flag(c, "--warmup", default=COMPARE["warmup"], integer=True, minimum=0,
                     help=f"untimed runs before them (default {COMPARE['warmup']})")
-    c.add_argument("--onnx", choices=["auto", "off"], default=COMPARE["onnx"],
+    c.add_argument("--onnx", choices=compare.ONNX_MODES, default=COMPARE["onnx"],
                    help="auto: also time ONNX Runtime, on the export beside each checkpoint or one made now, when "
                         f"distill[export] is installed (default {COMPARE['onnx']})")
     c.add_argument("--out", default="compare", help="folder for compare.md, compare.json, compare.png "
@@ -242,7 +236,7 @@ def _add_bench(sub) -> None:
     bn.add_argument("--quick", action="store_true", help="small sizes on synthetic data (a smoke test, seconds)")
     bn.add_argument("--skip", action="append", default=[], choices=bench.SECTIONS,
                     help="leave a section out (repeatable)")
-    bn.add_argument("--dataset", choices=BENCH_DATASETS, help=f"(default {full['data']}; {quick['data']} with --quick)")
+    bn.add_argument("--dataset", choices=bench.DATASETS, help=f"(default {full['data']}; {quick['data']} with --quick)")
     add_number_flag(bn, "--train-size", help="examples per epoch (default: the whole training set)", integer=True,
                     minimum=1)
     add_number_flag(bn, "--rounds", integer=True, minimum=1,
@@ -261,9 +255,9 @@ def _add_plot(sub) -> None:
     pl = sub.add_parser("plot", help="figures")
     psub = pl.add_subparsers(dest="figure", required=True, parser_class=_Parser)
     pt = psub.add_parser("temperature", help="softmax of a logit vector at T = 1, 4, 20 beside the logits")
-    add_number_flag(pt, "--logits", default=list(PLOT_LOGITS), nargs="+", help="the logit vector")
-    add_number_flag(pt, "--temperatures", default=list(PLOT_TEMPERATURES), nargs="+",
-                    help=f"(default {' '.join(map(str, PLOT_TEMPERATURES))})", positive=True)
+    add_number_flag(pt, "--logits", default=list(plots.TEMPERATURE_LOGITS), nargs="+", help="the logit vector")
+    add_number_flag(pt, "--temperatures", default=list(plots.TEMPERATURES), nargs="+",
+                    help=f"(default {' '.join(map(str, plots.TEMPERATURES))})", positive=True)
     pt.add_argument("--out", default="temperature.png", help="PNG file to write")
 
 

@@ -8,6 +8,7 @@ from distill.checkpoints import load_tensors
 from distill.cli.common import check_fits, load_any, log
 from distill.tools import bench as B
 from distill.tools import compare as C
+from distill.tools import plots
 from distill.tools.export import export_checkpoint
 
 
@@ -47,7 +48,5 @@ def bench(args) -> None:
 
 
 def plot(args) -> None:
-    from distill.tools import plots  # loads matplotlib: only for `distill plot`
-
     path = plots.plot_temperature(args.logits, args.temperatures, args.out)
     print(f"wrote {path}")

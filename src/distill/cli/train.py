@@ -19,13 +19,14 @@ from distill.cli.common import check_fits, defaults_of, dense_line, is_dense, lo
 from distill.data.files import first_inputs
 from distill.data.sources import as_source
 from distill.errors import DistillError
-from distill.losses import functional, objectives
-from distill.models import segmentation
+from distill.losses import objectives
+from distill.models import classifiers, segmentation
 from distill.models.classifiers import CNN, MLP
 from distill.teachers.store import SoftTargetStore, unfinished_build
 from distill.teachers.teacher import Teacher
 from distill.train.config import TrainConfig, resolve_device, seed_everything
 from distill.train.fit import fit
+from distill.train.recipes import PAPER_MNIST
 
 
 def _weights(defaults: dict) -> dict:
@@ -36,29 +37,20 @@ def _weights(defaults: dict) -> dict:
 #: ``TrainConfig``'s defaults: ``--optimizer``, ``--schedule``, ``--batch-size``, ``--momentum``, ...
 CONFIG = defaults_of(TrainConfig)
 
-# the paper's MNIST recipe (section 3): 20 epochs; a 1200-1200 teacher with dropout, max-norm
-# and jitter; an 800-800 student distilled at T = 20
-EPOCHS = 20
-TEACHER_HIDDEN = [1200, 1200]
-STUDENT_HIDDEN = [800, 800]
-TEACHER_DROPOUT_INPUT = 0.2  # MLP only
-TEACHER_DROPOUT_HIDDEN = 0.5
-TEACHER_MAX_NORM = 3.5
-TEACHER_JITTER = 2  # pixels, on --dataset images; 0 on --data and on label masks
+#: the paper's MNIST recipe (:data:`distill.train.recipes.PAPER_MNIST`): the defaults of the
+#: epochs, the hidden sizes, the teacher's dropout, max-norm and jitter (on --dataset images; 0 on
+#: --data and on label masks)
+PAPER = PAPER_MNIST
 
 #: ``--temperature`` / ``--hard-weight`` / ``--soft-weight`` defaults of a distilled student: one
 #: label per example (Hinton's loss at the paper's T), label masks pixel-wise, and ``--cwd``
-DISTILL = dict(temperature=20.0, hard_weight=functional.DEFAULT_HARD_WEIGHT,
-               soft_weight=functional.DEFAULT_SOFT_WEIGHT)
+DISTILL = dict(temperature=PAPER.temperature, hard_weight=PAPER.hard_weight, soft_weight=PAPER.soft_weight)
 PIXELWISE = dict(_weights(defaults_of(objectives.PixelwiseDistillation)),
                  temperature=segmentation.DISTILL_TEMPERATURE, hard_weight=segmentation.DISTILL_HARD_WEIGHT)
 CWD = _weights(defaults_of(objectives.ChannelWiseDistillation))
 
-#: learning rates of the segmentation models when ``--lr`` is not given (by ``--optimizer``)
-DENSE_LR = dict(sgd=0.05, adam=0.003)
-
 #: ``--arch`` names: the classifiers, then the segmentation models (for label masks)
-CLASSIFIER_ARCHS = ("mlp", "cnn")
+CLASSIFIER_ARCHS = tuple(classifiers.ARCHS)
 SEGMENTATION_ARCHS = tuple(segmentation.ARCHS)
 #: ``--width`` defaults of the segmentation models
 WIDTHS = {name: defaults_of(cls)["width"] for name, cls in segmentation.ARCHS.items()}
@@ -76,7 +68,7 @@ def train(args, teacher_mode: bool) -> None:
     out = _check_out(args.out)
     if teacher_mode and args.jitter is None:
         # the paper's MNIST recipe; off on the user's files and on mnist-seg's label masks
-        args.jitter = 0 if args.data is not None or args.dataset == "mnist-seg" else TEACHER_JITTER
+        args.jitter = 0 if args.data is not None or args.dataset == "mnist-seg" else PAPER.jitter
     config = train_config(args, teacher_mode)
     resolve_device(args.device)
     data = load_any(args)
@@ -200,7 +192,7 @@ def dense_config(args, config: TrainConfig, data, teacher_mode: bool) -> TrainCo
             raise _flag_error(e) from None
     # the objective holds the loss settings now: the config's shorthand fields go back to their defaults
     shorthand = {k: CONFIG[k] for k in ("temperature", "hard_weight", "soft_weight")}
-    lr = config.lr if config.lr is not None else DENSE_LR["adam" if config.optimizer == "adam" else "sgd"]
+    lr = config.lr if config.lr is not None else segmentation.DEFAULT_LR[config.optimizer]
     return dataclasses.replace(config, objective=objective, lr=lr, **shorthand)
 
 
@@ -264,10 +256,10 @@ def build_model(args, data, teacher_mode: bool, num_classes: int):
                            "a --teacher, whose checkpoint records them")
     hidden = args.hidden or args._hidden
     # only `teacher` has these flags: a student trains without dropout or max-norm
-    dropout_input = TEACHER_DROPOUT_INPUT if getattr(args, "dropout_input", None) is None else args.dropout_input
-    dropout_hidden = TEACHER_DROPOUT_HIDDEN if getattr(args, "dropout_hidden", None) is None else args.dropout_hidden
-    max_norm = TEACHER_MAX_NORM if getattr(args, "max_norm", None) is None else args.max_norm
-    if (args.arch or "mlp") == "cnn":
+    dropout_input = PAPER.dropout_input if getattr(args, "dropout_input", None) is None else args.dropout_input
+    dropout_hidden = PAPER.dropout_hidden if getattr(args, "dropout_hidden", None) is None else args.dropout_hidden
+    max_norm = PAPER.max_norm if getattr(args, "max_norm", None) is None else args.max_norm
+    if classifiers.ARCHS[args.arch or CLASSIFIER_ARCHS[0]] is CNN:
         if data.image_shape is None:
             raise DistillError(f"--arch cnn needs image data; {data.name} has no image shape")
         channels = data.input_shape[0] if len(data.input_shape) == 3 else 1

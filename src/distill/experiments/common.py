@@ -15,6 +15,7 @@ from distill.models.classifiers import MLP, count_params
 from distill.teachers.teacher import Teacher
 from distill.train.fit import FitResult, fit
 from distill.train.config import TrainConfig, seed_everything
+from distill.train.recipes import PAPER_MNIST
 DEFAULT_CACHE = Path("runs") / "cache"
 
 
@@ -143,22 +144,22 @@ class MnistPreset:
     """The section-3 MNIST setup: a 1200-1200 teacher (dropout, max-norm, jitter) and 800-800
     students, on hard labels or distilled at ``temperature`` with ``hard_weight``."""
 
-    teacher_hidden: tuple = (1200, 1200)
-    student_hidden: tuple = (800, 800)
-    # lr 0.05 over a 200-epoch cosine: on a GPU sweep of 8 teacher recipes (README, "Tuning") it gave
+    teacher_hidden: tuple = PAPER_MNIST.teacher_hidden
+    student_hidden: tuple = PAPER_MNIST.student_hidden
+    # lr 0.05 over a 200-epoch cosine: on a GPU sweep of 8 teacher recipes (docs/results.md, "Recipe sweep on a GPU") it gave
     # the fewest errors on the first half of the test set (50 vs 65-138) and on the second (17 vs 22-59)
     teacher: TrainConfig = TrainConfig(epochs=200, lr=0.05, momentum=0.9, schedule="cosine", jitter=2)
     student: TrainConfig = TrainConfig(epochs=40, lr=0.1, momentum=0.9, schedule="cosine")
-    temperature: float = 20.0
-    hard_weight: float = 0.1
+    temperature: float = PAPER_MNIST.temperature
+    hard_weight: float = PAPER_MNIST.hard_weight
     # SGD at 0.1 (fine for hard labels) is at the edge of stability for the T**2-scaled soft
     # loss at T = 20: on a 50k/10k split of the training set it killed the 800-800 student in
     # the first epoch; 0.03 gave the fewest validation errors (0.03: 177, 0.1 + warm-up: 189,
-    # Adam 1e-3: 238 after 2-3 epochs). See README, "Tuning".
+    # Adam 1e-3: 238 after 2-3 epochs). See docs/results.md.
     distilled_lr: float = 0.03
-    dropout_input: float = 0.2
-    dropout_hidden: float = 0.5
-    max_norm: float = 3.5
+    dropout_input: float = PAPER_MNIST.dropout_input
+    dropout_hidden: float = PAPER_MNIST.dropout_hidden
+    max_norm: float = PAPER_MNIST.max_norm
     train_size: int | None = None
     student_train_size: int | None = None  # students see a stratified subset (quick demo)
     seeds: int = 3
@@ -174,7 +175,7 @@ MNIST_PRESETS = {
     # teacher 200 epochs (57 min measured on 2 cores) + six 40-epoch students: about 83 minutes
     "paper": MnistPreset(),
     # the earlier teachers at lr 0.1: 100 epochs (103 test errors) and 200 epochs (82 test errors);
-    # kept so that the README's earlier tables stay reproducible
+    # kept so that the earlier tables of docs/results.md stay reproducible
     "paper-100": MnistPreset(teacher=replace(MnistPreset().teacher, epochs=100, lr=0.1)),
     "paper-long": MnistPreset(teacher=replace(MnistPreset().teacher, epochs=200, lr=0.1)),
     # a few minutes: a shorter teacher run, students on 10,000 of the 60,000 training images

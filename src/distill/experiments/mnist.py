@@ -61,7 +61,7 @@ def summarize(records: list[dict], augmented: bool = False) -> str:
         (h, hs), (d, ds) = (mean_std([r["test_errors"] for r in by[k]]) for k in ("student-hard", "student-distilled"))
         met = d <= BEYOND_GOAL and h - d > max(hs, ds)
         out += (f"\nConsistent teaching {d:.1f} ± {ds:.1f} errors against the control's {h:.1f} ± {hs:.1f}: "
-                f"{h - d:+.1f} errors saved by the teacher beyond the augmentation. Goal (issue 17): ≤ {BEYOND_GOAL} "
+                f"{h - d:+.1f} errors saved by the teacher beyond the augmentation. Goal: ≤ {BEYOND_GOAL} "
                 f"and below the control by more than the seed spread: **{'met' if met else 'not met'}**.\n")
     return out
 

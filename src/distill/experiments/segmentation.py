@@ -68,7 +68,7 @@ class Preset:
 
 PRESETS = {
     # 625 optimiser steps per model (2,500 canvases, 8 epochs of 32): teacher + 9 students, about
-    # 30 minutes on 2 CPU cores shared with other work (README, "Dense prediction")
+    # 30 minutes on 2 CPU cores shared with other work (docs/results.md, "Segmentation")
     "paper": Preset(),
     # one seed on 2,000 canvases, 10 epochs (the same 625 steps); --tune ran on these canvases
     "quick": Preset(train=2500, val=500, teacher=TrainConfig(epochs=10, **ADAM),

@@ -33,6 +33,8 @@ from distill.metrics import predict_logits
 from distill.models.classifiers import CNN, MLP
 from distill.teachers.teacher import Teacher
 from distill.train.config import TrainConfig
+from distill.tools.plots import pyplot, save_figure
+
 REFERENCE_2D = {"teacher": 90.0, "tree-hard": 86.5, "tree-soft": 90.0}
 REFERENCE_MNIST = {"cnn-teacher": (97.5, 248), "student-hard": (86.3, 1366), "student-distilled": (93.0, 696)}
 PARTS = ("2d", "mnist")
@@ -155,11 +157,6 @@ def plot_decision_boundaries(teacher, hard, soft, *, X, y, out, accuracies, node
                              resolution: int = 300) -> Path:
     """Three panels: P(class 1) of the teacher, the hard tree and the soft tree over a grid
     (shaded), their decision boundary (P = 0.5, black) and the training points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lo, hi = X.min(0) - 0.3, X.max(0) + 0.3
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution))
     grid = np.c_[gx.ravel(), gy.ravel()]
@@ -171,7 +168,7 @@ def plot_decision_boundaries(teacher, hard, soft, *, X, y, out, accuracies, node
         (f"tree on the teacher's probabilities ({nodes[1]} nodes)\ntest accuracy {100 * accuracies[2]:.1f}%",
          soft.predict_proba(grid)[:, 1]),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5), sharex=True, sharey=True)
+    fig, axes = pyplot().subplots(1, 3, figsize=(15, 5), sharex=True, sharey=True)
     for ax, (title, z) in zip(axes, panels):
         z = z.reshape(gx.shape)
         ax.contourf(gx, gy, z, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.45, vmin=0, vmax=1)
@@ -187,8 +184,6 @@ def plot_decision_boundaries(teacher, hard, soft, *, X, y, out, accuracies, node
         ax.set_yticks([])
     fig.suptitle("Decision boundaries on a noisy two-moons problem (training points shown)")
     fig.tight_layout()
-    from distill.tools.plots import save_figure
-
     return save_figure(fig, out)
 
 

@@ -132,5 +132,9 @@ class CNN(nn.Module):
                 _max_norm_(m, self.max_norm)
 
 
+#: ``--arch`` names of the classifiers (``distill teacher|student``)
+ARCHS = {"mlp": MLP, "cnn": CNN}
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -145,6 +145,8 @@ class MobileNetSeg(nn.Module):
 #: validation split of the training canvases (see distill.experiments.segmentation)
 DISTILL_TEMPERATURE = 1.0
 DISTILL_HARD_WEIGHT = 1.0
+#: their learning rates when none is given, by optimiser (the classifiers' defaults are too high here)
+DEFAULT_LR = {"sgd": 0.05, "adam": 0.003}
 
 #: ``--arch`` names of the segmentation models (``distill teacher|student``)
 ARCHS = {"deeplab": DeepLabV3, "mobilenet": MobileNetSeg}

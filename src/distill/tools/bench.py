@@ -160,7 +160,13 @@ def synthetic(n_train: int, n_test: int, features: int = 784, classes: int = 10,
                    image_shape=(side, side) if side * side == features else None)
 
 
+#: the data sets the bench can load: the built-in ones it times on, and a synthetic one (no download)
+DATASETS = ("mnist", "fashion-mnist", "synthetic")
+
+
 def load_data(name: str, train_size: int | None, test_size: int | None):
+    if name not in DATASETS:
+        raise ValueError(f"the bench loads one of {DATASETS}, got {name!r}")
     if name == "synthetic":
         return synthetic(train_size or 60000, test_size or 10000)
     d = D.load(name, log=_quiet)

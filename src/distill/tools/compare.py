@@ -32,6 +32,8 @@ from distill.tools.export import default_out, export_checkpoint, export_metadata
 
 BATCHES = (1, 256)
 RUNTIMES = ("pytorch", "onnxruntime")
+#: ``onnx=``: time ONNX Runtime too when it can (an ONNX file beside the checkpoint, or one exported now), or not
+ONNX_MODES = ("auto", "off")
 
 
 def _percentiles(times: list[float]) -> dict:
@@ -110,8 +112,8 @@ def compare(teacher, students, data, *, threads: int = 1, repeats: int = 100, wa
     imported only with ``trust_factory`` (:func:`distill.checkpoints.load_checkpoint`). Returns a
     JSON-able dict."""
 
-    if onnx not in ("auto", "off"):
-        raise ValueError(f"onnx must be 'auto' or 'off', got {onnx!r}")
+    if onnx not in ONNX_MODES:
+        raise ValueError(f"onnx must be one of {ONNX_MODES}, got {onnx!r}")
     if data.test is None or not data.test.labeled:
         raise DistillError(f"{data.name} has no labelled test split to compare on (x_test/y_test, test/ or test.csv)")
     x = _inputs(data)

@@ -1,15 +1,29 @@
 """Figures from logits and result records (PNG, matplotlib's Agg backend: no screen needed)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
 
 from distill.losses.functional import soften
+
+#: ``plot_temperature``'s defaults: a logit vector with one clear winner and a few runners-up, and
+#: the temperatures that show it sharp (1), softened (4) and nearly flat (the paper's 20)
+TEMPERATURE_LOGITS = (0.5, 8, 1.5, 3, 6, 11, 2.5, 0.01, 5, 0.2)
+TEMPERATURES = (1, 4, 20)
+
+
+@functools.cache
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, loaded on the first figure: importing it takes about
+    a second, which every ``distill`` command would otherwise pay at start-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_figure(fig, out, dpi: int = 80) -> Path:
@@ -17,15 +31,15 @@ def save_figure(fig, out, dpi: int = 80) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
-    plt.close(fig)
+    pyplot().close(fig)
     return out
 
 
-def plot_temperature(logits, temperatures=(1, 4, 20), out="temperature.png") -> Path:
+def plot_temperature(logits=TEMPERATURE_LOGITS, temperatures=TEMPERATURES, out="temperature.png") -> Path:
     """Bar charts: the raw logits, then softmax(logits / T) for each T, side by side."""
     z = torch.tensor([list(map(float, logits))])
     panels = [("logits", z[0].tolist())] + [(f"softmax, T = {t:g}", soften(z, t)[0].tolist()) for t in temperatures]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0))
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0))
     for ax, (title, values) in zip(axes, panels):
         ax.bar(range(len(values)), values, color="#4c72b0" if title == "logits" else "#dd8452")
         ax.set_title(title)
@@ -39,7 +53,7 @@ def plot_temperature(logits, temperatures=(1, 4, 20), out="temperature.png") -> 
 
 def plot_lines(series: dict, xlabel: str, ylabel: str, title: str, out, logx: bool = False) -> Path:
     """One line per key of ``series`` ({label: [(x, y), ...]}), markers at the points."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for label, pts in series.items():
         pts = sorted(pts)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
@@ -64,7 +78,7 @@ def segmentation_colors(num_classes: int = 11, background: int | None = 0):
     index ``num_classes`` (where ignored pixels are drawn) light grey."""
     from matplotlib.colors import ListedColormap
 
-    base = plt.get_cmap("tab10" if num_classes <= 11 else "tab20").colors
+    base = pyplot().get_cmap("tab10" if num_classes <= 11 else "tab20").colors
     colors, k = [], 0
     for c in range(num_classes):
         if c == background:
@@ -89,7 +103,7 @@ def plot_segmentation(rows: dict, out, classes=None, ignore_index: int = 255, ba
                                                    if not v.is_floating_point())
     cmap = segmentation_colors(num_classes, background)
     n = min(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n + 0.9, 1.3 * len(rows) + (0.5 if names else 0)),
+    fig, axes = pyplot().subplots(len(rows), n, figsize=(1.25 * n + 0.9, 1.3 * len(rows) + (0.5 if names else 0)),
                              squeeze=False)
     for r, (title, values) in enumerate(rows.items()):
         for c in range(n):

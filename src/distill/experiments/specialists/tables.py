@@ -155,7 +155,7 @@ def summary_table(records: list[dict]) -> str:
         for v, st in sm["variants"].items():
             g = st["gain_beyond_control"]
             if g is not None:
-                out += (f"\nGoal (issue 19): ≥ {100 * GOAL_BEYOND_CONTROL:.0f} % beyond the control, mean of the "
+                out += (f"\nGoal: ≥ {100 * GOAL_BEYOND_CONTROL:.0f} % beyond the control, mean of the "
                         f"seeds: variant `{v}` {100 * g['mean']:+.1f} % -- "
                         f"{'reached' if g['mean'] >= GOAL_BEYOND_CONTROL else 'not reached'}.\n")
     return out
