@@ -12,10 +12,13 @@ before it (``tests/core/test_layers.py`` parses every import and fails on an upw
     core         errors, checks (numbers, temperatures), digest, atomic (writes, the folder lock),
                  checkpoints, distributed, modelio (a model's inputs and outputs: tensors, dicts, .logits)
     losses/      functional (the formulas, pure) · objectives (what fit calls)
-    data/        sources (what fit accepts) · datasets, files, augment, transfer sets
+    data/        sources (what fit accepts) · datasets, files, text (corpora, tokenizers, token blocks), augment,
+                 transfer sets
     metrics      evaluation over a source
-    models/      classifiers (MLP, CNN) · segmentation (DeepLabV3, MobileNetSeg)
-    teachers/    teacher (Teacher, Ensemble) · store (the soft-target store: knows nothing of Teacher)
+    models/      classifiers (MLP, CNN) · segmentation (DeepLabV3, MobileNetSeg) · lm (GPT, generate) ·
+                 hf (Hugging Face causal LMs from a config)
+    teachers/    teacher (Teacher, Ensemble) · store (the soft-target store: knows nothing of Teacher) ·
+                 token_store (a language model's top-k store)
     train/       fit · config · recipes (the paper's) · rundir · divergence · augmenter
     methods/     specialists · trees · tuning (held-out selection)
     tools/       bench · compare · export · plots
@@ -37,7 +40,7 @@ if "OMP_WAIT_POLICY" not in _os.environ and "torch" not in _sys.modules:
 
 from distill.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
-from distill.losses.objectives import Distillation, HardLabels, LogitMatching
+from distill.losses.objectives import Distillation, HardLabels, LogitMatching, NextTokenLoss, TokenDistillation
 from distill.metrics import evaluate, predict_logits  # noqa: E402
 from distill.teachers import store as _store  # noqa: E402
 from distill.teachers.store import SoftTargetStore  # noqa: E402
@@ -49,7 +52,7 @@ from distill.train.divergence import TrainingDiverged
 
 __all__ = [
     "fit", "TrainConfig", "FitResult", "TrainingDiverged", "seed_everything",
-    "HardLabels", "Distillation", "LogitMatching",
+    "HardLabels", "Distillation", "LogitMatching", "TokenDistillation", "NextTokenLoss",
     "Teacher", "Ensemble",
     "as_source", "evaluate", "predict_logits",
     "get_store", "SoftTargetStore",

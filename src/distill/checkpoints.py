@@ -207,8 +207,10 @@ def check_sidecar(sidecar: dict, where, fix: str) -> None:
 
 #: the model factories distill ships: rebuilt from any checkpoint without trust (exact names, so a
 #: dotted attribute path cannot reach other code through a distill module)
+#: the factory recorded for a Hugging Face causal LM: ``distill.models.hf.causal_lm`` over its config
+HF_FACTORY = "distill.models:causal_lm"
 OWN_FACTORIES = frozenset({
-    "distill.models:MLP", "distill.models:CNN",
+    "distill.models:MLP", "distill.models:CNN", "distill.models:GPT", HF_FACTORY,
     "distill.segmentation:DeepLabV3", "distill.segmentation:MobileNetSeg",
 })
 #: stable factory names recorded before a module moved -> where the callable lives now (checkpoints
@@ -304,7 +306,10 @@ def build_from_factory(spec, where, tensors: dict | None = None, trust_factory: 
             shell = call()
         want = {k: tuple(v.shape) for k, v in tensors.items()}
         got = {k: tuple(v.shape) for k, v in shell.state_dict().items()} if isinstance(shell, torch.nn.Module) else {}
-        if got != want:
+        # an entry the file leaves out must be a tied copy of one it holds (the same shape)
+        extra = {k: s for k, s in got.items() if k not in want}
+        if (any(got.get(k) != s for k, s in want.items()) or not got
+                or any(s not in set(want.values()) for s in extra.values())):
             raise DistillError(f"{where}: the factory {target} with the recorded arguments does not build a model "
                                "of the saved weights' shapes; the checkpoint is damaged or was altered")
     model = call()
@@ -313,11 +318,26 @@ def build_from_factory(spec, where, tensors: dict | None = None, trust_factory: 
     return model
 
 
+def is_hf_model(model) -> bool:
+    """Whether ``model`` is a Hugging Face ``PreTrainedModel`` (duck-typed: a config with a
+    ``model_type`` and ``save_pretrained``), without importing transformers."""
+    config = getattr(model, "config", None)
+    return hasattr(model, "save_pretrained") and isinstance(getattr(config, "model_type", None), str)
+
+
+def hf_factory(model) -> tuple[str, dict] | None:
+    """For a Hugging Face model, the factory that rebuilds it from its config (:data:`HF_FACTORY`);
+    else None."""
+    if not is_hf_model(model):
+        return None
+    return HF_FACTORY, dict(config=json.loads(model.config.to_json_string(use_diff=False)))
+
+
 def resolve_factory(model: torch.nn.Module, factory=None) -> dict | None:
     """The factory recorded for ``model``: ``factory`` (``"pkg.mod:fn"`` or ``("pkg.mod:fn", kwargs)``)
     or else the model's own ``distill_factory``; None when neither exists. Checked here: the import
     path resolves and the keyword arguments are JSON."""
-    f = factory if factory is not None else getattr(model, "distill_factory", None)
+    f = factory if factory is not None else getattr(model, "distill_factory", None) or hf_factory(model)
     if f is None:
         return None
     target, kwargs = (f, {}) if isinstance(f, str) else tuple(f)
@@ -331,12 +351,45 @@ def resolve_factory(model: torch.nn.Module, factory=None) -> dict | None:
     return dict(target=target, kwargs=kwargs)
 
 
+def shared_names(model: torch.nn.Module) -> dict[str, str]:
+    """The state-dict entries that share memory with an earlier entry (tied weights, e.g. a
+    language model's output layer and its token embedding): ``{later name: first name}``.
+    safetensors stores each tensor once, so these are left out on saving and restored on loading."""
+    first: dict[tuple, str] = {}
+    tied = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if not isinstance(t, torch.Tensor) or t.numel() == 0 or t.device.type == "meta":
+            continue
+        where = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if where in first:
+            tied[name] = first[where]
+        else:
+            first[where] = name
+    return tied
+
+
+def unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` without the tied duplicates (:func:`shared_names`)."""
+    tied = shared_names(model)
+    return {k: v for k, v in model.state_dict().items() if k not in tied}
+
+
+def fill_tied(model: torch.nn.Module, tensors: dict) -> dict:
+    """``tensors`` with every tied entry of ``model`` that a checkpoint left out taken from the
+    entry it shares memory with."""
+    out = dict(tensors)
+    for name, src in shared_names(model).items():
+        if name not in out and src in out:
+            out[name] = out[src]
+    return out
+
+
 def check_checkpointable(model: torch.nn.Module, factory=None) -> dict | None:
     """Fail now, not after training, if ``model`` cannot be saved: its state must serialise as
     safetensors (e.g. no tensors sharing memory) and its factory, if any, must resolve."""
     spec = resolve_factory(model, factory)
     try:
-        st_save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
+        st_save({k: v.detach().contiguous().cpu() for k, v in unique_state(model).items()})
     except (RuntimeError, ValueError, SafetensorError) as e:
         raise DistillError(f"{type(model).__name__} cannot be checkpointed as safetensors ({e})") from None
     return spec
@@ -347,7 +400,7 @@ def save_checkpoint(path, model: torch.nn.Module, meta: dict | None = None, fact
     sidecar."""
     spec = resolve_factory(model, factory)
     sidecar = dict(meta or {}, factory=spec, params=sum(p.numel() for p in model.parameters()))
-    return save_tensors(path, model.state_dict(), sidecar)
+    return save_tensors(path, unique_state(model), sidecar)
 
 
 def load_checkpoint(path, model: torch.nn.Module | None = None, *,
@@ -366,7 +419,7 @@ def load_checkpoint(path, model: torch.nn.Module | None = None, *,
     elif not isinstance(model, torch.nn.Module):
         raise DistillError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
     try:
-        model.load_state_dict(tensors)
+        model.load_state_dict(fill_tied(model, tensors))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DistillError(f"{stem_of(path)}: the weights do not fit this model ({first})") from None

@@ -56,11 +56,10 @@ def check_temperature(temperature) -> float:
 
 def add_number_flag(parser, flag: str, default=None, help: str | None = None, nargs=None, **rules) -> None:
     """Add a numeric ``flag`` to an argparse ``parser``, checked by :func:`check_number_flags` with
-    ``rules`` (``integer``, ``minimum``, ``positive``, ``below``: an exclusive upper bound)."""
-    owner = getattr(parser, "_container", parser)  # an argument group keeps its flags with its parser
-    numbers = owner.__dict__.setdefault("numbers", {})
+    ``rules`` (``integer``, ``minimum``, ``maximum``, ``positive``, ``below``: an exclusive upper bound)."""
+    # the rules live among the parser's defaults, which an argument group shares with its parser
+    numbers = parser._defaults.setdefault("_numbers", {})
     numbers[flag.lstrip("-").replace("-", "_")] = (flag, rules)
-    parser.set_defaults(_numbers=numbers)
     kw = dict(default=default, help=help, metavar="N" if rules.get("integer") else "X")
     if nargs is not None:
         kw["nargs"] = nargs
@@ -77,7 +76,8 @@ def number_flag_value(flag: str, value, rules: dict):
                 value = float(value)
             except ValueError:
                 raise ValueError(f"{flag} must be a number, got {value!r}") from None
-    v = check_number(flag, value, minimum=rules.get("minimum"), positive=rules.get("positive", False),
+    v = check_number(flag, value, minimum=rules.get("minimum"), maximum=rules.get("maximum"),
+                     positive=rules.get("positive", False),
                      integer=rules.get("integer", False))
     if "below" in rules and not v < rules["below"]:
         raise ValueError(f"{flag} must be < {rules['below']:g}, got {value!r}")

@@ -9,13 +9,22 @@ gradients, weighted so that one step equals the single-process step on the whole
 (:func:`shard_weight`). Process 0 alone evaluates, logs and writes checkpoints. Backend: NCCL
 when training on CUDA, gloo on the CPU (:func:`init_from_env`). Nothing here is a home-made
 communication layer.
+
+With ``TrainConfig(parallel="fsdp")`` the student is sharded with FSDP2 instead
+(:func:`fsdp_twin`: ``torch.distributed.fsdp.fully_shard`` on every transformer block, then on the
+root): each process keeps 1/w of the parameters, gradients and optimiser state, and every forward
+gathers a block's parameters for as long as it runs. The full weights and optimiser state are
+gathered (:func:`full_state`, :func:`full_optimizer_state`) for process 0 to save, and for the
+trained model handed back.
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def world() -> tuple[int, int]:
@@ -96,3 +105,104 @@ def from_process_0(obj):
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()
+
+
+# ---------------------------------------------------------------- FSDP2
+def transformer_blocks(module: nn.Module) -> nn.ModuleList | None:
+    """The list of repeated blocks FSDP2 shards one by one: the ``nn.ModuleList`` holding the most
+    parameters (a :class:`distill.models.GPT`'s ``blocks``, a Hugging Face decoder's layers, e.g.
+    ``model.layers`` or ``transformer.h``); None when the model has none."""
+    best, size = None, 0
+    for m in module.modules():
+        if isinstance(m, nn.ModuleList) and len(m):
+            n = sum(q.numel() for q in m.parameters())
+            if n > size:
+                best, size = m, n
+    return best
+
+
+def fsdp_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` sharded with FSDP2 over all processes (``fully_shard`` on each of its
+    :func:`transformer_blocks`, then on the root), for training. The copy starts with the very
+    parameter and buffer tensors of ``model`` (which keeps its class, hooks and tied weights
+    untouched); once sharded, ``model``'s parameters are emptied (0 elements) so that each process
+    holds only its shards. :func:`unshard_into` gives ``model`` the trained weights back."""
+    from torch.distributed.fsdp import fully_shard
+
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    try:
+        twin = copy.deepcopy(model, shared)  # new modules over the same tensors: no copy of the weights
+    except Exception as e:  # any attribute that deepcopy cannot copy
+        raise ValueError(f"parallel='fsdp' copies the module structure of {type(model).__name__} before sharding "
+                         f"it, and that failed ({type(e).__name__}: {e}); use parallel='ddp'") from None
+    blocks = transformer_blocks(twin)
+    for block in blocks if blocks is not None else ():
+        fully_shard(block)
+    fully_shard(twin)
+    for q in model.parameters():  # the twin now holds this process's shards; free the full tensors
+        q.data = torch.empty(0, dtype=q.dtype, device=q.device)
+    return twin
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """``t`` whole: a DTensor all-gathered (a collective: every process calls it), else itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def full_state(module: nn.Module, device="cpu", keep: bool = True) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` with every sharded (DTensor) entry gathered whole, copied to
+    ``device``, one tensor at a time (at most one whole parameter on the training device). A
+    collective: every process calls it; ``keep=False`` drops what this process gathered (for the
+    processes that do not save). Entries of one tied parameter are gathered once and stay one tensor."""
+    out: dict[str, torch.Tensor] = {}
+    done: dict[int, torch.Tensor | None] = {}
+    for k, v in module.state_dict(keep_vars=True).items():
+        if id(v) not in done:
+            whole = _full(v.detach())
+            done[id(v)] = whole.to(device, copy=True) if keep else None
+        if keep:
+            out[k] = done[id(v)]
+    return out
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer, device="cpu", keep: bool = True) -> dict:
+    """The ``"state"`` of ``optimizer.state_dict()`` (per parameter index, e.g. momentum buffers)
+    with every sharded entry gathered whole on ``device``: the state the same optimiser over the
+    unsharded model holds. A collective, as :func:`full_state`."""
+    out: dict = {}
+    for i, st in sorted(optimizer.state_dict()["state"].items()):
+        for k, v in st.items():
+            whole = _full(v) if isinstance(v, torch.Tensor) else v
+            if keep:
+                out.setdefault(i, {})[k] = whole.to(device, copy=True) if isinstance(whole, torch.Tensor) else whole
+    return out
+
+
+def load_full_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load ``saved``, an ``optimizer.state_dict()`` of the same optimiser over the unsharded
+    parameters (the same on every process), into ``optimizer`` over FSDP2-sharded ones: every state
+    tensor shaped like its parameter is cut as that parameter is (this process's slice, no
+    communication); the others (e.g. Adam's step count) load as they are."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not saved.get("state"):
+        return
+    params = [q for group in optimizer.param_groups for q in group["params"]]
+    state = {}
+    for i, st in saved["state"].items():
+        q = params[int(i)]
+        state[i] = {k: distribute_tensor(v.to(q.device), q.device_mesh, q.placements, src_data_rank=None)
+                    if isinstance(q, DTensor) and isinstance(v, torch.Tensor) and v.shape == q.shape else v
+                    for k, v in st.items()}
+    optimizer.load_state_dict(dict(saved, state=state))
+
+
+def unshard_into(model: nn.Module, state: dict[str, torch.Tensor], device) -> None:
+    """Give ``model`` (emptied by :func:`fsdp_twin`) whole weights again, on ``device``: each
+    parameter (a tied one stays one parameter) gets storage of its full shape, then ``state`` (the
+    full state dict, buffers included) is loaded."""
+    for name, q in model.named_parameters():
+        q.data = torch.empty(state[name].shape, dtype=q.dtype, device=device)
+    model.load_state_dict(state)

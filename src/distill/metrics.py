@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from distill.losses.functional import next_token_pairs
 from distill.modelio import inputs_to, logits_of, model_forward
 from distill.data.sources import Source, as_source
 
@@ -63,6 +64,8 @@ def evaluate(model, data, batch_size: int = 2000, device=None) -> dict:
     src = data if isinstance(data, Source) else as_source(data, name="data")
     if not src.labeled:
         raise ValueError("evaluation needs labels; this data has none")
+    if getattr(src, "task", None) == "lm":
+        return lm_evaluate(model, src, device=device)
     if getattr(src, "y", None) is not None and src.y.dim() > 1:  # label masks: dense metrics, streamed
         return dense_evaluate(model, src, batch_size, device=device)
     labels: list = []
@@ -71,6 +74,54 @@ def evaluate(model, data, batch_size: int = 2000, device=None) -> dict:
     if labels.dim() > 1:
         return segmentation_metrics(logits, labels)
     return classification_metrics(logits, labels)
+
+
+@torch.no_grad()
+def lm_evaluate(model, data, batch_size: int = 16, device=None, teacher=None) -> dict:
+    """Next-token metrics of a language model over every counted position of ``data`` (logits at
+    position t scored against token t+1, targets of -100 left out): ``n`` tokens, ``nll`` (mean
+    negative log-likelihood, nats), ``perplexity`` = exp(nll), ``accuracy`` and ``errors`` of the
+    most likely next token. With ``teacher`` (a callable on a batch's inputs returning logits, e.g.
+    :meth:`distill.Teacher.forward`): ``agreement`` (the student's top-1 token equals the
+    teacher's) and ``kl`` = mean KL(p_teacher ‖ q_student) at T = 1, over the shared vocabulary."""
+    module = model if isinstance(model, nn.Module) else None
+    was = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    p = next(module.parameters(), None) if module is not None else None
+    dev = torch.device(device) if device is not None else (p.device if p is not None else torch.device("cpu"))
+    nll = torch.zeros((), dtype=torch.float64)
+    correct = agree = torch.zeros((), dtype=torch.long)
+    kl = torch.zeros((), dtype=torch.float64)
+    n = 0
+    try:
+        for x, y, _ in data.ordered(batch_size):
+            x = inputs_to(x, dev)
+            s = logits_of(model_forward(model, x)).float()
+            t = logits_of(teacher(x)).float() if teacher is not None else None
+            s, t, targets, valid = next_token_pairs(s, t, y.to(dev))
+            s, targets = s[valid], targets[valid]
+            logq = F.log_softmax(s, -1)
+            nll += -logq.gather(1, targets[:, None]).sum().double().cpu()
+            correct = correct + (s.argmax(-1) == targets).sum().cpu()
+            n += int(valid.sum())
+            if t is not None:
+                t = t[valid]
+                v = min(t.shape[-1], s.shape[-1])
+                logp, logq_v = F.log_softmax(t[:, :v], -1), F.log_softmax(s[:, :v], -1)
+                kl += (logp.exp() * (logp - logq_v)).sum().double().cpu()
+                agree = agree + (t[:, :v].argmax(-1) == s[:, :v].argmax(-1)).sum().cpu()
+    finally:
+        if module is not None:
+            module.train(was)
+    if n == 0:
+        raise ValueError("no target tokens to evaluate on (every position is padding)")
+    mean = float(nll) / n
+    out = dict(n=n, nll=mean, perplexity=math.exp(min(mean, 700.0)), accuracy=int(correct) / n,
+               errors=n - int(correct))
+    if teacher is not None:
+        out.update(agreement=int(agree) / n, kl=float(kl) / n)
+    return out
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:

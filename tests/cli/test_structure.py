@@ -42,9 +42,11 @@ def test_training_choices_and_defaults_are_the_library_s(command):
                                    ("--precision", PRECISIONS, config.precision),
                                    ("--select", SELECT, config.select)):
         a = _action(p, flag)
-        assert tuple(a.choices) == tuple(allowed) and a.default == default, flag
+        # --optimizer is resolved by --task (a language model's default differs): its help states both
+        assert tuple(a.choices) == tuple(allowed), flag
+        assert a.default == default or (a.default is None and f"default {default};" in a.help), flag
     assert tuple(_action(p, "--dataset").choices) == tuple(D.LOADERS)
-    assert _action(p, "--batch-size").default == config.batch_size
+    assert f"default {config.batch_size};" in _action(p, "--batch-size").help
     assert _action(p, "--momentum").default == config.momentum
     assert _action(p, "--seed").default == config.seed
     assert set(segmentation.ARCHS) <= set(_action(p, "--arch").choices)

@@ -22,7 +22,7 @@ import sys
 
 from distill import distributed
 from distill.checks import check_number_flags
-from distill.cli import evaluate, reproduce, targets, tools, train
+from distill.cli import evaluate, lm, reproduce, targets, tools, train
 from distill.cli.parser import build_parser
 from distill.cli.reproduce import EXPERIMENTS
 from distill.errors import DistillError
@@ -34,6 +34,7 @@ COMMANDS = {
     "teacher": train.teacher,
     "student": train.student,
     "evaluate": evaluate.evaluate,
+    "generate": lm.generate,
     "targets": targets.targets,
     "export": tools.export,
     "compare": tools.compare,

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import sys
 from pathlib import Path
 
+from torch import nn
+
 from distill import data as D
+from distill.checkpoints import import_factory, safe_json_loads
 from distill.data.files import IMAGE_SUFFIXES, TABLE_SUFFIXES, FileData, load_files
 from distill.data.mnist import FASHION_MNIST, MNIST
 from distill.data.segmentation import is_mask_npz, load_segmentation_npz
@@ -164,3 +168,22 @@ def dense_line(m: dict) -> str:
     ``evaluate`` print them."""
     return (f"mIoU {m['miou']:.4f} (without background {m['miou_fg']:.4f}), pixel accuracy "
             f"{100 * m['pixel_accuracy']:.2f}% of {m['n']:,} labelled pixels, nll {m['nll']:.4f}")
+
+
+def user_model(target: str, model_args: str | None):
+    """``(model, (target, kwargs))`` from ``--model target --model-args JSON``."""
+    kwargs = {}
+    if model_args is not None:  # bounded in size and nesting, like every JSON distill reads
+        kwargs = safe_json_loads(model_args, "--model-args", "give an object, e.g. '{\"width\": 64}'")
+        if not isinstance(kwargs, dict):
+            raise DistillError(f"--model-args must be a JSON object of keyword arguments, got {model_args!r}")
+    factory = import_factory(target)
+    try:
+        model = factory(**kwargs)
+    except Exception as e:  # the user's code: say which call failed and why, in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DistillError(f"--model {target} with --model-args {json.dumps(kwargs)} failed: "
+                           f"{type(e).__name__}{': ' + first if first else ''}") from None
+    if not isinstance(model, nn.Module):
+        raise DistillError(f"--model {target} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model, (target, kwargs)

@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from distill.checkpoints import load_checkpoint
+from distill.checkpoints import load_checkpoint, load_tensors
+from distill.cli import lm
 from distill.cli.common import check_fits, dense_line, is_dense, load_any, log, run_on
 from distill.data.files import first_inputs
 from distill.errors import DistillError
@@ -16,6 +17,11 @@ from distill.models.classifiers import count_params
 
 
 def evaluate(args) -> None:
+    if load_tensors(args.checkpoint)[1].get("task") == "lm":
+        return lm.evaluate(args)
+    lm_only = [f for f in ("tokenizer", "block_size", "teacher") if getattr(args, f, None) is not None]
+    if lm_only:
+        raise DistillError(f"--{lm_only[0].replace('_', '-')} is for language-model checkpoints")
     model, side = load_checkpoint(args.checkpoint, trust_factory=args.trust_factory)
     data = load_any(args, recorded=side)
     check_fits(args.checkpoint, side, data)

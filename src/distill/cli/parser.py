@@ -16,9 +16,12 @@ import sys
 
 from distill import data as D
 from distill.checks import add_number_flag
-from distill.cli import train
+from distill.cli import lm, train
 from distill.cli.common import DEFAULT_DATASET, defaults_of
 from distill.cli.reproduce import EXPERIMENTS, add_experiment_arguments
+from distill.losses.functional import TOKEN_DIVERGENCES, TOKEN_TAILS
+from distill.losses.objectives import TokenDistillation
+from distill.models.lm import generate as sample
 from distill.teachers.store import DTYPES, build_store
 from distill.teachers.teacher import COMBINES, Teacher
 from distill.tools import bench, compare, plots
@@ -26,6 +29,10 @@ from distill.tools.export import FORMATS, SUFFIXES, export_checkpoint
 from distill.train.config import DEFAULT_DISTILL_LR, DEFAULT_LR, OPTIMIZERS, PRECISIONS, SCHEDULES, SELECT
 
 CONFIG = train.CONFIG  # TrainConfig's defaults
+TOKEN = defaults_of(TokenDistillation)  # --divergence, --beta, --skew, --tail
+GENERATE = dict(defaults_of(sample), max_new_tokens=100)  # --temperature, --top-p, --top-k of `generate`
+#: ``--task``: a classifier (labels per example or per pixel) or a language model
+TASKS = ("classify", "lm")
 TEACHER = defaults_of(Teacher)  # --combine; --temperature of `targets`
 STORE = defaults_of(build_store)  # --dtype, --batch-size of `targets`
 EXPORT = defaults_of(export_checkpoint)  # --format, --check-inputs, --tolerance
@@ -50,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_targets(sub)
     _add_bench(sub)
     _add_plot(sub)
+    _add_generate(sub)
     return ap
 
 
@@ -88,12 +96,52 @@ def _add_student(sub) -> None:
                          f"{pixelwise['hard_weight']:g} on label masks; needs --teacher)")
     add_number_flag(s, "--soft-weight", minimum=0,
                     help=f"weight of the T²·soft term (default {distill['soft_weight']:g}; needs --teacher)")
+    g = s.add_argument_group("language models (--task lm, with --teacher)")
+    g.add_argument("--divergence", dest="divergence_name", choices=TOKEN_DIVERGENCES,
+                   help=f"the per-token divergence (default {TOKEN['divergence']})")
+    add_number_flag(g, "--beta", help=f"jsd's mixture weight, in (0, 1) (default {TOKEN['beta']:g})", positive=True,
+                    below=1)
+    add_number_flag(g, "--skew", help=f"skew_kl's alpha, in [0, 1) (default {TOKEN['skew']:g})", minimum=0, below=1)
+    g.add_argument("--tail", choices=TOKEN_TAILS,
+                   help=f"a top-k teacher's missing mass: renormalize or one bucket (default {TOKEN['tail']})")
+    g.add_argument("--store", metavar="DIR",
+                   help="the teacher's top-k token store (built there by `distill targets --task lm`, or now)")
+    add_number_flag(g, "--top-k", integer=True, minimum=1,
+                    help=f"next tokens kept per position in --store (default {lm.TOP_K})")
     s.add_argument("--cwd", action="store_true",
                    help="segmentation: channel-wise distillation (Shu et al. 2021) instead of pixel-wise; defaults "
                         f"T = {cwd['temperature']:g}, --soft-weight {cwd['soft_weight']:g}, --hard-weight "
                         f"{cwd['hard_weight']:g} (needs --teacher)")
     s.add_argument("--logit-matching", action="store_true",
                    help="match the teacher's zero-meaned logits (MSE) instead of its soft targets (needs --teacher)")
+
+
+def _lm_flags(p, training: bool = True, task: bool | None = None) -> None:
+    """``--task lm``: text, its tokenizer and block size; for training, the built-in GPT's size and
+    the step's micro-batches and warm-up."""
+    g = p.add_argument_group("language models")
+    if training if task is None else task:
+        g.add_argument("--task", choices=TASKS, default=TASKS[0],
+                       help="classify (labels per example or per pixel) or lm: next-token training on text, with "
+                            "--data PATH (a .txt file or a folder of them) or --data gutenberg (the shipped corpus)")
+    g.add_argument("--tokenizer", metavar="bpe:VOCAB|PATH",
+                   help=f"bpe:VOCAB trains a byte-level BPE on the training split, or a tokenizer.json (default "
+                        f"{lm.TOKENIZER}; a student takes its teacher's, an evaluated checkpoint its own)")
+    add_number_flag(g, "--block-size", integer=True, minimum=2,
+                    help=f"tokens per training sequence (default {lm.BLOCK_SIZE}; a checkpoint's own when evaluated)")
+    if not training:
+        return
+    sizes = lm.SIZES
+    for flag, key, what in (("--layers", "n_layer", "transformer blocks"), ("--heads", "n_head", "attention heads"),
+                            ("--embd", "n_embd", "width")):
+        add_number_flag(g, flag, integer=True, minimum=1,
+                        help=f"the built-in GPT's {what} (default {sizes['teacher'][key]} for a teacher, "
+                             f"{sizes['student'][key]} for a student)")
+    add_number_flag(g, "--accumulate", default=CONFIG["accumulate"], integer=True, minimum=1,
+                    help="micro-batches per step (one optimiser step per --batch-size, the loss normalised over "
+                         f"all its tokens) (default {CONFIG['accumulate']})")
+    add_number_flag(g, "--warmup-steps", integer=True, minimum=0,
+                    help=f"linear learning-rate warm-up (default {lm.WARMUP_STEPS} with --task lm)")
 
 
 def _training_flags(p, epochs: int, hidden: list) -> None:
@@ -115,10 +163,11 @@ def _training_flags(p, epochs: int, hidden: list) -> None:
     p.add_argument("--select", choices=SELECT, default=CONFIG["select"],
                    help="keep the last epoch's weights, or those with the fewest validation errors (best: needs a "
                         f"validation split in --data) (default {CONFIG['select']})")
-    add_number_flag(p, "--epochs", default=epochs, help=f"(default {epochs})", integer=True, minimum=1)
-    add_number_flag(p, "--batch-size", default=CONFIG["batch_size"], help=f"(default {CONFIG['batch_size']})",
+    add_number_flag(p, "--epochs", help=f"(default {epochs}; {lm.EPOCHS} with --task lm)", integer=True, minimum=1)
+    add_number_flag(p, "--batch-size", help=f"(default {CONFIG['batch_size']}; {lm.BATCH_SIZE} with --task lm)",
                     integer=True, minimum=1)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=CONFIG["optimizer"])
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help=f"(default {CONFIG['optimizer']}; {lm.OPTIMIZER} with --task lm)")
     add_number_flag(p, "--lr", help=LR_HELP, positive=True)
     add_number_flag(p, "--momentum", default=CONFIG["momentum"],
                     help=f"SGD momentum, in [0, 1) (default {CONFIG['momentum']:g})", minimum=0, below=1)
@@ -132,6 +181,7 @@ def _training_flags(p, epochs: int, hidden: list) -> None:
                                     "$DISTILL_DEVICE, else cpu); `distill reproduce` reads $DISTILL_DEVICE")
     p.add_argument("--out", required=True, help="output folder (checkpoint, state for resuming, log)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
+    _lm_flags(p)
     p.add_argument("--no-guard", action="store_true",
                    help="turn the divergence guard off: a loss that explodes or collapses back to a constant "
                         "prediction no longer stops the run (non-finite outputs still do)")
@@ -150,8 +200,9 @@ def _add_targets(sub) -> None:
     _data_flags(tg)
     tg.add_argument("--out", required=True, help="the store folder (shards, their records, meta.json last)")
     tg.add_argument("--dtype", choices=tuple(DTYPES), default=STORE["dtype"], help=f"(default {STORE['dtype']})")
-    add_number_flag(tg, "--top-k", help="keep the k largest logits per example and the mean of the rest", integer=True,
-                    minimum=1)
+    add_number_flag(tg, "--top-k", help="keep the k largest logits per example and the mean of the rest (with --task lm: "
+                                        f"the k most likely next tokens per position, default {lm.TOP_K})",
+                    integer=True, minimum=1)
     add_number_flag(tg, "--shards", help="number of shards (default: one per process); keep it when resuming with "
                                          "another number of processes", integer=True, minimum=1)
     add_number_flag(tg, "--batch-size", default=STORE["batch_size"],
@@ -159,15 +210,19 @@ def _add_targets(sub) -> None:
                     integer=True, minimum=1)
     tg.add_argument("--device", help="where the teacher runs: cpu, cuda (default $DISTILL_DEVICE, else cpu)")
     tg.add_argument("--no-progress", action="store_true", help="no progress output")
+    _lm_flags(tg, training=False, task=True)
 
 
 # ---------------------------------------------------------------- checkpoints: evaluate, export, compare
 
 def _add_evaluate(sub) -> None:
-    e = sub.add_parser("evaluate", help="test errors, accuracy and NLL of a checkpoint")
+    e = sub.add_parser("evaluate", help="test errors, accuracy and NLL of a checkpoint (perplexity, next-token "
+                                        "accuracy and, with --teacher, agreement and KL of a language model)")
     e.add_argument("checkpoint")
     _trust_flag(e)
     _data_flags(e)
+    _lm_flags(e, training=False)
+    e.add_argument("--teacher", action="append", help="a language model's teacher: report agreement and KL with it")
     e.add_argument("--json", action="store_true", help="print a JSON object")
 
 
@@ -262,6 +317,23 @@ def _add_plot(sub) -> None:
 
 
 # ---------------------------------------------------------------- flags several commands share
+
+def _add_generate(sub) -> None:
+    g = sub.add_parser("generate", help="what a language-model checkpoint writes after a prompt")
+    g.add_argument("checkpoint")
+    _trust_flag(g)
+    g.add_argument("--prompt", required=True, help="the text to continue")
+    g.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json (default: the one beside the checkpoint)")
+    add_number_flag(g, "--max-new-tokens", default=GENERATE["max_new_tokens"], integer=True, minimum=1,
+                    help=f"(default {GENERATE['max_new_tokens']})")
+    add_number_flag(g, "--temperature", default=GENERATE["temperature"], minimum=0,
+                    help=f"sampling temperature, 0 = greedy (default {GENERATE['temperature']:g})")
+    add_number_flag(g, "--top-p", default=GENERATE["top_p"], positive=True, maximum=1,
+                    help=f"nucleus sampling: the smallest set of tokens holding this mass (default {GENERATE['top_p']:g})")
+    add_number_flag(g, "--top-k", default=GENERATE["top_k"], integer=True, minimum=0,
+                    help=f"sample among the k most likely tokens, 0 = all (default {GENERATE['top_k']})")
+    add_number_flag(g, "--seed", default=0, integer=True, minimum=0, help="seeds the sampling (default 0)")
+
 
 def _data_flags(p, train_size: bool = True) -> None:
     """Which data: a built-in ``--dataset`` or the user's ``--data``, and the subset sizes."""

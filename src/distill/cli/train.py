@@ -8,14 +8,12 @@ come from the library (:mod:`distill.losses`, :class:`distill.train.config.Train
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from torch import nn
-
 from distill import distributed
-from distill.checkpoints import import_factory, load_tensors, safe_json_loads
-from distill.cli.common import check_fits, defaults_of, dense_line, is_dense, load_any, log, run_on
+from distill.checkpoints import load_tensors
+from distill.cli import lm
+from distill.cli.common import check_fits, defaults_of, dense_line, is_dense, load_any, log, run_on, user_model
 from distill.data.files import first_inputs
 from distill.data.sources import as_source
 from distill.errors import DistillError
@@ -65,6 +63,13 @@ def student(args) -> None:
 
 
 def train(args, teacher_mode: bool) -> None:
+    if args.task == "lm":
+        return lm.train(args, teacher_mode)
+    lm_only = [f for f in ("tokenizer", "block_size", "layers", "heads", "embd", "divergence_name", "beta", "skew",
+                           "store", "top_k", "tail", "accumulate", "warmup_steps") if getattr(args, f, None) not in (None, 1)]
+    if lm_only:
+        raise DistillError(f"--{lm_only[0].replace('_name', '').replace('_', '-')} is for language models: add "
+                           "--task lm")
     out = _check_out(args.out)
     if teacher_mode and args.jitter is None:
         # the paper's MNIST recipe; off on the user's files and on mnist-seg's label masks
@@ -137,7 +142,10 @@ def _check_out(out: str) -> Path:
 
 def train_config(args, teacher_mode: bool) -> TrainConfig:
     """The TrainConfig of ``teacher``/``student``, built (and so checked) before any data loads."""
-    common = dict(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+    # --epochs, --batch-size and --optimizer have a language model's defaults with --task lm
+    common = dict(epochs=PAPER.epochs if args.epochs is None else args.epochs,
+                  batch_size=CONFIG["batch_size"] if args.batch_size is None else args.batch_size,
+                  optimizer=args.optimizer or CONFIG["optimizer"], lr=args.lr,
                   momentum=args.momentum, schedule=args.schedule, seed=args.seed, precision=args.precision,
                   divergence=None if getattr(args, "no_guard", False) else "stop")
     if teacher_mode:
@@ -247,7 +255,7 @@ def build_model(args, data, teacher_mode: bool, num_classes: int):
         if given:
             raise DistillError(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} the built-in --arch "
                                "models; with --model give your model's settings in --model-args")
-        return _user_model(args.model, args.model_args)
+        return user_model(args.model, args.model_args)
     if args.model_args is not None:
         raise DistillError("--model-args are the keyword arguments of --model; give --model too")
     if num_classes < 2:
@@ -287,25 +295,6 @@ def _segmentation_model(args, data, num_classes: int):
     if data.image_shape is None:
         raise DistillError(f"{data.name} has no image shape")
     return segmentation.build(arch, num_classes, data.image_shape, args.width), None
-
-
-def _user_model(target: str, model_args: str | None):
-    """``(model, (target, kwargs))`` from ``--model target --model-args JSON``."""
-    kwargs = {}
-    if model_args is not None:  # bounded in size and nesting, like every JSON distill reads
-        kwargs = safe_json_loads(model_args, "--model-args", "give an object, e.g. '{\"width\": 64}'")
-        if not isinstance(kwargs, dict):
-            raise DistillError(f"--model-args must be a JSON object of keyword arguments, got {model_args!r}")
-    factory = import_factory(target)
-    try:
-        model = factory(**kwargs)
-    except Exception as e:  # the user's code: say which call failed and why, in one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DistillError(f"--model {target} with --model-args {json.dumps(kwargs)} failed: "
-                           f"{type(e).__name__}{': ' + first if first else ''}") from None
-    if not isinstance(model, nn.Module):
-        raise DistillError(f"--model {target} returned a {type(model).__name__}, not a torch.nn.Module")
-    return model, (target, kwargs)
 
 
 def _data_meta(args, data) -> dict:

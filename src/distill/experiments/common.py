@@ -64,15 +64,18 @@ class Runner:
                    hard_weight=getattr(objective, "hard_weight", None),
                    checkpoint=str(res.run_dir / "model"), **stage.extra)
         if res.val is not None:
-            rec.update(val_errors=res.val["errors"], val_accuracy=res.val["accuracy"], epoch_kept=res.epoch)
-        for split, m in (("test", res.test), ("val", res.val)):  # dense prediction: its IoUs too
-            for k in ("miou", "miou_fg", "pixel_accuracy", "per_class_iou"):
+            rec.update(val_errors=res.val["errors"], val_accuracy=res.val["accuracy"], val_nll=res.val["nll"],
+                       epoch_kept=res.epoch)
+        for split, m in (("test", res.test), ("val", res.val)):  # dense prediction and language models: theirs too
+            for k in ("miou", "miou_fg", "pixel_accuracy", "per_class_iou", "perplexity", "agreement", "kl"):
                 if m is not None and k in m:
                     rec[f"{split}_{k}"] = m[k]
         if res.resumed_from:  # an interrupted run continued after this many epochs
             rec["resumed_from"] = res.resumed_from
-        self.log(f"[{stage.name}] seed {stage.config.seed}: {rec['test_errors']} test errors "
-                 f"({100 * rec['test_accuracy']:.2f}%), {rec['wall_seconds']:.0f}s"
+        scored = (f"test nll {rec['test_nll']:.4f} (perplexity {rec['test_perplexity']:.1f})"
+                  if "test_perplexity" in rec else
+                  f"{rec['test_errors']} test errors ({100 * rec['test_accuracy']:.2f}%)")
+        self.log(f"[{stage.name}] seed {stage.config.seed}: {scored}, {rec['wall_seconds']:.0f}s"
                  + (" (cached)" if res.skipped else "") + f" -> {res.run_dir}")
         self.add(rec)
         return res

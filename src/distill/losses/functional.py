@@ -9,6 +9,8 @@ examples of a per-example sum over classes: nothing is divided by ``N`` unless s
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -422,3 +424,361 @@ def standardize_logits(logits: torch.Tensor, base_temperature: float = 1.0, eps:
     return centred / (tau * (logits.std(dim=1, keepdim=True) + eps))
 
 
+
+
+# ---------------------------------------------------------------- language models: token level
+# Logits ``[..., V]`` (``[B, L, V]`` for a causal LM): one next-token distribution per position.
+# ``p = softmax(v/T)`` is the teacher's, ``q = softmax(z/T)`` the student's, each over the ``V``
+# vocabulary entries (or over a top-k teacher's ``k`` ids, see :func:`token_divergence`); ``M`` is
+# the set of positions that count (``mask``), ``|M|`` its size. Every loss is a mean over ``M`` of a
+# per-position sum over the vocabulary; positions outside ``M`` are never read (index selection), so
+# they change neither the value nor the gradient, whatever they hold. All is computed in float32 and
+# in log space.
+
+#: the label of target positions that are not scored (padding, prompts): PyTorch's and Hugging Face's
+LM_IGNORE_INDEX = -100
+#: the per-position divergences of :func:`token_divergence` (a CLI builds its choices from these)
+TOKEN_DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
+#: how a top-k teacher's missing mass is treated (:func:`token_divergence`)
+TOKEN_TAILS = ("renormalize", "bucket")
+#: the integer types a top-k teacher's vocabulary ids may have
+TOPK_ID_DTYPES = (torch.int64, torch.int32, torch.int16)
+#: the least mass ``tail="bucket"`` gives the remainder category: float32's resolution of a sum near
+#: one (2**-23), below which ``1 - sum_k p_k`` is rounding noise
+BUCKET_FLOOR = 2.0 ** -23
+#: a top-k teacher's probabilities may sum above one by this much (rounding of stored log-probs)
+TOPK_SUM_TOLERANCE = 1e-2
+
+_INF = float("inf")
+
+
+def check_token_settings(divergence: str, temperature: float, beta: float, skew: float, tail: str):
+    """The settings of :func:`token_divergence`, checked (one ValueError naming the setting) and
+    returned as ``(divergence, temperature, beta, skew, tail)``. ``beta`` must lie strictly in
+    (0, 1) for ``"jsd"``, ``skew`` in [0, 1) for the skew divergences (each is only range-checked
+    where it is used), and ``tail="bucket"`` needs T = 1."""
+    if not isinstance(divergence, str) or divergence not in TOKEN_DIVERGENCES:
+        raise ValueError(f"divergence must be one of {TOKEN_DIVERGENCES}, got {divergence!r}")
+    if not isinstance(tail, str) or tail not in TOKEN_TAILS:
+        raise ValueError(f"tail must be one of {TOKEN_TAILS}, got {tail!r}")
+    t = check_temperature(temperature)
+    beta = check_number("beta", beta)
+    skew = check_number("skew", skew)
+    if divergence == "jsd" and not 0 < beta < 1:
+        raise ValueError(f"jsd needs beta strictly between 0 and 1, got {beta!r}: at 0 and 1 it vanishes; its "
+                         "limits there (divided by beta, or by 1 - beta) are divergence='forward_kl' (beta -> 0) "
+                         "and divergence='reverse_kl' (beta -> 1)")
+    if divergence in ("skew_kl", "skew_reverse_kl") and not 0 <= skew < 1:
+        raise ValueError(f"{divergence} needs skew in [0, 1), got {skew!r} (at 1 the mixture is the first "
+                         "distribution itself and the divergence is 0)")
+    if tail == "bucket" and t != 1:
+        raise ValueError(f"tail='bucket' needs temperature 1, got {t:g}: a top-k teacher's remainder "
+                         "1 - sum_k p_k cannot be re-tempered without the rest of its distribution; use "
+                         "tail='renormalize' at other temperatures")
+    return divergence, t, beta, skew, tail
+
+
+def _check_token_rows(name: str, x: torch.Tensor) -> None:
+    """Rows ``[N, C]`` of (log-)scores: no NaN or +inf (-inf is allowed: an excluded entry), and no
+    row that is -inf everywhere (it holds no distribution)."""
+    if not (x < _INF).all():
+        raise ValueError(f"{name} contains nan or +inf (-inf is allowed: an excluded vocabulary entry)")
+    if x.numel() and (x.amax(dim=-1) == -_INF).any():
+        raise ValueError(f"{name} is -inf at every entry of some counted position: it holds no distribution")
+
+
+def _safe_logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over the last axis, -inf with a zero gradient (not NaN) for a row of -inf only."""
+    empty = ~(x > -_INF).any(dim=-1)
+    out = torch.logsumexp(torch.where(empty[..., None], 0.0, x), dim=-1)
+    return torch.where(empty, -_INF, out)
+
+
+def _safe_log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """``log_softmax`` over the last axis; a row of -inf only stays -inf (no mass), with zero gradient."""
+    lse = _safe_logsumexp(x)
+    empty = (lse == -_INF)[..., None]
+    return torch.where(empty, -_INF, torch.where(empty, 0.0, x) - torch.where(empty, 0.0, lse[..., None]))
+
+
+def _kl_rows(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """``KL(a || b) = sum_j a_j (log a_j - log b_j)`` per row, from log-probabilities. A term with
+    ``a_j = 0`` is 0 (``0 log 0 = 0``), and so is one with ``b_j = 0`` (``log b_j = -inf``: an entry
+    excluded from ``b``'s support) instead of making the sum +inf; both with zero gradient."""
+    ok = (log_a > -_INF) & (log_b > -_INF)
+    if bool(ok.all()):  # the usual case: no excluded entry, no masks needed (fewer vocabulary-sized buffers)
+        return (log_a.exp() * (log_a - log_b)).sum(dim=-1)
+    la, lb = torch.where(ok, log_a, 0.0), torch.where(ok, log_b, 0.0)
+    return torch.where(ok, la.exp() * (la - lb), 0.0).sum(dim=-1)
+
+
+def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, w: float) -> torch.Tensor:
+    """``log m = log(w * a + (1 - w) * b)`` for ``w`` in [0, 1), in log space: the same as
+    ``logaddexp(log a + log w, log b + log(1 - w))``, written as ``hi + log1p(c * expm1(lo - hi))``
+    (``hi``/``lo`` the larger/smaller of ``log a``, ``log b``, ``c`` the weight of the smaller), which
+    is stable (``lo - hi <= 0``) and exact where ``a = b`` (then ``log m = log a`` to the bit, so equal
+    distributions give exactly 0). -inf with a zero gradient where both are 0."""
+    if w == 0:
+        return log_b
+    a_hi = log_a >= log_b
+    hi, lo = torch.where(a_hi, log_a, log_b), torch.where(a_hi, log_b, log_a)
+    c = torch.full_like(log_a, w).masked_fill(a_hi, 1.0 - w)
+    both = hi == -_INF
+    d = torch.where(both, 0.0, lo - hi)
+    return torch.where(both, -_INF, hi + torch.log1p(c * torch.expm1(d)))
+
+
+def _divergence_rows(log_p: torch.Tensor, log_q: torch.Tensor, divergence: str, beta: float, skew: float
+                     ) -> torch.Tensor:
+    """The per-row divergence between the teacher's ``p`` and the student's ``q`` (log-probabilities)."""
+    if divergence == "forward_kl":
+        return _kl_rows(log_p, log_q)
+    if divergence == "reverse_kl":
+        return _kl_rows(log_q, log_p)
+    if divergence == "jsd":
+        log_m = _log_mixture(log_p, log_q, beta)
+        return beta * _kl_rows(log_p, log_m) + (1 - beta) * _kl_rows(log_q, log_m)
+    if divergence == "skew_kl":
+        return _kl_rows(log_p, _log_mixture(log_p, log_q, skew))
+    if divergence == "skew_reverse_kl":
+        return _kl_rows(log_q, _log_mixture(log_q, log_p, skew))
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)  # tvd
+
+
+def _log_remainder(x: torch.Tensor) -> torch.Tensor:
+    """``log(max(1 - exp(x), BUCKET_FLOOR))`` for ``x = log sum_k p_k``: the log-mass outside the k
+    ids, computed stably (``log(-expm1(x))`` near 0, ``log1p(-exp(x))`` below -log 2), with ``x``
+    clamped so that the remainder is at least :data:`BUCKET_FLOOR` (finite value and gradient)."""
+    x = x.clamp(max=math.log1p(-BUCKET_FLOOR))
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _zero_like_loss(student_logits: torch.Tensor) -> torch.Tensor:
+    """0.0 (float32) with a grad_fn reaching ``student_logits`` (a sum over none of its entries), so
+    ``backward`` works and gives zeros, whatever the logits hold (even -inf or NaN)."""
+    return student_logits.reshape(-1)[:0].float().sum()
+
+
+def _positions(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """``[..., C]`` -> ``[N, C]``: the rows of the positions ``keep`` (bool, flat) selects (all: None)."""
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if keep is None else rows[keep]
+
+
+def token_divergence(student_logits: torch.Tensor, teacher, mask: torch.Tensor | None = None, *,
+                     divergence: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
+                     skew: float = 0.1, tail: str = "renormalize") -> torch.Tensor:
+    """Token-level divergence between the teacher's and the student's next-token distributions,
+
+    ``L = (1/|M|) * sum_{s in M} D(p_s, q_s)``,  ``p_s = softmax(v_s / T)``,  ``q_s = softmax(z_s / T)``,
+
+    ``M`` the positions where ``mask`` (bool, ``student_logits.shape[:-1]``; None = all) is True.
+    ``D`` is ``divergence``, one of :data:`TOKEN_DIVERGENCES`:
+
+    * ``"forward_kl"``: ``KL(p || q) = sum_i p_i log(p_i / q_i)``; its gradient is
+      ``dL/dz_si = (q_si - p_si) / (T |M|)``;
+    * ``"reverse_kl"``: ``KL(q || p)``;
+    * ``"jsd"``: the generalized Jensen-Shannon divergence (Agarwal et al. 2024, GKD)
+      ``beta KL(p || m) + (1 - beta) KL(q || m)``, ``m = beta p + (1 - beta) q``, ``0 < beta < 1``
+      (0.5: the symmetric JSD; its limits at 0 and 1, divided by beta or 1 - beta, are forward and
+      reverse KL: pass those instead); ``log m`` is computed in log space, as
+      ``logaddexp(log p + log beta, log q + log(1 - beta))`` but in a form exact where ``p = q``;
+    * ``"skew_kl"``: ``KL(p || a p + (1 - a) q)``; ``"skew_reverse_kl"``: ``KL(q || a q + (1 - a) p)``,
+      ``a = skew`` in [0, 1) (DistiLLM, Ko et al. 2024; a = 0 is plain forward / reverse KL);
+    * ``"tvd"``: the total variation distance ``(1/2) sum_i |p_i - q_i|``.
+
+    ``teacher`` is dense logits ``v`` of the student's shape (the same vocabulary ``V``), or a
+    top-k pair ``(ids, logprobs)``, each ``[..., k]``: the teacher's ``k`` largest log-probabilities
+    at T = 1 and their vocabulary ids (int64/int32/int16, distinct, in ``0..V-1``). The student's
+    log-probabilities ``log_softmax(z/T)`` over its full vocabulary are then gathered at those ids,
+    and ``tail`` (one of :data:`TOKEN_TAILS`) says what becomes of the mass outside them:
+
+    * ``"renormalize"``: both sides become distributions on the k ids: the teacher's re-tempered
+      ``p_k ∝ p(k)**(1/T)`` (``softmax(logprobs / T)`` over the k), the student's gathered
+      probabilities renormalised over the same k (which equals ``softmax(z_ids / T)`` over the k, so
+      it is computed so). With ``k = V`` this is exactly the dense result.
+    * ``"bucket"`` (T = 1 only): one extra category on both sides holds the rest of the mass, the
+      teacher's ``1 - sum_k p_k`` and the student's ``1 - sum_k q_k`` at the gathered ids (no
+      renormalisation), each computed as ``log1p(-exp(logsumexp(.)))`` (``log(-expm1)`` near 0) and
+      floored at :data:`BUCKET_FLOOR` (2**-23, float32's resolution of a sum near one), so the value
+      and gradient stay finite; with ``k = V`` both remainders are the floor and the result equals
+      the dense one (up to float32 rounding).
+
+    Log space throughout: an entry whose logit is -inf (a masked or padded vocabulary entry) has
+    probability 0, and a KL term ``a_i log(a_i / b_i)`` with ``a_i = 0`` is 0; one with ``b_i = 0``
+    (``a`` puts mass on an entry ``b`` excludes) is dropped instead of making the value +inf (the
+    convention of DistiLLM's and MiniLLM's ``inf_mask``): the KL then runs over the entries both sides
+    allow. Neither case gives a NaN in the value or the gradient; JSD, TVD and skew KL with
+    ``skew > 0`` never meet the second. NaN or +inf logits at a counted position, and a counted
+    position whose logits are all -inf, are a ValueError. The result is a float32 scalar (inputs in
+    bf16/fp16 are cast up); the teacher is detached. An empty ``M`` gives 0.0 with a grad_fn reaching
+    ``student_logits`` (its gradient is zeros).
+    """
+    divergence, t, beta, skew, tail = check_token_settings(divergence, temperature, beta, skew, tail)
+    if not isinstance(student_logits, torch.Tensor) or not student_logits.is_floating_point():
+        raise ValueError("student_logits must be a floating-point torch.Tensor of shape (..., vocabulary), got "
+                         f"{getattr(student_logits, 'dtype', type(student_logits).__name__)}")
+    if student_logits.dim() < 1 or student_logits.shape[-1] == 0:
+        raise ValueError("student_logits must have a non-empty last (vocabulary) axis, got "
+                         f"{tuple(student_logits.shape)}")
+    lead, v_s = tuple(student_logits.shape[:-1]), student_logits.shape[-1]
+    keep = None
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != lead:
+            raise ValueError(f"mask must be a bool tensor of shape {lead} (student_logits without its vocabulary "
+                             f"axis), got {getattr(mask, 'dtype', type(mask).__name__)} "
+                             f"{tuple(getattr(mask, 'shape', ()))}")
+        keep = mask.to(student_logits.device).reshape(-1)
+
+    topk = isinstance(teacher, (tuple, list))
+    if topk:
+        if len(teacher) != 2:
+            raise ValueError(f"a top-k teacher is a pair (ids, logprobs), got {len(teacher)} items")
+        ids, logprobs = teacher
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in TOPK_ID_DTYPES:
+            raise ValueError(f"top-k teacher ids must be an integer tensor ({', '.join(map(str, TOPK_ID_DTYPES))}), "
+                             f"got {getattr(ids, 'dtype', type(ids).__name__)}")
+        if not isinstance(logprobs, torch.Tensor) or not logprobs.is_floating_point():
+            raise ValueError("top-k teacher logprobs must be a floating-point tensor, got "
+                             f"{getattr(logprobs, 'dtype', type(logprobs).__name__)}")
+        if ids.shape != logprobs.shape or ids.dim() != len(lead) + 1 or tuple(ids.shape[:-1]) != lead:
+            raise ValueError(f"top-k teacher ids {tuple(ids.shape)} and logprobs {tuple(logprobs.shape)} must both "
+                             f"have shape {lead + ('k',)} (the student's positions, then k)")
+        k = ids.shape[-1]
+        if not 1 <= k <= v_s:
+            raise ValueError(f"a top-k teacher needs 1 <= k <= V = {v_s} ids per position, got k = {k}")
+    else:
+        if not isinstance(teacher, torch.Tensor) or not teacher.is_floating_point():
+            raise ValueError("the teacher must be floating-point logits (a tensor) or a top-k pair (ids, logprobs), "
+                             f"got {getattr(teacher, 'dtype', type(teacher).__name__)}")
+        if tuple(teacher.shape[:-1]) != lead or teacher.dim() != student_logits.dim():
+            raise ValueError(f"teacher logits {tuple(teacher.shape)} and student logits "
+                             f"{tuple(student_logits.shape)} must share their positions")
+        if teacher.shape[-1] != v_s:
+            raise ValueError(f"vocabulary sizes differ: student {v_s}, teacher {teacher.shape[-1]} "
+                             "(TokenDistillation restricts both to the shared prefix)")
+
+    z = _positions(student_logits, keep)
+    if z.shape[0] == 0:
+        return _zero_like_loss(student_logits)
+    z = z.float()
+    _check_token_rows("student_logits", z)
+    if not topk:
+        v = _positions(teacher.detach().to(z.device), keep).float()
+        _check_token_rows("teacher logits", v)
+        log_q = F.log_softmax(z / t if t != 1 else z, dim=-1)
+        log_p = F.log_softmax(v / t if t != 1 else v, dim=-1)
+    else:
+        ids = _positions(ids.detach().to(z.device), keep).long()
+        lp = _positions(logprobs.detach().to(z.device), keep).float()
+        if ids.min() < 0 or ids.max() >= v_s:
+            raise ValueError(f"top-k teacher ids must lie in 0..{v_s - 1} (the student's vocabulary of {v_s}), "
+                             f"got ids {int(ids.min())}..{int(ids.max())}")
+        _check_token_rows("top-k teacher logprobs", lp)
+        z_k = z.gather(-1, ids)
+        if tail == "renormalize":
+            log_q = _safe_log_softmax(z_k / t if t != 1 else z_k)
+            log_p = _safe_log_softmax(lp / t if t != 1 else lp)
+        else:
+            x_p = _safe_logsumexp(lp)
+            if (x_p > math.log1p(TOPK_SUM_TOLERANCE)).any():
+                raise ValueError("the top-k teacher's probabilities sum above 1 at some position: logprobs must be "
+                                 "log-probabilities at T = 1 (log_softmax of the logits, then top-k)")
+            lq_k = z_k - torch.logsumexp(z, dim=-1, keepdim=True)
+            log_q = torch.cat([lq_k, _log_remainder(_safe_logsumexp(lq_k))[:, None]], dim=-1)
+            log_p = torch.cat([lp, _log_remainder(x_p)[:, None]], dim=-1)
+    return _divergence_rows(log_p, log_q, divergence, beta, skew).mean()
+
+
+def _valid_targets(labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``valid[b, t] = labels[b, t+1] != -100 (and mask[b, t+1])``, bool ``[B, L-1]``, after checks."""
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool \
+            or labels.is_complex():
+        raise ValueError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.dim() != 2:
+        raise ValueError(f"labels must have shape (batch, length), got {tuple(labels.shape)}")
+    valid = labels[:, 1:] != LM_IGNORE_INDEX
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or \
+                tuple(mask.shape) not in (tuple(labels.shape), tuple(labels.shape[:1])):
+            raise ValueError(f"mask must be a bool tensor of shape {tuple(labels.shape)} (tokens) or "
+                             f"{tuple(labels.shape[:1])} (sequences), got "
+                             f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+        mask = mask.to(labels.device)
+        valid = valid & (mask[:, 1:] if mask.dim() == 2 else mask[:, None])
+    return valid
+
+
+def next_token_pairs(student_logits: torch.Tensor, teacher_out, labels: torch.Tensor,
+                     mask: torch.Tensor | None = None):
+    """The causal-LM shift, in this one place: the logits at position ``t`` predict token ``t + 1``.
+
+    ``student_logits`` ``[B, L, V]``, ``labels`` ``[B, L]`` (the input ids, with
+    :data:`LM_IGNORE_INDEX` = -100 at positions that are not scored: padding, prompts), ``mask``
+    bool ``[B, L]`` (the tokens that count, e.g. an attention mask; ``[B]`` keeps whole sequences;
+    None = all). Returns ``(student_logits[:, :-1], teacher[:, :-1], targets, valid)`` with
+    ``targets = labels[:, 1:]`` and ``valid = (targets != -100) & mask[:, 1:]`` (bool ``[B, L-1]``):
+    logits ``[b, t]`` are scored against ``targets[b, t]`` where ``valid[b, t]``. ``teacher_out`` is
+    dense logits ``[B, L, V_t]`` (any vocabulary size), a top-k pair ``(ids, logprobs)`` (each
+    ``[B, L, k]``, each shifted) or None (returned as None).
+    """
+    if not isinstance(student_logits, torch.Tensor) or student_logits.dim() != 3:
+        raise ValueError("student_logits must be a tensor of shape (batch, length, vocabulary), got "
+                         f"{tuple(getattr(student_logits, 'shape', ())) or type(student_logits).__name__}")
+    valid = _valid_targets(labels, mask)
+    if tuple(labels.shape) != tuple(student_logits.shape[:2]):
+        raise ValueError(f"labels {tuple(labels.shape)} must have the student's (batch, length) "
+                         f"{tuple(student_logits.shape[:2])}")
+
+    def shift(x, what):
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or tuple(x.shape[:2]) != tuple(student_logits.shape[:2]):
+            raise ValueError(f"{what} must have shape {tuple(student_logits.shape[:2]) + ('*',)}, got "
+                             f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+        return x[:, :-1]
+
+    if teacher_out is None:
+        teacher = None
+    elif isinstance(teacher_out, (tuple, list)):
+        if len(teacher_out) != 2:
+            raise ValueError(f"a top-k teacher is a pair (ids, logprobs), got {len(teacher_out)} items")
+        teacher = (shift(teacher_out[0], "top-k teacher ids"), shift(teacher_out[1], "top-k teacher logprobs"))
+    else:
+        teacher = shift(teacher_out, "teacher logits")
+    return student_logits[:, :-1], teacher, labels[:, 1:], valid
+
+
+def valid_token_count(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The number of scored target positions after the shift (``valid.sum()`` of
+    :func:`next_token_pairs`), an int64 scalar tensor on the labels' device (no host sync): what the
+    training loop divides by to normalise gradient accumulation by tokens."""
+    return _valid_targets(labels, mask).sum()
+
+
+def token_cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor,
+                        valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy at T = 1 averaged over the valid positions:
+    ``(1/|M|) * sum_{s in M} -log softmax(z_s)[y_s]`` with ``z`` ``[..., V]``, ``targets`` ``y``
+    (integers, ``z.shape[:-1]``) and ``M`` where ``valid`` (bool, same shape; None = all) is True;
+    ``y`` must lie in ``0..V-1`` on ``M`` (elsewhere it is never read). Float32; an empty ``M``
+    gives 0.0 with a grad_fn reaching ``student_logits``."""
+    if not isinstance(student_logits, torch.Tensor) or not student_logits.is_floating_point() \
+            or student_logits.dim() < 2:
+        raise ValueError("student_logits must be a floating-point tensor of shape (..., vocabulary)")
+    lead = tuple(student_logits.shape[:-1])
+    if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool \
+            or targets.is_complex() or tuple(targets.shape) != lead:
+        raise ValueError(f"targets must be an integer tensor of shape {lead}, got "
+                         f"{getattr(targets, 'dtype', type(targets).__name__)} {tuple(getattr(targets, 'shape', ()))}")
+    if valid is not None and (not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool
+                              or tuple(valid.shape) != lead):
+        raise ValueError(f"valid must be a bool tensor of shape {lead}")
+    keep = None if valid is None else valid.to(student_logits.device).reshape(-1)
+    z = _positions(student_logits, keep)
+    if z.shape[0] == 0:
+        return _zero_like_loss(student_logits)
+    y = targets.to(student_logits.device).reshape(-1)
+    y = (y if keep is None else y[keep]).long()
+    v = student_logits.shape[-1]
+    if y.min() < 0 or y.max() >= v:
+        raise ValueError(f"targets at the valid positions must lie in 0..{v - 1}, got {int(y.min())}..{int(y.max())}")
+    return F.cross_entropy(z.float(), y)

@@ -25,6 +25,11 @@ from distill.losses.functional import (
     logit_matching_loss,
     pixelwise_distillation_loss,
     standardize_logits,
+    check_token_settings,
+    next_token_pairs,
+    token_cross_entropy,
+    token_divergence,
+    valid_token_count,
 )
 
 # ---------------------------------------------------------------- the protocol
@@ -415,3 +420,102 @@ class Standardized(Objective):
                 raise ValueError("labels are required when hard_weight > 0; pass hard_weight=0 for unlabeled data")
             loss = loss + self._hard_weight * hard_cross_entropy(z, y)
         return loss
+
+
+# ---------------------------------------------------------------- language models: token level
+
+
+def _shared_vocabulary(student_logits, teacher):
+    """Dense student and teacher logits restricted to their shared vocabulary prefix
+    ``min(V_s, V_t)`` (a model's vocabulary is often padded, e.g. 152,064 vs 151,936 rows; the
+    tokenizer must fit the prefix, which the run's plan checks). A top-k pair is returned as is
+    (its ids must lie in the student's vocabulary: :func:`token_divergence` checks)."""
+    if isinstance(teacher, (tuple, list)) or teacher is None:
+        return student_logits, teacher
+    v = min(student_logits.shape[-1], teacher.shape[-1])
+    return student_logits[..., :v], teacher[..., :v]
+
+
+@dataclass(frozen=True)
+class TokenDistillation(Objective):
+    """Token-level distillation of a causal LM over the next-token pairs of
+    :func:`next_token_pairs` (logits at ``t`` against token ``t + 1``; the valid positions ``M``
+    are those whose target is not -100 and that ``mask``, ``[B, L]`` or ``[B]``, keeps):
+
+    ``L = soft_weight * T**2 * token_divergence(z, v, M) + hard_weight * token_cross_entropy(z, y, M)``
+
+    ``divergence``, ``beta``, ``skew`` and ``tail`` as in :func:`token_divergence` (forward KL by
+    default; ``"jsd"`` with ``beta`` for GKD, ``"skew_kl"`` with ``skew`` for DistiLLM). The teacher
+    is dense logits ``[B, L, V_t]`` or a top-k pair ``(ids, logprobs)`` (each ``[B, L, k]``); dense
+    logits of another vocabulary size than the student's are both restricted to the shared prefix
+    ``min(V_s, V_t)`` for the divergence (the hard term keeps the student's full vocabulary); top-k
+    ids outside the student's vocabulary are a ValueError. The labels carry the targets and the
+    padding (-100), so they are always needed."""
+
+    KEY_NAME = "distill.losses.TokenDistillation"  # its name in run keys (distill.digest.key_name)
+
+    divergence: str = "forward_kl"
+    temperature: float = 1.0
+    beta: float = 0.5
+    skew: float = 0.1
+    hard_weight: float = 0.0
+    soft_weight: float = 1.0
+    tail: str = "renormalize"
+
+    needs_teacher = True
+    needs_labels = True
+
+    def __post_init__(self):
+        _check_soft_and_hard(self)
+        _, _, beta, skew, _ = check_token_settings(self.divergence, self.temperature, self.beta, self.skew,
+                                                   self.tail)
+        object.__setattr__(self, "beta", beta)
+        object.__setattr__(self, "skew", skew)
+
+    def count_tokens(self, labels, mask=None):
+        """:func:`valid_token_count`: the scored target positions of a batch (an int64 tensor)."""
+        return valid_token_count(labels, mask)
+
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        if labels is None:
+            raise ValueError("TokenDistillation needs the labels (the next-token targets, -100 at padding); "
+                             "this batch has none")
+        z, v, y, valid = next_token_pairs(student_out, teacher_out, labels, mask)
+        loss = None
+        if self.soft_weight > 0:
+            if v is None:
+                raise ValueError("TokenDistillation needs the teacher's logits or its top-k pair (ids, logprobs); "
+                                 "this batch has none")
+            zs, v = _shared_vocabulary(z, v)
+            t = self.temperature
+            loss = self.soft_weight * (t * t) * token_divergence(
+                zs, v, valid, divergence=self.divergence, temperature=t, beta=self.beta, skew=self.skew,
+                tail=self.tail)
+        if self.hard_weight > 0:
+            hard = self.hard_weight * token_cross_entropy(z, y, valid)
+            loss = hard if loss is None else loss + hard
+        return loss
+
+
+@dataclass(frozen=True)
+class NextTokenLoss(Objective):
+    """The hard-label language-model objective: :func:`token_cross_entropy` of the logits at ``t``
+    against token ``t + 1`` (:func:`next_token_pairs`), averaged over the valid target positions
+    (not -100, kept by ``mask``). The teacher's objective, or a student's without one."""
+
+    KEY_NAME = "distill.losses.NextTokenLoss"  # its name in run keys (distill.digest.key_name)
+
+    needs_teacher = False
+    needs_labels = True
+    temperature = None
+
+    def count_tokens(self, labels, mask=None):
+        """:func:`valid_token_count`: the scored target positions of a batch (an int64 tensor)."""
+        return valid_token_count(labels, mask)
+
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        if labels is None:
+            raise ValueError("NextTokenLoss needs the labels (the next-token targets, -100 at padding); "
+                             "this batch has none")
+        z, _, y, valid = next_token_pairs(student_out, None, labels, mask)
+        return token_cross_entropy(z, y, valid)

@@ -29,8 +29,10 @@ from distill.errors import DistillError
 from distill.checks import check_temperature as _check_temperature
 from distill.checkpoints import load_checkpoint
 from distill.metrics import predict_logits
+from distill.modelio import logits_of, model_forward
 from distill.teachers import store as soft_targets
 from distill.teachers.store import SoftTargetStore, unfinished_build
+from distill.teachers.token_store import TokenStore, get_token_store
 
 COMBINES = ("arithmetic", "geometric")
 
@@ -176,10 +178,11 @@ class Teacher:
     """
 
     def __init__(self, teacher, *, kind: str | None = None, temperature: float = 1.0, combine: str = "arithmetic",
-                 id: str | None = None, store=None, trust_factory: bool = False):
+                 id: str | None = None, store=None, trust_factory: bool = False, top_k: int = 32):
 
         self.temperature = _check_temperature(temperature)
         self.store_root = Path(store) if store is not None else None
+        self.top_k = top_k  # a language model's store keeps its k most likely next tokens per position
         self.module, self.table, self._id = None, None, id
         if isinstance(teacher, Teacher):
             self.__dict__.update(teacher.__dict__)
@@ -269,7 +272,7 @@ class Teacher:
         if isinstance(self.module, Ensemble):
             return self.module.logits(x, self.temperature)
         self.module.eval()
-        return self.module(x)
+        return logits_of(model_forward(self.module, x))
 
     def prepare(self, source, augmented: bool, device=None, progress: bool = True, log=print) -> None:
         """Before training: compute the outputs over ``source`` once when they can be reused every
@@ -288,7 +291,13 @@ class Teacher:
                 raise ValueError(f"the teacher's stored outputs have {len(self.table)} rows for "
                                  f"{source.n} training examples")
             return
-        if augmented or not source.indexable:
+        if getattr(source, "task", None) == "lm" and self.store_root is not None and not augmented:
+            # a language model's logits over every position and the whole vocabulary are too large
+            # to keep: its stored form is the top-k token store (T = 1 log-probabilities)
+            self.table = get_token_store(self.store_root, self.at(1.0), source, k=self.top_k, device=device,
+                                         progress=progress, log=log)
+            return
+        if augmented or not source.indexable or getattr(source, "task", None) == "lm":
             return  # runs on every batch
         if self.store_root is not None:
             self.table = soft_targets.get_store(self.store_root, self, source, progress=progress, log=log)
@@ -299,6 +308,9 @@ class Teacher:
     def targets(self, x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         """Effective logits at T for one batch: stored rows ``idx`` when the outputs were computed
         once (inputs not augmented), else a forward pass on ``x`` (the batch the student sees)."""
+        if isinstance(self.table, TokenStore) and idx is not None:  # the (ids, logprobs) top-k pair
+            ids, logprobs = self.table.lookup(idx)
+            return ids.to(x_device(x)), logprobs.to(x_device(x))
         if self.table is not None and idx is not None:
             rows = self.table[idx]
             bad = ~torch.isfinite(rows).flatten(1).all(1)
@@ -320,6 +332,11 @@ class Teacher:
         if self.module is not None:
             self.module.to(device)
         return self
+
+
+def x_device(x) -> torch.device:
+    """Where a batch's inputs (a tensor or a dict of tensors) live."""
+    return next(iter(x.values())).device if isinstance(x, dict) else x.device
 
 
 def as_teacher(teacher, temperature: float = 1.0) -> Teacher | None:

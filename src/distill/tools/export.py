@@ -19,6 +19,17 @@ The export carries the checkpoint's description (input shape, classes, the weigh
 ONNX metadata properties / a TorchScript extra file ``distill.json``, so
 :func:`export_metadata` tells which checkpoint a file was made from.
 
+A language model (sidecar ``task == "lm"``: :class:`distill.models.GPT`, a Hugging Face causal LM,
+or any ``forward(input_ids, attention_mask)`` returning logits) goes through :func:`export_lm`:
+inputs ``input_ids`` and ``attention_mask`` (int64) with dynamic ``batch`` and ``seq`` axes (``seq``
+up to its block size), output ``logits`` ``(batch, seq, vocab)``, exported by
+``torch.onnx.export(..., dynamo=True, dynamic_shapes=...)`` (TorchScript: ``torch.jit.trace``). It is
+checked on token sequences of several lengths (the whole context, 1, half, ...: :func:`lm_check_lengths`),
+right-padded in batches and each alone, compared at the real tokens with the same tolerance: windows
+of its recorded training text tokenized by the ``tokenizer.json`` beside it when both are at hand
+(:func:`text_sequences`), else random token ids. Its metadata adds ``task``, ``vocab_size``,
+``block_size`` and the tokenizer's digest.
+
 ONNX needs the optional dependencies ``onnx``, ``onnxscript`` and ``onnxruntime``:
 ``pip install 'distill[export]'``.
 """
@@ -44,6 +55,8 @@ from distill.atomic import fault_point
 from distill.errors import DistillError
 from distill.checkpoints import load_checkpoint, stem_of
 from distill.data.files import load_files
+from distill.data.text import TextTokenizer, decode_text
+from distill.modelio import logits_of
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -314,12 +327,8 @@ def export_model(model: nn.Module, input_shape, out, format: str = "onnx", *, me
         raise DistillError(f"{name} returns {type(refs[0]).__name__}, not one tensor; export a module whose forward "
                            "returns the logits as one tensor")
     probe = x[:2] if len(x) >= 2 else torch.cat([x, x])  # the example exported or traced: a batch of 2
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep_scratch(out.parent, log=log)
-    scratch = _scratch(out.parent)
-    tmp = scratch / out.name
     t0 = time.perf_counter()
-    try:
+    with _scratch_file(out, log) as tmp:
         if format == "onnx":
             method, runtime, run = _onnx(model, probe, tmp, meta, opset)
         else:
@@ -337,13 +346,29 @@ def export_model(model: nn.Module, input_shape, out, format: str = "onnx", *, me
                    "--format onnx") if method == "torch.jit.trace" else ""
             raise DistillError(f"the {format} export differs from PyTorch by up to {diff:.3g} on {len(x):,} inputs "
                                f"(limit {tolerance:g}); {out} was not written{why}")
-        fault_point(f"export written {tmp}")
-        os.replace(tmp, out)
-        fault_point(f"export renamed {out}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _publish(tmp, out)
     return ExportResult(out, format, diff, len(x), tolerance, out.stat().st_size, time.perf_counter() - t0, method,
                         runtime, described)
+
+
+@contextlib.contextmanager
+def _scratch_file(out: Path, log):
+    """The path to write ``out``'s export to: in a fresh scratch folder beside ``out`` (the ones
+    interrupted exports left there swept first), removed when the block ends, however it ends."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_scratch(out.parent, log=log)
+    scratch = _scratch(out.parent)
+    try:
+        yield scratch / out.name
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """The checked export ``tmp`` renamed to ``out`` (atomic: ``out`` is the old file or the new)."""
+    fault_point(f"export written {tmp}")
+    os.replace(tmp, out)
+    fault_point(f"export renamed {out}")
 
 
 def _onnx(model, probe, tmp: Path, meta: str, opset):
@@ -411,6 +436,294 @@ def _torchscript(model, probe, tmp: Path, meta: str, log):
     return method, "torch.jit", run
 
 
+# ---------------------------------------------------------------- language models
+
+#: the lengths of a language model's check sequences, as functions of its block size ``L``, in the
+#: order ``n_check`` takes them: the whole context, one token, half, then the rest (duplicates dropped)
+LM_CHECK_LENGTHS = (lambda L: L, lambda L: 1, lambda L: L // 2, lambda L: 5, lambda L: 2, lambda L: L - 1,
+                    lambda L: L // 4, lambda L: 3 * L // 4)
+LM_INPUTS = ("input_ids", "attention_mask")
+#: the most text read from a language model's recorded training data for its check sequences
+LM_TEXT_BYTES = 1 << 20
+#: the longest check sequence (a Hugging Face config's context can be 100,000s of positions)
+LM_CHECK_LONGEST = 2048
+
+
+def lm_check_lengths(block_size: int, n: int = len(LM_CHECK_LENGTHS)) -> list[int]:
+    """The lengths of the first ``n`` check sequences of a language model of ``block_size``
+    positions (:data:`LM_CHECK_LENGTHS` of ``min(block_size, LM_CHECK_LONGEST)``, clipped to at
+    least 1, each once)."""
+    top = min(int(block_size), LM_CHECK_LONGEST)
+    lengths: list[int] = []
+    for f in LM_CHECK_LENGTHS:
+        k = min(max(1, int(f(top))), top)
+        if k not in lengths:
+            lengths.append(k)
+    return lengths[:max(1, n)]
+
+
+def _lengths_text(seqs) -> str:
+    return ", ".join(str(len(s)) for s in seqs)
+
+
+def random_sequences(lengths, vocab_size: int, seed: int = 1) -> list[torch.Tensor]:
+    """Seeded random token-id sequences (int64, uniform over ``[0, vocab_size)``) of ``lengths``."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, int(vocab_size), (int(k),), generator=g) for k in lengths]
+
+
+def lm_block_size(model, side: dict) -> int | None:
+    """The longest input a language model takes: its ``block_size`` (:class:`distill.models.GPT`),
+    else a Hugging Face config's ``n_positions`` / ``max_position_embeddings``, else the sidecar's
+    (the length of the blocks it was trained on)."""
+    config = getattr(model, "config", None)
+    for v in (getattr(model, "block_size", None), getattr(config, "n_positions", None),
+              getattr(config, "max_position_embeddings", None), side.get("block_size")):
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def recorded_text(side: dict) -> Path | None:
+    """The text file or folder a language model was trained on (the sidecar's ``dataset``, as
+    ``distill teacher --task lm --data PATH`` records it), when it names one that is there."""
+    name = side.get("dataset")
+    if not isinstance(name, str) or not name or name == "gutenberg":  # the shipped corpus is not read here
+        return None
+    path = Path(name)
+    return path if path.exists() else None
+
+
+def text_sequences(checkpoint, side: dict, lengths) -> tuple[list[torch.Tensor] | None, str]:
+    """``(sequences, what they are)``: token windows of ``lengths`` from the start of the training
+    text the sidecar records, tokenized by the ``tokenizer.json`` beside the checkpoint; or
+    ``(None, why not)``. At most :data:`LM_TEXT_BYTES` of the text (its first ``*.txt`` file for a
+    folder) is read; the shipped corpus (``gutenberg``) is not loaded here (that may download it)."""
+    name = side.get("dataset")
+    if not isinstance(name, str) or not name:
+        return None, "the checkpoint records no training text"
+    if name == "gutenberg":
+        return None, "its training text is the shipped corpus (gutenberg), which export does not load"
+    path = Path(name)
+    if not path.exists():
+        return None, f"its training text {path} is not there"
+    tok_file = stem_of(checkpoint).parent / "tokenizer.json"
+    if not tok_file.is_file():
+        return None, f"no tokenizer.json beside {stem_of(checkpoint)}"
+    try:
+        tok = TextTokenizer.load(tok_file)
+        if side.get("tokenizer") not in (None, tok.digest):
+            return None, f"{tok_file} is not the tokenizer {stem_of(checkpoint)} was trained with"
+        file = path if path.is_file() else min((f for f in path.rglob("*.txt") if f.is_file()),
+                                               key=lambda f: f.relative_to(path).as_posix(), default=None)
+        if file is None:
+            return None, f"its training text {path} holds no *.txt file"
+        with open(file, "rb") as f:
+            ids = tok.encode(decode_text(f.read(LM_TEXT_BYTES), file.name).text)
+    except Exception as e:  # noqa: BLE001 - unreadable text or tokenizer only means checking on random tokens
+        return None, f"its training text {path} cannot be read ({_first_line(e)})"
+    longest = max(lengths)
+    if len(ids) < longest:
+        return None, f"{file} holds {len(ids)} tokens, fewer than the {longest} of the longest check sequence"
+    t = torch.tensor(ids, dtype=torch.long)
+    span = len(ids) - longest + 1
+    seqs = [t[(i * 7919) % span:][:k] for i, k in enumerate(lengths)]  # spread over the text read
+    return seqs, (f"{len(seqs)} token windows of lengths {_lengths_text(seqs)} from {file}, tokenized by "
+                  f"{tok_file}")
+
+
+def lm_batches(seqs, pad_id: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(input_ids, attention_mask)`` batches of the check sequences: all of them right-padded to
+    the longest, all cut to half that and right-padded (another length), and each alone."""
+    def batch(rows, width):
+        ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)], mask[i, :len(r)] = r, 1
+        return ids, mask
+
+    longest = max(len(s) for s in seqs)
+    out = [batch(seqs, longest)]
+    if len(seqs) > 1 and longest > 1:
+        out.append(batch([s[:max(1, longest // 2)] for s in seqs], max(1, longest // 2)))
+    return out + [batch([s], len(s)) for s in seqs]
+
+
+def is_hf(model) -> bool:
+    """A Hugging Face ``transformers`` model (called with keywords; its output carries ``.logits``)."""
+    return hasattr(model, "config") and hasattr(model, "generate")
+
+
+class LMLogits(nn.Module):
+    """``forward(input_ids, attention_mask)`` -> the logits tensor of a language model whose output
+    is not one (a Hugging Face model, called without its key/value cache, or one returning
+    ``.logits`` / ``{"logits"}``)."""
+
+    def __init__(self, model: nn.Module, hf: bool):
+        super().__init__()
+        self.model, self.hf = model, hf
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.hf:
+            return logits_of(self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False))
+        return logits_of(self.model(input_ids, attention_mask))
+
+
+def export_lm(model: nn.Module, out, format: str = "onnx", *, block_size: int, vocab_size: int | None = None,
+              metadata: dict | None = None, n_check: int = CHECK_INPUTS, tolerance: float = TOLERANCE,
+              opset: int | None = None, log=print, sequences=None, sequences_from: str | None = None,
+              pad_id: int = 0) -> ExportResult:
+    """Export a language model (``forward(input_ids, attention_mask)`` -> logits ``(B, L, V)``) to
+    ``out``, with inputs ``input_ids`` and ``attention_mask`` (int64, dynamic ``batch`` and ``seq``
+    axes, ``seq`` up to ``block_size``) and output ``logits`` ``(batch, seq, vocab)``, and check it
+    like :func:`export_model`: on the first ``n_check`` of ``sequences`` (1-D token ids, described
+    by ``sequences_from``), else on random token ids in ``[0, vocab_size)`` of the lengths
+    :func:`lm_check_lengths` gives, batched by :func:`lm_batches` (right padding with ``pad_id``);
+    the logits are compared at the real (unpadded) positions. ONNX goes through the dynamo exporter
+    (``torch.onnx.export(..., dynamo=True, dynamic_shapes=...)``); TorchScript traces ``forward``
+    on a padded batch, and a trace that does not hold at other lengths is refused (use ONNX)."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if n_check < 1:
+        raise ValueError(f"n_check must be >= 1, got {n_check}")
+    out = Path(out)
+    if out.is_dir():
+        raise DistillError(f"--out {out} is a folder; give the file to write (e.g. "
+                           f"{out / ('model' + SUFFIXES[format])})")
+    L = int(block_size)
+    model = model.cpu().eval()
+    name = type(model).__name__
+    hf = is_hf(model)
+    net = LMLogits(model, hf=True) if hf else model
+    if vocab_size is None:
+        vocab_size = getattr(model, "vocab_size", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    if sequences is not None and len(sequences):
+        seqs = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in sequences][:n_check]
+        if any(len(s) < 1 or len(s) > L for s in seqs):
+            raise ValueError(f"check sequences must hold 1 to block_size ({L}) tokens, got lengths "
+                             f"{_lengths_text(seqs)}")
+        described = sequences_from or f"{len(seqs)} given token sequences of lengths {_lengths_text(seqs)}"
+    else:
+        if not vocab_size:
+            raise DistillError(f"{name}'s vocabulary size is not known (the checkpoint records no vocab_size)")
+        seqs = random_sequences(lm_check_lengths(L, n_check), vocab_size)
+        described = (f"{len(seqs)} sequences of random token ids in [0, {vocab_size}) of lengths "
+                     f"{_lengths_text(seqs)}")
+    described += " (right-padded in batches and each alone; compared at the real tokens)"
+    batches = lm_batches(seqs, pad_id)
+    try:
+        with torch.no_grad():
+            refs = [net(ids, mask) for ids, mask in batches]
+            if not hf and not isinstance(refs[0], torch.Tensor):
+                net = LMLogits(model, hf=False)
+                refs = [logits_of(r) for r in refs]
+    except Exception as e:  # noqa: BLE001 - a model that cannot take these inputs raises anything
+        raise DistillError(f"{name} cannot run on token ids (batch, length) with an attention mask "
+                           f"({_first_line(e)}); export takes language models whose forward(input_ids, "
+                           "attention_mask) returns logits") from None
+    ref0 = refs[0]
+    if not isinstance(ref0, torch.Tensor) or ref0.dim() != 3 or tuple(ref0.shape[:2]) != tuple(batches[0][0].shape):
+        what = tuple(ref0.shape) if isinstance(ref0, torch.Tensor) else type(ref0).__name__
+        raise DistillError(f"{name} returns {what} for input_ids of shape {tuple(batches[0][0].shape)}, not logits "
+                           "(batch, length, vocab)")
+    vocab = int(ref0.shape[-1])
+    meta = json.dumps(dict(metadata or {}, task="lm", vocab_size=vocab, block_size=L,
+                           inputs={k: ["batch", "seq"] for k in LM_INPUTS},
+                           outputs={"logits": ["batch", "seq", vocab]}), sort_keys=True, default=str)
+    # the example exported or traced: two rows of half the context (at least 2 tokens, so that
+    # neither axis is specialised to 1), the second right-padded
+    width = min(L, max(2, L // 2))
+    g = torch.Generator().manual_seed(0)
+    example = (torch.randint(0, vocab, (2, width), generator=g), torch.ones(2, width, dtype=torch.long))
+    example[1][1, max(1, width // 2):] = 0
+    t0 = time.perf_counter()
+    with _scratch_file(out, log) as tmp:
+        if format == "onnx":
+            method, runtime, run = _onnx_lm(net, name, example, tmp, meta, opset, L, out)
+        else:
+            method, runtime, run = _torchscript_lm(net, name, example, tmp, meta)
+        diff = 0.0
+        for (ids, mask), ref in zip(batches, refs):
+            got = run(ids, mask, out)
+            if tuple(got.shape) != tuple(ref.shape):
+                raise DistillError(f"the {format} export returns logits of shape {tuple(got.shape)} for input_ids of "
+                                   f"shape {tuple(ids.shape)}, PyTorch {tuple(ref.shape)}; {out} was not written")
+            real = mask.bool()
+            diff = max(diff, float((got[real] - ref[real]).abs().max()))
+        if not diff <= tolerance:
+            why = ("; it was traced, which fixes forward to the example's path: ONNX is the format for language "
+                   "models (--format onnx)") if format == "torchscript" else ""
+            raise DistillError(f"the {format} export differs from PyTorch by up to {diff:.3g} on {len(seqs)} token "
+                               f"sequences (limit {tolerance:g}); {out} was not written{why}")
+        _publish(tmp, out)
+    return ExportResult(out, format, diff, len(seqs), tolerance, out.stat().st_size, time.perf_counter() - t0, method,
+                        runtime, described)
+
+
+def _onnx_lm(net, name: str, example, tmp: Path, meta: str, opset, block_size: int, out: Path):
+    onnx, ort = require_onnx()
+    kw = dict(input_names=list(LM_INPUTS), output_names=["logits"], external_data=False, verbose=False)
+    if opset is not None:
+        kw["opset_version"] = int(opset)
+    batch = torch.export.Dim("batch", min=1)
+    axes = {0: batch}
+    if block_size >= 2:
+        axes[1] = torch.export.Dim("seq", min=1, max=block_size)
+    try:
+        with _quiet():
+            torch.onnx.export(net, example, str(tmp), dynamo=True, dynamic_shapes=(axes, axes), **kw)
+    except Exception as e:  # the exporter's errors are many kinds; name the first line
+        raise DistillError(f"torch.onnx.export failed for {name} ({_first_line(e)})") from None
+    proto = onnx.load(str(tmp))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta
+    onnx.save(proto, str(tmp))
+    sess = onnx_session(tmp, threads=1)
+    names = [i.name for i in sess.get_inputs()]
+    if sorted(names) != sorted(LM_INPUTS):
+        raise DistillError(f"the ONNX export of {name} takes inputs {names}, not {list(LM_INPUTS)}; {out} was not "
+                           "written")
+    for i in sess.get_inputs():
+        fixed = [(axis, n) for axis, n in zip(("batch", "length"), i.shape) if isinstance(n, int)]
+        if fixed and (block_size >= 2 or fixed[0][0] == "batch"):
+            axis, n = fixed[0]
+            raise DistillError(f"the ONNX export of {name} fixed the {axis} of {i.name} to {n}, as torch.export does "
+                               "when forward turns the input's shape into a Python number (int(), .item()); keep "
+                               f"shapes as tensors' sizes (x.shape[1], x.size(1)); {out} was not written")
+
+    def run(ids, mask, out):
+        try:
+            return torch.from_numpy(sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise DistillError(f"ONNX Runtime cannot run the export of {name} on {len(ids)} sequence(s) of length "
+                               f"{ids.shape[1]} ({_first_line(e)}); {out} was not written") from None
+
+    return "torch.onnx.export", f"onnxruntime {ort.__version__}", run
+
+
+def _torchscript_lm(net, name: str, example, tmp: Path, meta: str):
+    try:
+        with _quiet(), torch.no_grad():
+            traced = torch.jit.trace(net, example, check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={"distill.json": meta})
+            loaded = torch.jit.load(str(tmp), map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - the tracer raises anything
+        raise DistillError(f"{name} cannot be traced to TorchScript ({_first_line(e)}); ONNX is the format for "
+                           "language models: --format onnx") from None
+    loaded.eval()
+
+    def run(ids, mask, out):
+        try:
+            with torch.no_grad():
+                return loaded(ids, mask)
+        except Exception as e:  # noqa: BLE001 - a TorchScript module raises anything
+            raise DistillError(f"the traced TorchScript module of {name} fails on {len(ids)} sequence(s) of length "
+                               f"{ids.shape[1]} ({_first_line(e)}); ONNX is the format for language models: "
+                               f"--format onnx; {out} was not written") from None
+
+    return "torch.jit.trace", "torch.jit", run
+
+
 def onnx_session(path, threads: int = 1):
     """An ONNX Runtime CPU session on ``threads`` threads (intra-op; inter-op 1, sequential)."""
     _, ort = require_onnx()
@@ -467,7 +780,9 @@ def export_checkpoint(path, out=None, format: str = "onnx", *, input_shape=None,
     (default: beside it, see :func:`default_out`), checked on a sample of the training data its
     sidecar records (:func:`training_inputs`), else on random inputs. The input shape is
     ``input_shape`` when given, else the one recorded in its sidecar. ``out`` naming one of the
-    checkpoint's files or its training data is refused before anything is written."""
+    checkpoint's files or its training data is refused before anything is written. A language model
+    (sidecar ``task == "lm"``) is exported by :func:`export_lm` (module docstring); ``input_shape``
+    is then an error."""
 
     stem = stem_of(path)
     out = Path(out) if out is not None else default_out(path, format)
@@ -477,6 +792,9 @@ def export_checkpoint(path, out=None, format: str = "onnx", *, input_shape=None,
         require_onnx()  # before loading anything
     model, side = load_checkpoint(path, trust_factory=trust_factory)
     check_not_an_input(out, {"the checkpoint's training data": recorded_data(side)})
+    if side.get("task") == "lm":
+        return _export_lm_checkpoint(path, out, format, model, side, input_shape=input_shape, n_check=n_check,
+                                     tolerance=tolerance, log=log)
     shape = input_shape if input_shape is not None else side.get("input_shape")
     if not shape:
         raise DistillError(f"{path} records no input shape (it was not trained by distill.fit); give it with "
@@ -486,3 +804,33 @@ def export_checkpoint(path, out=None, format: str = "onnx", *, input_shape=None,
         log(f"[export] checking on random inputs: {what}")
     return export_model(model, shape, out, format, metadata=checkpoint_metadata(path, side), n_check=n_check,
                         tolerance=tolerance, log=log, inputs=x, inputs_from=what if x is not None else None)
+
+
+def _export_lm_checkpoint(path, out: Path, format: str, model, side: dict, *, input_shape, n_check: int,
+                          tolerance: float, log) -> ExportResult:
+    """:func:`export_lm` of a language-model checkpoint (sidecar ``task == "lm"``), checked on token
+    windows of its recorded training text when that and its ``tokenizer.json`` are at hand
+    (:func:`text_sequences`), else on random token ids; the metadata adds the tokenizer's digest."""
+    stem = stem_of(path)
+    block = lm_block_size(model, side)
+    if input_shape is not None:
+        raise DistillError(f"--input-shape is for classifiers: {stem} is a language model, which takes token ids "
+                           f"(batch, length up to {block or 'its block size'}) and an attention mask")
+    if not block:
+        raise DistillError(f"{stem} is a language model but neither it nor its sidecar records a block size")
+    check_not_an_input(out, {"the checkpoint's tokenizer": stem.parent / "tokenizer.json",
+                             "the checkpoint's training text": recorded_text(side)})
+    lengths = lm_check_lengths(block, n_check)
+    seqs, what = text_sequences(path, side, lengths)
+    if seqs is None and side.get("dataset"):  # recorded text that cannot be used: say why
+        log(f"[export] checking on random token ids: {what}")
+    meta = dict(checkpoint=str(stem), weights_sha256=side.get("weights_sha256"), factory=side.get("factory"),
+                tokenizer=side.get("tokenizer"))
+    if side.get("block_size") not in (None, block):
+        meta["trained_block_size"] = side.get("block_size")
+    vocab = side.get("vocab_size")
+    vocab = vocab if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0 else None
+    return export_lm(model, out, format, block_size=block, vocab_size=vocab, metadata=meta,
+                     n_check=n_check, tolerance=tolerance, log=log, sequences=seqs,
+                     sequences_from=what if seqs is not None else None)
+

@@ -71,6 +71,24 @@ def plot_lines(series: dict, xlabel: str, ylabel: str, title: str, out, logx: bo
     return save_figure(fig, out)
 
 
+def plot_bars(values: dict, ylabel: str, title: str, out) -> Path:
+    """One bar per key of ``values`` ({label: number}), the value written above it; the y axis
+    starts near the smallest value so that small differences show."""
+    fig, ax = pyplot().subplots(figsize=(max(5, 1.1 * len(values) + 1), 4))
+    names, ys = list(values), [float(v) for v in values.values()]
+    ax.bar(range(len(names)), ys, color="#4c72b0")
+    for i, y in enumerate(ys):
+        ax.text(i, y, f"{y:.3f}", ha="center", va="bottom", fontsize=8)
+    lo, hi = min(ys), max(ys)
+    ax.set_ylim(max(0.0, lo - 0.25 * (hi - lo + 1e-9) - 0.05), hi + 0.1 * (hi - lo + 1e-9) + 0.05)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
 # ---------------------------------------------------------------- dense prediction
 
 def segmentation_colors(num_classes: int = 11, background: int | None = 0):

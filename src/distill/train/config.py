@@ -12,17 +12,25 @@ from torch import nn
 from distill.checks import check_number, check_temperature
 from distill.data.augment import Augment
 from distill.losses.functional import DEFAULT_HARD_WEIGHT, DEFAULT_SOFT_WEIGHT
-from distill.losses.objectives import Distillation, HardLabels, needs, objective_spec
+from distill.losses.objectives import Distillation, HardLabels, NextTokenLoss, TokenDistillation, needs, \
+    objective_spec
 
 SCHEDULES = ("constant", "cosine", "exponential")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SELECT = ("last", "best")
 #: ``TrainConfig.precision``: float32 throughout, or bfloat16 autocast for the forward passes
 PRECISIONS = ("fp32", "bf16")
+#: ``TrainConfig.parallel``: how torchrun's processes share the student (one process ignores it)
+PARALLEL = ("ddp", "fsdp")
 #: default learning rates (SGD): hard labels, and distillation, where the soft term is scaled by
 #: T**2 and SGD at 0.1 is at the edge of stability (it killed the 800-800 MNIST student at T = 20)
 DEFAULT_LR = 0.1
 DEFAULT_DISTILL_LR = 0.03
+#: the default learning rate of Adam and AdamW (SGD's 0.1 makes them diverge)
+DEFAULT_ADAM_LR = 1e-3
+#: fields added after run keys existed: left out of :meth:`TrainConfig.to_dict` at these defaults, so
+#: that the runs keyed before them keep their keys
+LATER_FIELDS = dict(accumulate=1, warmup_steps=0, lr_per_step=False, parallel="ddp")
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,17 @@ class TrainConfig:
     that has sat at a constant prediction's cost from the start is only a warning (:func:`distill.train.divergence.stuck`).
     ``None`` turns the guard off (no stop, no warning); non-finite model outputs still stop the run,
     as no step can follow them. It is not part of the run key.
+    ``accumulate``: split every batch of ``batch_size`` into that many micro-batches, one backward
+    each and one optimiser step per batch (for memory); the step's loss is the sum over all its
+    counted positions (every micro-batch, every process) divided by their number, so the weights
+    equal those of the whole batch at once.
+    ``lr_per_step``: evaluate the schedule at every step (at the fractional epoch) rather than once
+    per epoch, as language-model recipes do; ``warmup_steps``: a linear warm-up of the learning rate
+    from 0 over the first steps of the run.
+    ``parallel``: under ``torchrun``, ``"ddp"`` (every process holds the whole student,
+    ``DistributedDataParallel``) or ``"fsdp"`` (FSDP2, ``fully_shard``: every transformer block's and
+    then the rest's parameters, gradients and optimiser state are split over the processes); one
+    process trains the same way with either (see docs/scale.md).
     """
 
     epochs: int = 10
@@ -68,9 +87,13 @@ class TrainConfig:
     precision: str = "fp32"
     augment: object = None
     divergence: str | None = "stop"
+    accumulate: int = 1
+    warmup_steps: int = 0
+    lr_per_step: bool = False
+    parallel: str = "ddp"
 
     def __post_init__(self):
-        ints = dict(epochs=1, batch_size=1, jitter=0, seed=0)
+        ints = dict(epochs=1, batch_size=1, jitter=0, seed=0, accumulate=1, warmup_steps=0)
         for name, lo in ints.items():
             object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=lo, integer=True))
         if self.lr is not None:
@@ -82,9 +105,15 @@ class TrainConfig:
         object.__setattr__(self, "lr_decay", check_number("lr_decay", self.lr_decay, positive=True))
         object.__setattr__(self, "temperature", check_temperature(self.temperature))
         for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
-                                     ("select", self.select, SELECT), ("precision", self.precision, PRECISIONS)):
+                                     ("select", self.select, SELECT), ("precision", self.precision, PRECISIONS),
+                                     ("parallel", self.parallel, PARALLEL)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.accumulate > self.batch_size:
+            raise ValueError(f"accumulate ({self.accumulate}) splits a batch of {self.batch_size} into micro-batches; "
+                             "it cannot be larger than batch_size")
+        if not isinstance(self.lr_per_step, bool):
+            raise ValueError(f"lr_per_step must be True or False, got {self.lr_per_step!r}")
         if self.divergence not in ("stop", None):
             raise ValueError(f"divergence must be one of ('stop', None), got {self.divergence!r}")
         if self.objective is not None:
@@ -105,10 +134,18 @@ class TrainConfig:
                 raise ValueError("jitter is the shorthand for Augment(shift=...); with augment=, give the shift to "
                                  "the Augment instead")
 
-    def objective_for(self, has_teacher: bool):
-        """The training objective: ``objective``, else the shorthand (see the class docstring)."""
+    def objective_for(self, has_teacher: bool, tokens: bool = False):
+        """The training objective: ``objective``, else the shorthand (see the class docstring); on
+        next-token data (``tokens``) the token-level forms: ``TokenDistillation`` at ``temperature``
+        (its own weights unless hard/soft weights were given) or ``NextTokenLoss``."""
         if self.objective is not None:
             return self.objective
+        if tokens:
+            if not has_teacher:
+                return NextTokenLoss()
+            weights = ({} if (self.hard_weight, self.soft_weight) == (DEFAULT_HARD_WEIGHT, DEFAULT_SOFT_WEIGHT)
+                       else dict(hard_weight=self.hard_weight, soft_weight=self.soft_weight))
+            return TokenDistillation(temperature=self.temperature, **weights)
         if has_teacher:
             return Distillation(self.temperature, self.hard_weight, self.soft_weight)
         return HardLabels()
@@ -117,6 +154,8 @@ class TrainConfig:
         """This config with ``lr`` filled in (:data:`DEFAULT_LR` / :data:`DEFAULT_DISTILL_LR`)."""
         if self.lr is not None:
             return self
+        if self.optimizer in ("adam", "adamw"):
+            return replace(self, lr=DEFAULT_ADAM_LR)
         return replace(self, lr=DEFAULT_DISTILL_LR if needs(objective, "teacher") else DEFAULT_LR)
 
     def to_dict(self) -> dict:
@@ -124,24 +163,32 @@ class TrainConfig:
         d["objective"] = None if self.objective is None else objective_spec(self.objective)
         if self.augment is None:  # absent, not None: runs keyed before augment existed keep their keys
             del d["augment"]
+        for k, v in LATER_FIELDS.items():
+            if d[k] == v:
+                del d[k]
         return d
 
 
-def lr_at(config: TrainConfig, epoch: int) -> float:
-    """Learning rate for 0-based ``epoch``: constant; cosine ``lr * (1 + cos(pi*e/E)) / 2``;
-    or exponential ``lr * lr_decay**e``."""
+def lr_at(config: TrainConfig, epoch: float, step: int | None = None) -> float:
+    """Learning rate at (0-based, possibly fractional) ``epoch`` e: constant; cosine
+    ``lr * (1 + cos(pi*e/E)) / 2``; or exponential ``lr * lr_decay**e``; times ``min(1, (s+1)/W)``
+    at the run's 0-based step s during a warm-up of W = ``warmup_steps`` steps."""
     lr = config.lr if config.lr is not None else DEFAULT_LR
-    if config.schedule == "constant":
-        return lr
     if config.schedule == "cosine":
-        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
-    return lr * config.lr_decay ** epoch
+        lr = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    elif config.schedule == "exponential":
+        lr = lr * config.lr_decay ** epoch
+    if config.warmup_steps and step is not None:
+        lr *= min(1.0, (step + 1) / config.warmup_steps)
+    return lr
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from torch import nn
 
 from distill import distributed
-from distill.metrics import evaluate
+from distill.metrics import evaluate, lm_evaluate
 from distill.train.config import TrainConfig
 from distill.train.loop import Loop, restore
 from distill.train.rundir import RunDir
@@ -115,7 +115,11 @@ def _result(plan, state, run, kept_epoch: int, note, t_start: float, meta) -> Fi
     """The final metrics; with a run folder, the model saved with its sidecar and factory."""
     p, history = plan, state.history
     val_metrics = evaluate(p.model, p.val) if p.val is not None else None
-    test_metrics = evaluate(p.model, p.test) if p.test is not None else None
+    if p.test is not None and p.tokens and p.teacher is not None and p.teacher.module is not None:
+        # a language model's test metrics include how closely it follows its teacher
+        test_metrics = lm_evaluate(p.model, p.test, teacher=p.teacher.forward)
+    else:
+        test_metrics = evaluate(p.model, p.test) if p.test is not None else None
     wall = time.perf_counter() - t_start + sum(h.get("seconds", 0.0) for h in history[:state.start_epoch])
     result = FitResult(p.model, history, val_metrics, test_metrics, kept_epoch, wall,
                        run.path if run is not None else None, resumed_from=state.start_epoch, note=note)
@@ -125,6 +129,9 @@ def _result(plan, state, run, kept_epoch: int, note, t_start: float, meta) -> Fi
                        test_fingerprint=p.test.fingerprint if p.test else None,
                        teacher=p.teacher.id if p.teacher else None, val=val_metrics, test=test_metrics,
                        epoch=kept_epoch, history=history, wall_seconds=wall)
+        if p.tokens:
+            sidecar.update(task="lm", tokenizer=getattr(p.source, "tokenizer_digest", None),
+                           block_size=getattr(p.source, "block_size", None), vocab_size=p.num_classes)
         run.save_final(p.model, sidecar, factory=p.factory and (p.factory["target"], p.factory["kwargs"]))
         result.sidecar = sidecar
     return result

@@ -1,10 +1,11 @@
 """The training runtime of :func:`distill.fit`: the batch (:class:`Batch`), the epoch's batches as
 one process trains on them (:func:`epoch_batches`, the one place data parallelism slices), the
-restored state (:func:`restore`), and :class:`Loop` (device, DDP, teacher preparation, progress bar,
+restored state (:func:`restore`), and :class:`Loop` (device, DDP or FSDP2, teacher preparation, progress bar,
 autocast; per epoch: train, guard, evaluate and save; at the end: select and save the model).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -15,8 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from distill import distributed
+from distill.checkpoints import fill_tied, shared_names, unique_state
 from distill.digest import ExampleDigest
 from distill.errors import DistillError
+from distill.losses.functional import valid_token_count
 from distill.losses.objectives import Distillation, HardLabels
 from distill.metrics import evaluate
 from distill.modelio import inputs_to, logits_of, model_forward
@@ -56,6 +59,25 @@ class Batch:
         mixed = None if self.mixed is None else (cut(self.mixed[0]), self.mixed[1])
         return Batch(cut(self.inputs), cut(self.labels), cut(self.index), self.size, cut(self.mask), mixed,
                      cut(self.rows))
+
+    def split(self, parts: int) -> list["Batch"]:
+        """This batch as ``parts`` contiguous micro-batches (gradient accumulation), as even as
+        ``torch.tensor_split`` makes them; fewer when the batch has fewer examples."""
+        n = len(self)
+        parts = max(1, min(parts, n))
+        if parts == 1:
+            return [self]
+        bounds = torch.tensor_split(torch.arange(n), parts)
+
+        def cut(t, r):
+            if t is None:
+                return None
+            if isinstance(t, Mapping):
+                return {k: v[r[0]:r[-1] + 1] for k, v in t.items()}
+            return t[r[0]:r[-1] + 1]
+        return [Batch(cut(self.inputs, r), cut(self.labels, r), cut(self.index, r), self.size, cut(self.mask, r),
+                      None if self.mixed is None else (cut(self.mixed[0], r), self.mixed[1]), cut(self.rows, r))
+                for r in bounds]
 
 
 def epoch_batches(source, batch_size: int, generator, augmenter, rank: int, world_size: int, seen=None):
@@ -153,17 +175,22 @@ class Loop:
             if p.augmenter is not None:  # fixed views with a store folder: the teacher's outputs per view, once
                 p.augmenter.prepare(p.teacher, progress=progress and p.rank == 0, log=log)
             p.teacher.to(dev)
-        # DDP: broadcasts process 0's weights; only process 0 shows progress and logs
+        # DDP: broadcasts process 0's weights; FSDP2: trains a sharded twin (see _shard); only
+        # process 0 shows progress and logs
         self.net = model
-        if p.world_size > 1:
+        self.fsdp = p.world_size > 1 and p.config.parallel == "fsdp"
+        if self.fsdp:
+            self._shard(model)
+        elif p.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(model)
+        if p.world_size > 1:
             progress = progress and p.rank == 0
             if p.rank:
                 self.log = _silent
         self.progress = progress
-        self.constrain = getattr(model, "constrain", None)
+        self.constrain = getattr(self.net if self.fsdp else model, "constrain", None)
         self.steps = math.ceil(p.source.n / (p.source.batch_size or p.config.batch_size)) if p.source.n else None
         self.show_bar = progress and sys.stderr.isatty()
         self.bar = tqdm(total=self.steps * p.config.epochs if self.steps else None,
@@ -178,13 +205,30 @@ class Loop:
                        and isinstance(p.objective, HardLabels) else None)
         self.identity_checked = False
         model.train()
+        self.net.train()
+
+    def _shard(self, model) -> None:
+        """FSDP2 (``parallel="fsdp"`` under torchrun): train :func:`distill.distributed.fsdp_twin`,
+        a copy of ``model`` whose blocks and root are ``fully_shard``-ed (``model`` keeps its class
+        and hooks; its parameters are emptied until :meth:`finish` gives them the trained weights).
+        The optimiser is rebuilt over the sharded parameters, with the restored state (the same on
+        every process) cut to each process's shards."""
+        p, st = self.plan, self.state
+        self.tied = shared_names(model)  # before the parameters are emptied
+        saved = st.optimizer.state_dict()
+        self.net = distributed.fsdp_twin(model)
+        st.optimizer = make_optimizer(self.net, p.config)
+        distributed.load_full_optimizer_state(st.optimizer, saved)
+        # saving gathers the state, a collective: every process must know whether process 0 saves
+        self.saving = distributed.from_process_0(self.run is not None)
 
     # ---------------------------------------------------------------- one epoch
     def train_epoch(self, epoch: int) -> tuple[float, float, float]:
         """Train one epoch; ``(mean loss, lr, seconds)``."""
         p, st = self.plan, self.state
         t0 = time.perf_counter()
-        lr = lr_at(p.config, epoch)
+        per_step = p.config.lr_per_step or p.config.warmup_steps
+        lr = lr_at(p.config, epoch, step=epoch * (self.steps or 0))
         for group in st.optimizer.param_groups:
             group["lr"] = lr
         if p.world_size > 1:
@@ -197,11 +241,16 @@ class Loop:
                  if p.source.read_to_identify and not self.identity_checked and p.world_size == 1 else None)
         total = torch.zeros((), device=p.device)
         count = torch.zeros((), device=p.device)
-        for batch in epoch_batches(p.source, p.config.batch_size, st.generator, p.augmenter, p.rank, p.world_size,
-                                   seen=check.update if check is not None else None):
-            loss = self.step(batch, epoch, lr)
-            total += loss.detach() * len(batch)
-            count += len(batch)
+        for i, batch in enumerate(epoch_batches(p.source, p.config.batch_size, st.generator, p.augmenter, p.rank,
+                                                p.world_size, seen=check.update if check is not None else None)):
+            if per_step and i:
+                step_lr = lr_at(p.config, epoch + i / self.steps if self.steps else epoch,
+                                step=epoch * (self.steps or 0) + i)
+                for group in st.optimizer.param_groups:
+                    group["lr"] = step_lr
+            loss_sum, counted = self.step(batch, epoch, lr)
+            total += loss_sum
+            count += counted
             self.bar.update(1)
         if check is not None:
             self.identity_checked = True
@@ -212,13 +261,51 @@ class Loop:
                     "(random transforms in the Dataset, or a stream that changes), so a run folder cannot "
                     "tell whether it holds a run on these data; pass data_id='<a name you change whenever "
                     "the data change>' to fit, or train without run_dir (augment with config.augment)")
-        return float(distributed.all_sum(total) / distributed.all_sum(count)), lr, time.perf_counter() - t0
+        return (float(distributed.all_sum(total) / distributed.all_sum(count).clamp_min(1)), lr,
+                time.perf_counter() - t0)
 
-    def step(self, batch: Batch, epoch: int, lr: float) -> torch.Tensor:
-        """One optimiser step on ``batch``: forward (the teacher's targets for the same inputs),
-        objective, backward, step, constraint. Returns the batch's loss."""
+    def counted(self, batch: Batch) -> int:
+        """The positions of ``batch`` its loss averages over: its rows, or for next-token objectives
+        its valid target tokens (:func:`distill.losses.functional.valid_token_count`)."""
+        if self.plan.tokens and batch.labels is not None:
+            return int(valid_token_count(batch.labels, batch.mask))
+        return len(batch)
+
+    def step(self, batch: Batch, epoch: int, lr: float) -> tuple[torch.Tensor, int]:
+        """One optimiser step on ``batch``, in ``accumulate`` micro-batches: for each, forward (the
+        teacher's targets for the same inputs), objective, backward; then the step and the
+        constraint. Each micro-batch's mean loss is weighted by its share of the positions the whole
+        step counts (on every process), so the gradient is that of the step's mean over all of them.
+        Returns ``(loss × positions, positions)`` of this process's part."""
+        p = self.plan
+        micro = batch.split(p.config.accumulate)
+        if self.fsdp:  # FSDP2 gathers weights in every forward: every process runs as many micro-batches
+            most = max(1, min(p.config.accumulate, -(-batch.size // p.world_size)))  # the largest slice's
+            micro += [_empty(batch)] * (most - len(micro))
+        counts = [self.counted(m) for m in micro]
+        if p.tokens:  # tokens per sequence vary: the step's count comes from every process
+            whole = float(distributed.all_sum(torch.tensor(float(sum(counts)))))
+        else:  # rows: the global batch's size is known to every process
+            whole = float(batch.size)
+        optimizer = self.state.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=p.device)
+        for i, (m, n) in enumerate(zip(micro, counts)):
+            last = i == len(micro) - 1
+            sync = _local_grads(self.net) if p.world_size > 1 and not last else contextlib.nullcontext()
+            with sync:
+                loss = self.loss(m, epoch, lr)
+                # DDP averages the processes' gradients: the factor w undoes that average
+                (loss * (p.world_size * n / max(whole, 1.0))).backward()
+            loss_sum += loss.detach() * n
+        optimizer.step()
+        if self.constrain is not None:
+            self.constrain()
+        return loss_sum, sum(counts)
+
+    def loss(self, batch: Batch, epoch: int, lr: float) -> torch.Tensor:
+        """The objective's mean over ``batch`` (forward passes under autocast, the loss in float32)."""
         p, dev = self.plan, self.plan.device
-        weight = distributed.shard_weight(len(batch), batch.size, p.world_size) if p.world_size > 1 else 1.0
         x = inputs_to(batch.inputs, dev)  # only this process's slice travels
         y = batch.labels.to(dev) if batch.labels is not None else None
         if len(batch):
@@ -241,12 +328,6 @@ class Loop:
         else:  # an empty slice still joins DDP's gradient all-reduce, with zero gradient
             with self.autocast:
                 loss = logits_of(model_forward(self.net, inputs_to(source_example(p.source), dev))).float().sum() * 0.0
-        optimizer = self.state.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        (loss * weight).backward()
-        optimizer.step()
-        if self.constrain is not None:
-            self.constrain()
         return loss
 
     # ---------------------------------------------------------------- the guard
@@ -295,28 +376,48 @@ class Loop:
 
     # ---------------------------------------------------------------- evaluate and save
     def end_epoch(self, epoch: int, train_loss: float, lr: float, t_train: float, t0: float) -> None:
-        """Process 0 evaluates val and test, keeps the best weights, logs, and saves the state."""
+        """Process 0 evaluates val and test, keeps the best weights, logs, and saves the state. Under
+        FSDP2 every process runs the evaluation (its forwards gather the sharded weights) and the
+        gathering of the whole state for process 0; process 0 alone records, logs and saves."""
         p, st = self.plan, self.state
-        if p.rank:
+        if p.rank and not self.fsdp:
             return
+        net = self.net if self.fsdp else p.model
+        metrics = {split: evaluate(net, src) for split, src in (("val", p.val), ("test", p.test)) if src is not None}
+        selecting = p.val is not None and p.config.select == "best"
+        gathered = gathered_optim = None
+        if self.fsdp:
+            if self.saving or selecting:
+                gathered = distributed.full_state(self.net, keep=p.rank == 0)
+            if self.saving:
+                gathered_optim = distributed.full_optimizer_state(st.optimizer, keep=p.rank == 0)
+            if p.rank:
+                return
         rec = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_seconds=t_train)
         msg = f"epoch {epoch + 1}/{p.config.epochs}  loss {train_loss:.4f}"
-        for split, src in (("val", p.val), ("test", p.test)):
-            if src is not None:
-                m = evaluate(p.model, src)
-                rec.update({f"{split}_errors": m["errors"], f"{split}_accuracy": m["accuracy"], f"{split}_nll": m["nll"]})
+        for split, m in metrics.items():
+            rec.update({f"{split}_errors": m["errors"], f"{split}_accuracy": m["accuracy"], f"{split}_nll": m["nll"]})
+            if p.tokens:
+                rec[f"{split}_perplexity"] = m["perplexity"]
+                msg += f"  {split} nll {m['nll']:.4f}  ppl {m['perplexity']:.1f}  acc {m['accuracy']:.3f}"
+            else:
                 msg += f"  {split} errors {m['errors']}/{m['n']}  nll {m['nll']:.4f}"
-        if p.val is not None and p.config.select == "best":
-            prev = [h["val_errors"] for h in st.history]
-            if not prev or rec["val_errors"] < min(prev):
-                st.best = {k: v.detach().cpu().clone() for k, v in p.model.state_dict().items()}
+        if selecting:
+            # a language model is judged by its validation NLL, a classifier by its errors
+            judge = "val_nll" if p.tokens else "val_errors"
+            prev = [h[judge] for h in st.history]
+            if not prev or rec[judge] < min(prev):
+                weights = gathered if gathered is not None else p.model.state_dict()
+                st.best = {k: v.detach().cpu().clone() for k, v in weights.items()}
                 st.best["epoch"] = torch.tensor(epoch + 1)
         rec["seconds"] = time.perf_counter() - t0
         st.history.append(rec)
         if self.progress:
             (self.bar.write if self.show_bar else self.log)(f"{msg}  lr {lr:.4g}  {rec['seconds']:.1f}s")
         if self.run is not None:
-            self.run.save_state(state_tensors(p.model, st.optimizer, st.generator, st.best),
+            full = (None if gathered is None
+                    else ({k: v for k, v in gathered.items() if k not in self.tied}, gathered_optim))
+            self.run.save_state(state_tensors(p.model, st.optimizer, st.generator, st.best, full=full),
                                 dict(epoch=epoch + 1, history=st.history, config=p.config.to_dict(),
                                      init_weights=st.init))
 
@@ -328,6 +429,11 @@ class Loop:
         kept_epoch = p.config.epochs
         if p.world_size > 1 and p.config.select == "best":
             st.best = distributed.from_process_0(st.best)
+        if self.fsdp:  # the passed model gets whole weights again, on every process: the kept or the last
+            kept = (st.best if p.config.select == "best" and st.best is not None
+                    else distributed.full_state(self.net, device=p.home))
+            distributed.unshard_into(p.model, {k: v for k, v in kept.items() if k != "epoch"}, p.home)
+            self.net = p.model  # the sharded twin is done with
         if p.config.select == "best" and st.best is not None:
             kept_epoch = int(st.best["epoch"])
             p.model.load_state_dict({k: v for k, v in st.best.items() if k != "epoch"})
@@ -342,15 +448,46 @@ class Loop:
         return kept_epoch, note
 
 
+def _empty(batch: Batch) -> Batch:
+    """A micro-batch of no examples cut from ``batch``: its loss is the zero-gradient forward of an
+    empty slice (:meth:`Loop.loss`), counted 0."""
+    def cut(t):
+        if t is None:
+            return None
+        return {k: v[:0] for k, v in t.items()} if isinstance(t, Mapping) else t[:0]
+    return Batch(cut(batch.inputs), cut(batch.labels), cut(batch.index), batch.size, cut(batch.mask),
+                 None if batch.mixed is None else (cut(batch.mixed[0]), batch.mixed[1]), cut(batch.rows))
+
+
+@contextlib.contextmanager
+def _local_grads(net):
+    """Keep this micro-batch's gradients local (no all-reduce until the step's last backward): DDP's
+    ``no_sync()``; FSDP2's ``set_requires_gradient_sync(False)``, restored after."""
+    if hasattr(net, "set_requires_gradient_sync"):
+        net.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            net.set_requires_gradient_sync(True)
+    else:
+        with net.no_sync():
+            yield
+
+
 def source_example(source):
     """One input example as a batch of one (for the zero-gradient step of an empty DDP slice)."""
     x, _, _ = next(iter(source.batches(1, None)))
     return x
 
 
-def state_tensors(model, optimizer, gen: torch.Generator, best: dict | None) -> dict:
-    t = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for i, st in optimizer.state_dict()["state"].items():
+def state_tensors(model, optimizer, gen: torch.Generator, best: dict | None, full: tuple | None = None) -> dict:
+    """The run state as tensors. ``full``: ``(weights, optimiser state)`` gathered whole from an
+    FSDP2-sharded model (:func:`distill.distributed.full_state`, without tied duplicates, and
+    :func:`distill.distributed.full_optimizer_state`), saved instead of ``model``'s and ``optimizer``'s:
+    the same tensors, under the same names, as one process saves."""
+    weights, optim = full if full is not None else (unique_state(model), optimizer.state_dict()["state"])
+    t = {f"model.{k}": v for k, v in weights.items()}
+    for i, st in optim.items():
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
                 t[f"optim.{i}.{k}"] = v
@@ -362,7 +499,7 @@ def state_tensors(model, optimizer, gen: torch.Generator, best: dict | None) -> 
 
 
 def restore_state(tensors: dict, model, optimizer, gen: torch.Generator) -> dict | None:
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(fill_tied(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}))
     sd = optimizer.state_dict()
     state: dict = {}
     for k, v in tensors.items():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from distill.atomic import FolderLock, fault_point, remove_temporaries
 from distill.checkpoints import (
+    is_hf_model,
     load_checkpoint,
     load_tensors,
     save_checkpoint,
@@ -26,6 +27,7 @@ from distill.checkpoints import (
 )
 from distill.digest import json_digest
 from distill.errors import DistillError
+from distill.models.hf import save_pretrained
 
 
 def run_key(parts: dict) -> str:
@@ -102,6 +104,8 @@ class RunDir:
     def save_final(self, model, sidecar: dict, factory=None) -> None:
         """Write the finished model, then drop the resume state (a crash in between leaves both,
         and the rerun skips on the finished model)."""
+        if is_hf_model(model):  # also as transformers saves it: from_pretrained(run folder / "hf")
+            save_pretrained(model, self.path / "hf", tokenizer_file=self.path / "tokenizer.json")
         save_checkpoint(self.final, model, dict(sidecar, run_key=self.key), factory=factory)
         for suffix in (".safetensors", ".json"):
             (self.path / f"state{suffix}").unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from distill.data.augment import Augment
 from distill.data.files import FileData
 from distill.data.sources import Source, as_source, dataset_test_split
 from distill.digest import model_signature
-from distill.losses.functional import DEFAULT_IGNORE_INDEX
+from distill.losses.functional import DEFAULT_IGNORE_INDEX, LM_IGNORE_INDEX
 from distill.losses.objectives import Distillation, HardLabels, LogitMatching, Objective, as_objective, needs, \
     objective_spec
 from distill.modelio import inputs_to, logits_of, model_forward
@@ -61,6 +61,8 @@ class Plan:
     key: str | None
     rank: int
     world_size: int
+    #: next-token training (a language model): the loss averages over valid target tokens
+    tokens: bool = False
 
 
 def make_plan(model, train, config=None, *, teacher=None, val=None, test=None, run_dir=None, device=None,
@@ -75,19 +77,24 @@ def make_plan(model, train, config=None, *, teacher=None, val=None, test=None, r
     dev = resolve_device(device)
     home = next(model.parameters()).device if next(model.parameters(), None) is not None else torch.device("cpu")
     source, val_src, test_src = _sources(train, val, test, data_id)
-    objective = as_objective(config.objective_for(teacher is not None))
+    lm = getattr(source, "task", None) == "lm"
+    objective = as_objective(config.objective_for(teacher is not None, tokens=lm))
+    tokens = lm or bool(getattr(objective, "tokens", False))
     config = config.resolved(objective)
     teacher = as_teacher(teacher, objective.temperature or 1.0)
     _check_parts(config, objective, teacher, source, val_src, test_src)
     augment = config.augment if config.augment is not None else Augment(shift=config.jitter) if config.jitter else None
     augmenter = Augmenter(augment, source, objective) if augment is not None else None
-    num_classes, input_shape = probe(model, source, home, objective)
+    if tokens:
+        num_classes, input_shape = probe_lm(model, source, home, teacher)
+    else:
+        num_classes, input_shape = probe(model, source, home, objective)
     factory_spec = check_checkpointable(model, factory) if run_dir is not None else resolve_factory(model, factory)
     # (a Dataset's or DataLoader's fingerprint reads every example once, so only a run folder asks)
     key = None if run_dir is None else run_key_of(config, objective, model, factory_spec, source, val_src, teacher)
     rank, world_size = distributed.world()
     return Plan(model, home, dev, config, objective, teacher, source, val_src, test_src, augmenter, num_classes,
-                input_shape, factory_spec, key, rank, world_size)
+                input_shape, factory_spec, key, rank, world_size, tokens)
 
 
 def run_key_of(config, objective, model, factory_spec, source, val_src, teacher) -> str:
@@ -136,6 +143,60 @@ def _check_parts(config, objective, teacher, source, val_src, test_src) -> None:
     for split, src in (("val", val_src), ("test", test_src)):
         if src is not None and not src.labeled:
             raise ValueError(f"{split} needs labels")
+
+
+def probe_lm(model: nn.Module, source, dev, teacher=None) -> tuple[int, list]:
+    """The language-model probe, on two training sequences before step 1: the model maps
+    ``input_ids`` (+ ``attention_mask``) to next-token logits ``[B, L, V]``; the targets lie in its
+    vocabulary; a teacher's vocabulary is the student's, or both hold the tokenizer's whole vocabulary
+    (a padded tail: the objective compares the shared prefix). ``(V, [L])``."""
+    x, y, _ = next(iter(source.batches(2, None)))
+    if not isinstance(x, dict) or "input_ids" not in x:
+        raise ValueError("next-token training needs inputs as a dict with input_ids (and attention_mask); "
+                         f"got {type(x).__name__}")
+    out = _probe_forward(model, x, dev, "the model")
+    ids = x["input_ids"]
+    if out.dim() != 3 or tuple(out.shape[:2]) != tuple(ids.shape):
+        raise ValueError(f"a language model must return next-token logits of shape (batch, length, vocabulary) = "
+                         f"({ids.shape[0]}, {ids.shape[1]}, V); it returned {tuple(out.shape)}")
+    vocab = int(out.shape[-1])
+    labels = getattr(source, "y", None)
+    labels = y if labels is None else labels
+    if labels is not None:
+        kept = labels[labels != LM_IGNORE_INDEX]
+        if kept.numel() and (int(kept.max()) >= vocab or int(kept.min()) < 0):
+            raise ValueError(f"the training tokens go up to {int(kept.max())} but the model's vocabulary has {vocab} "
+                             "entries; build it with the tokenizer's vocabulary size")
+    tokenizer_vocab = getattr(source, "vocab_size", None)
+    if tokenizer_vocab is not None and vocab < tokenizer_vocab:
+        raise ValueError(f"the model's vocabulary has {vocab} entries but the tokenizer's has {tokenizer_vocab}")
+    if teacher is not None and teacher.module is not None:
+        tv = int(_probe_forward(teacher.module, x, dev, "the teacher").shape[-1])
+        if tv != vocab and tokenizer_vocab is not None and min(tv, vocab) < tokenizer_vocab:
+            raise ValueError(f"the teacher predicts {tv} tokens and the student {vocab}, but the tokenizer has "
+                             f"{tokenizer_vocab}: they do not share one vocabulary (distilling across tokenizers "
+                             "is not supported)")
+        if tv != vocab and tokenizer_vocab is None:
+            raise ValueError(f"the teacher predicts {tv} tokens and the student {vocab}; without a tokenizer that "
+                             "says how many are real, they cannot be compared")
+    return vocab, list(ids.shape[1:])
+
+
+def _probe_forward(model, x, dev, who: str) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return logits_of(model_forward(model, inputs_to(x, dev)))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        shape = tuple(x["input_ids"].shape[1:]) if isinstance(x, dict) else tuple(x.shape[1:])
+        if "index out of range" in first and isinstance(x, dict):
+            raise ValueError(f"{who} cannot take token ids up to {int(x['input_ids'].max())}: its vocabulary is "
+                             "smaller than the tokenizer's; build it with the tokenizer's vocabulary size") from None
+        raise ValueError(f"{who} cannot take the training inputs of shape {shape} ({first})") from None
+    finally:
+        model.train(was)
 
 
 def probe(model: nn.Module, source, dev, objective=None) -> tuple[int, list]:

@@ -1,0 +1,222 @@
+"""``--task lm``: ``distill teacher|student|evaluate`` on text, and ``distill generate``. Text comes
+from ``--data PATH`` (a UTF-8 file or a folder of ``*.txt``) or ``--data gutenberg`` (the shipped
+corpus), tokenized by ``--tokenizer`` (``bpe:VOCAB`` trained on the training split, or a
+``tokenizer.json``; a student takes its teacher's by default); the model is the built-in
+:class:`distill.models.GPT` (``--layers``, ``--heads``, ``--embd``, ``--block-size``) or ``--model``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from distill import distributed
+from distill.checkpoints import load_checkpoint, load_tensors
+from distill.cli.common import log, user_model
+from distill.data.text import TextTokenizer, load_text
+from distill.errors import DistillError
+from distill.losses.objectives import TokenDistillation
+from distill.metrics import lm_evaluate
+from distill.models.classifiers import count_params
+from distill.models.lm import GPT, generate as sample
+from distill.teachers.teacher import Teacher
+from distill.teachers.token_store import get_token_store
+from distill.train.config import TrainConfig, seed_everything
+from distill.train.fit import fit
+
+#: the built-in language models of ``teacher`` and ``student`` (``--layers``, ``--heads``, ``--embd``)
+SIZES = dict(teacher=dict(n_layer=4, n_head=4, n_embd=256), student=dict(n_layer=2, n_head=2, n_embd=128))
+#: the defaults of language-model training where the classifier ones do not fit: one pass over the
+#: text, 16 blocks per step, AdamW with a per-step cosine schedule after a short warm-up
+EPOCHS = 1
+BATCH_SIZE = 16
+OPTIMIZER = "adamw"
+WARMUP_STEPS = 50
+BLOCK_SIZE = 128
+TOKENIZER = "bpe:4096"
+#: next tokens per position in a teacher's token store (6·k bytes per token with int32 ids, 4·k with uint16)
+TOP_K = 32
+
+
+def tokenizer_beside(checkpoint) -> Path:
+    """The ``tokenizer.json`` saved beside a checkpoint (its run folder)."""
+    return Path(checkpoint).parent / "tokenizer.json"
+
+
+def _text(args, tokenizer, out: Path | None):
+    data = args.data or "gutenberg"
+    return load_text(data, tokenizer=tokenizer, block_size=args.block_size or BLOCK_SIZE, folder=out,
+                     data_dir=getattr(args, "data_dir", None),
+                     log=(lambda *_: None) if getattr(args, "no_progress", False) else log)
+
+
+def _check_tokenizer(what: str, side: dict, tok: TextTokenizer) -> None:
+    """A checkpoint trained with another tokenizer cannot teach or be evaluated on these tokens."""
+    if side.get("task") != "lm":
+        raise DistillError(f"{what} is not a language model (trained with --task lm)")
+    if side.get("tokenizer") not in (None, tok.digest):
+        raise DistillError(f"{what} was trained with another tokenizer ({side.get('vocab_size')} tokens, "
+                           f"{side.get('tokenizer')}) than this data's ({tok.vocab_size} tokens, {tok.digest}); "
+                           "distilling across tokenizers is not supported: use the teacher's tokenizer.json")
+
+
+def train(args, teacher_mode: bool) -> None:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"--out {out} is a file; give a folder")
+    teachers = [] if teacher_mode else list(args.teacher or [])
+    if len(teachers) > 1:
+        raise DistillError("a language model distils from one --teacher (ensembles of language models are not "
+                           "supported)")
+    tok_spec = args.tokenizer
+    if teachers and isinstance(tok_spec, str) and tok_spec.startswith("bpe:"):
+        side = load_tensors(teachers[0])[1]
+        if tok_spec != f"bpe:{side.get('vocab_size')}" or side.get("task") != "lm":
+            raise DistillError(f"--tokenizer {tok_spec} trains a new tokenizer, but teacher {teachers[0]} was trained "
+                               f"with another tokenizer ({side.get('vocab_size')} tokens, {side.get('tokenizer')}); "
+                               "distilling across tokenizers is not supported: leave --tokenizer out to use the "
+                               "teacher's tokenizer.json")
+    if tok_spec is None:
+        beside = tokenizer_beside(teachers[0]) if teachers else None
+        tok_spec = str(beside) if beside is not None and beside.is_file() else TOKENIZER
+    config = _config(args, teacher_mode, bool(teachers))
+    if teachers and args.block_size is None:  # the teacher's context by default
+        args.block_size = load_tensors(teachers[0])[1].get("block_size")
+    out.mkdir(parents=True, exist_ok=True)
+    splits = _text(args, tok_spec, out)
+    teacher = None
+    if teachers:
+        _check_tokenizer(f"teacher {teachers[0]}", load_tensors(teachers[0])[1], splits.tokenizer)
+        teacher = Teacher(teachers[0], trust_factory=args.trust_factory, store=getattr(args, "store", None),
+                          top_k=getattr(args, "top_k", None) or TOP_K)
+    elif getattr(args, "store", None) is not None or getattr(args, "top_k", None) is not None:
+        flag = "--store" if getattr(args, "store", None) is not None else "--top-k"
+        raise DistillError(f"{flag} is a teacher's token store: give --teacher")
+    seed_everything(args.seed)
+    model, factory = _model(args, teacher_mode, splits)
+    name = "teacher" if teacher_mode else ("student-distilled" if teacher is not None else "student-hard")
+    res = fit(model, splits.train, config, teacher=teacher, val=splits.val, test=splits.test, run_dir=out,
+              device=args.device, factory=factory,
+              meta=dict(name=name, teacher_checkpoint=teachers or None, dataset=str(args.data or "gutenberg")),
+              progress=not args.no_progress, log=log)
+    if distributed.world()[0]:
+        return
+    m = res.test
+    extra = f", agreement {m['agreement']:.3f}, KL {m['kl']:.4f}" if "agreement" in m else ""
+    print(f"{name}: test nll {m['nll']:.4f} (perplexity {m['perplexity']:.1f}), next-token accuracy "
+          f"{100 * m['accuracy']:.1f}% over {m['n']:,} tokens{extra}, {res.wall_seconds:.0f}s -> "
+          f"{out / 'model.safetensors'}")
+
+
+def _config(args, teacher_mode: bool, distilling: bool) -> TrainConfig:
+    common = dict(epochs=args.epochs or EPOCHS, batch_size=args.batch_size or BATCH_SIZE,
+                  optimizer=args.optimizer or OPTIMIZER, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
+                  seed=args.seed, precision=args.precision, select=args.select,
+                  divergence=None if getattr(args, "no_guard", False) else "stop",
+                  accumulate=args.accumulate, lr_per_step=True,
+                  warmup_steps=WARMUP_STEPS if args.warmup_steps is None else args.warmup_steps)
+    if teacher_mode or not distilling:
+        given = [f for f in ("temperature", "hard_weight", "soft_weight", "divergence_name")
+                 if getattr(args, f, None) is not None]
+        if given:
+            raise DistillError(f"--{given[0].replace('_name', '').replace('_', '-')} needs --teacher")
+        return TrainConfig(**common)
+    settings = {k: v for k, v in dict(divergence=args.divergence_name, temperature=args.temperature,
+                                      beta=args.beta, skew=args.skew, tail=args.tail,
+                                      hard_weight=args.hard_weight, soft_weight=args.soft_weight).items()
+                if v is not None}
+    return TrainConfig(objective=TokenDistillation(**settings), **common)
+
+
+def _model(args, teacher_mode: bool, splits):
+    """``(model, factory)``: ``--model`` (any factory) or the built-in GPT at this task's sizes."""
+    if args.model is not None:
+        return user_model(args.model, args.model_args)
+    size = dict(SIZES["teacher" if teacher_mode else "student"])
+    for flag, key in (("layers", "n_layer"), ("heads", "n_head"), ("embd", "n_embd")):
+        if getattr(args, flag) is not None:
+            size[key] = getattr(args, flag)
+    return GPT(splits.tokenizer.vocab_size, block_size=splits.train.block_size,
+               dropout=getattr(args, "dropout_hidden", None) or 0.0, **size), None
+
+
+def targets(args) -> None:
+    """``distill targets --task lm``: the teacher's k most likely next tokens at every position of the
+    training blocks, once, into a token store (sharded under torchrun) that ``distill student --task
+    lm --teacher T --store DIR`` reads."""
+    if len(args.teacher) > 1:
+        raise DistillError("a language model's token store holds one --teacher")
+    side = load_tensors(args.teacher[0])[1]
+    if side.get("task") != "lm":
+        raise DistillError(f"{args.teacher[0]} is not a language model (trained with --task lm)")
+    beside = tokenizer_beside(args.teacher[0])
+    tok = args.tokenizer or (str(beside) if beside.is_file() else None)
+    if tok is None:
+        raise DistillError(f"no tokenizer.json beside {args.teacher[0]}; give --tokenizer")
+    if args.block_size is None:
+        args.block_size = side.get("block_size")
+    splits = _text(args, tok, None)
+    _check_tokenizer(f"teacher {args.teacher[0]}", side, splits.tokenizer)
+    teacher = Teacher(args.teacher[0], trust_factory=args.trust_factory)
+    store = get_token_store(args.out, teacher, splits.train, k=args.top_k or TOP_K,
+                            batch_size=min(args.batch_size, 64),
+                            shards=args.shards, device=args.device, progress=not args.no_progress, log=log)
+    if distributed.world()[0]:
+        return
+    print(f"targets: {len(store):,} blocks x {store.block_size} tokens, top-{store.k} next tokens "
+          f"({store.bytes_per_token} bytes per token), key {store.key} -> {store.path}")
+
+
+def evaluate(args) -> None:
+    model, side = load_checkpoint(args.checkpoint, trust_factory=args.trust_factory)
+    beside = tokenizer_beside(args.checkpoint)
+    tok = args.tokenizer or (str(beside) if beside.is_file() else None)
+    if tok is None:
+        raise DistillError(f"no tokenizer.json beside {args.checkpoint}; give --tokenizer")
+    if args.block_size is None and side.get("block_size"):
+        args.block_size = side["block_size"]
+    splits = _text(args, tok, None)
+    _check_tokenizer(args.checkpoint, side, splits.tokenizer)
+    teacher = None
+    if getattr(args, "teacher", None):
+        teacher = Teacher(args.teacher[0], trust_factory=args.trust_factory)
+    m = lm_evaluate(model, splits.test, teacher=teacher.forward if teacher is not None else None)
+    out = dict(checkpoint=str(args.checkpoint), dataset=str(args.data or "gutenberg"), test_nll=m["nll"],
+               test_perplexity=m["perplexity"], test_accuracy=m["accuracy"], test_tokens=m["n"],
+               params=count_params(model), **{f"test_{k}": m[k] for k in ("agreement", "kl") if k in m})
+    if args.json:
+        print(json.dumps(out))
+    else:
+        extra = f", agreement {m['agreement']:.3f}, KL {m['kl']:.4f}" if "agreement" in m else ""
+        print(f"{args.checkpoint}: test nll {m['nll']:.4f} (perplexity {m['perplexity']:.1f}), next-token accuracy "
+              f"{100 * m['accuracy']:.1f}% over {m['n']:,} tokens{extra}, {out['params']:,} params")
+
+
+def generate(args) -> None:
+    """``distill generate``: what a language-model checkpoint writes after ``--prompt``."""
+    model, side = load_checkpoint(args.checkpoint, trust_factory=args.trust_factory)
+    if side.get("task") != "lm":
+        raise DistillError(f"{args.checkpoint} is not a language model (trained with --task lm)")
+    path = args.tokenizer or tokenizer_beside(args.checkpoint)
+    if not Path(path).is_file() and not (Path(path) / "tokenizer.json").is_file():
+        raise DistillError(f"no tokenizer.json beside {args.checkpoint}; give --tokenizer")
+    tok = TextTokenizer.load(path)
+    if side.get("tokenizer") not in (None, tok.digest):
+        raise DistillError(f"{path} is not the tokenizer {args.checkpoint} was trained with")
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise DistillError("--prompt is empty")
+    context = getattr(model, "context", None) or side.get("block_size") or len(ids) + args.max_new_tokens
+    keep = max(1, context - args.max_new_tokens + 1)
+    if len(ids) > keep:
+        ids = ids[-keep:]  # the prompt's end: what the next tokens follow
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.tensor([ids])
+    seq, mask = sample(model, x, torch.ones_like(x), max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, eos_id=tok.eos_id,
+                       pad_id=tok.pad_id, generator=gen)
+    new = seq[0][mask[0]].tolist()
+    if new and new[-1] == tok.eos_id:
+        new = new[:-1]
+    print(args.prompt + tok.decode(new))

