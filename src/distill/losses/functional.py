@@ -487,6 +487,17 @@ def _check_token_rows(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} is -inf at every entry of some counted position: it holds no distribution")
 
 
+def _checked_log_softmax(name: str, x: torch.Tensor) -> torch.Tensor:
+    """``log_softmax`` over the last axis, checked through each row's logsumexp (one number per
+    position, not a second pass over the vocabulary): NaN or +inf in a row, or a row of -inf only,
+    make it non-finite, and :func:`_check_token_rows` then says which."""
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    if not bool(torch.isfinite(lse).all()):
+        _check_token_rows(name, x)
+        raise ValueError(f"{name} holds no finite distribution at some counted position")
+    return x - lse
+
+
 def _safe_logsumexp(x: torch.Tensor) -> torch.Tensor:
     """``logsumexp`` over the last axis, -inf with a zero gradient (not NaN) for a row of -inf only."""
     empty = ~(x > -_INF).any(dim=-1)
@@ -662,12 +673,10 @@ def token_divergence(student_logits: torch.Tensor, teacher, mask: torch.Tensor |
     if z.shape[0] == 0:
         return _zero_like_loss(student_logits)
     z = z.float()
-    _check_token_rows("student_logits", z)
     if not topk:
         v = _positions(teacher.detach().to(z.device), keep).float()
-        _check_token_rows("teacher logits", v)
-        log_q = F.log_softmax(z / t if t != 1 else z, dim=-1)
-        log_p = F.log_softmax(v / t if t != 1 else v, dim=-1)
+        log_q = _checked_log_softmax("student_logits", z / t if t != 1 else z)
+        log_p = _checked_log_softmax("teacher logits", v / t if t != 1 else v)
     else:
         ids = _positions(ids.detach().to(z.device), keep).long()
         lp = _positions(logprobs.detach().to(z.device), keep).float()
@@ -676,6 +685,7 @@ def token_divergence(student_logits: torch.Tensor, teacher, mask: torch.Tensor |
                              f"got ids {int(ids.min())}..{int(ids.max())}")
         _check_token_rows("top-k teacher logprobs", lp)
         z_k = z.gather(-1, ids)
+        _check_token_rows("student_logits", z_k)  # at the teacher's ids, what the loss reads
         if tail == "renormalize":
             log_q = _safe_log_softmax(z_k / t if t != 1 else z_k)
             log_p = _safe_log_softmax(lp / t if t != 1 else lp)
@@ -685,6 +695,8 @@ def token_divergence(student_logits: torch.Tensor, teacher, mask: torch.Tensor |
                 raise ValueError("the top-k teacher's probabilities sum above 1 at some position: logprobs must be "
                                  "log-probabilities at T = 1 (log_softmax of the logits, then top-k)")
             lq_k = z_k - torch.logsumexp(z, dim=-1, keepdim=True)
+            if not bool((lq_k < _INF).all()):  # NaN, +inf, or a student row of -inf only
+                _check_token_rows("student_logits", z)
             log_q = torch.cat([lq_k, _log_remainder(_safe_logsumexp(lq_k))[:, None]], dim=-1)
             log_p = torch.cat([lp, _log_remainder(x_p)[:, None]], dim=-1)
     return _divergence_rows(log_p, log_q, divergence, beta, skew).mean()

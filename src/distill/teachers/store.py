@@ -180,22 +180,7 @@ class SoftTargetStore:
         return int(self.meta["rows"])
 
     def _rows(self, idx: np.ndarray) -> np.ndarray:
-        """``idx`` (any integer array or slice, negative counting from the end) as checked int64 rows."""
-        n = len(self)
-        if isinstance(idx, slice):
-            return np.arange(*idx.indices(n), dtype=np.int64)
-        idx = np.asarray(idx)
-        if idx.dtype == bool:
-            if idx.shape != (n,):
-                raise IndexError(f"a boolean index must have {n} entries, got {idx.shape}")
-            return np.flatnonzero(idx)
-        if idx.dtype.kind not in "iu":
-            raise IndexError(f"store rows are indexed by integers, got {idx.dtype}")
-        idx = idx.astype(np.int64).reshape(-1)
-        if len(idx) and (idx.min() < -n or idx.max() >= n):
-            bad = int(idx[(idx < -n) | (idx >= n)][0])
-            raise IndexError(f"row {bad} is out of range for a store of {n} rows")
-        return np.where(idx < 0, idx + n, idx)
+        return store_rows(idx, len(self))
 
     def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows of one array over the shards, read with :class:`distill.data.sources.RowReader` (no
@@ -301,7 +286,26 @@ class SoftTargetStore:
         return cls(path, meta, shards)
 
 
-def _is_plain_name(name) -> bool:
+def store_rows(idx, n: int, what: str = "a store of {n} rows") -> np.ndarray:
+    """``idx`` (any integer array, a boolean mask of ``n``, or a slice; negative counting from the
+    end) as checked int64 rows of a store of ``n`` rows."""
+    if isinstance(idx, slice):
+        return np.arange(*idx.indices(n), dtype=np.int64)
+    idx = np.asarray(idx)
+    if idx.dtype == bool:
+        if idx.shape != (n,):
+            raise IndexError(f"a boolean index must have {n} entries, got {idx.shape}")
+        return np.flatnonzero(idx)
+    if idx.dtype.kind not in "iu":
+        raise IndexError(f"store rows are indexed by integers, got {idx.dtype}")
+    idx = idx.astype(np.int64).reshape(-1)
+    if len(idx) and (idx.min() < -n or idx.max() >= n):
+        bad = int(idx[(idx < -n) | (idx >= n)][0])
+        raise IndexError(f"row {bad} is out of range for {what.format(n=n)}")
+    return np.where(idx < 0, idx + n, idx)
+
+
+def is_plain_name(name) -> bool:
     """Whether ``name`` names a file directly inside a folder: no path separator, not absolute,
     not ``.``/``..``, no NUL (a manifest or record naming anything else is not followed)."""
     return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
@@ -309,7 +313,7 @@ def _is_plain_name(name) -> bool:
 
 
 def _plain_name(name, path: Path, mpath: Path, fix: str) -> str:
-    if not _is_plain_name(name):
+    if not is_plain_name(name):
         shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
         raise StoreError(f"{mpath} names the file {shown}, which is not a plain file name inside {path} (a store "
                          f"only reads its own folder); the manifest is damaged or was altered: {fix}")
@@ -357,9 +361,10 @@ def _sweep_temporaries(folder: Path) -> None:
                 f.unlink(missing_ok=True)
 
 
-def _disk_full(e: BaseException, path: Path) -> None:
+def disk_full(e: BaseException, path: Path, what: str = "soft-target store") -> None:
+    """A full disk while writing a store is one line saying how to resume."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise DistillError(f"disk full while writing the soft-target store {path}; free space and rerun the "
+        raise DistillError(f"disk full while writing the {what} {path}; free space and rerun the "
                            "same command to resume") from None
 
 
@@ -383,7 +388,7 @@ def _atomic_write(path: Path, write) -> None:
         fault_point(f"renamed {path}")
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        _disk_full(e, path.parent)
+        disk_full(e, path.parent)
         raise
 
 
@@ -426,7 +431,7 @@ def write_store(path, logits: torch.Tensor, parts: dict) -> SoftTargetStore:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        _disk_full(e, path)
+        disk_full(e, path)
         raise
     return SoftTargetStore.open(path, expect_key=store_key(parts), verify=False)
 
@@ -486,7 +491,7 @@ NOT_INDEXABLE = ("a soft-target store is looked up by example index: the transfe
                  "a map-style Dataset, not a stream or a DataLoader")
 
 
-def _shard_name(kind: str, s: int, total: int, ext: str = "npy") -> str:
+def shard_name(kind: str, s: int, total: int, ext: str = "npy") -> str:
     return f"{kind}-{s:05d}-of-{total:05d}.{ext}"
 
 
@@ -528,7 +533,7 @@ def _shard_done(path: Path, record_name: str, key: str, rng: tuple[int, int]) ->
         if rec.get("key") != key or (rec["start"], rec["stop"]) != tuple(rng) or "num_classes" not in rec:
             return None
         for info in rec["files"].values():
-            if not _is_plain_name(info["name"]) or not SHARD_FILE.fullmatch(info["name"]):
+            if not is_plain_name(info["name"]) or not SHARD_FILE.fullmatch(info["name"]):
                 return None  # a record naming anything but a shard file of this folder is not trusted
             f = path / info["name"]
             if not f.is_file() or f.stat().st_size != info["bytes"] or file_digest(f) != info["sha256"]:
@@ -555,7 +560,7 @@ def unfinished_build(path) -> str | None:
     totals = {int(n.rsplit("-of-", 1)[1].split(".")[0]) for n in ours}
     if len(totals) == 1:
         total = totals.pop()
-        done = sum(_shard_name("shard", s, total, "json") in records for s in range(total))
+        done = sum(shard_name("shard", s, total, "json") in records for s in range(total))
         return f"{done} of {total} shard(s) written"
     return f"{len(records)} shard record(s) written"
 
@@ -565,11 +570,11 @@ def _write_shard(path: Path, s: int, total: int, rng: tuple[int, int], arrays: d
     """Write one shard's arrays (each to a temporary, fsynced, renamed), then its record."""
     files = {}
     for kind, arr in arrays.items():
-        name = _shard_name(kind, s, total)
+        name = shard_name(kind, s, total)
         _atomic_write(path / name, lambda f: np.save(f, arr, allow_pickle=False))
         files[kind] = dict(name=name, bytes=(path / name).stat().st_size, sha256=file_digest(path / name))
     rec = dict(key=key, start=int(rng[0]), stop=int(rng[1]), num_classes=int(num_classes), files=files)
-    _atomic_write_json(path / _shard_name("shard", s, total, "json"), rec)
+    _atomic_write_json(path / shard_name("shard", s, total, "json"), rec)
     return rec
 
 
@@ -672,7 +677,7 @@ def _build_locked(path: Path, teacher, source, parts: dict, key: str, shards, ba
         teacher.to(device)
     mine: list[dict] = []
     for s in range(rank, total, world_size):
-        record = _shard_name("shard", s, total, "json")
+        record = shard_name("shard", s, total, "json")
         rec = _shard_done(path, record, key, ranges[s])
         if rec is not None:
             log(f"[soft targets] shard {s + 1}/{total} (rows {ranges[s][0]}..{ranges[s][1]}) is already written")
@@ -698,7 +703,7 @@ def _build_locked(path: Path, teacher, source, parts: dict, key: str, shards, ba
         _atomic_write_json(path / "meta.json", meta)  # the manifest, last
         fault_point(f"written {path / 'meta.json'}")
         listed = {info["name"] for r in records for info in r["files"].values()}
-        listed |= {_shard_name("shard", r["shard"], total, "json") for r in records}
+        listed |= {shard_name("shard", r["shard"], total, "json") for r in records}
         for f in path.iterdir():  # shards of an earlier build with another shard count, by distill's names only
             if f.is_file() and f.name not in listed and SHARD_FILE.fullmatch(f.name):
                 f.unlink(missing_ok=True)

@@ -39,7 +39,6 @@ all processes send it, exactly as :func:`distill.teachers.store.build_store` doe
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import numbers
 import os
@@ -59,7 +58,8 @@ from distill.data.sources import RowReader
 from distill.digest import file_digest, json_digest
 from distill.errors import DistillError
 from distill.modelio import inputs_to, logits_of
-from distill.teachers.store import LOCK_NAME, StaleStoreError, StoreError, shard_ranges, unfinished_build
+from distill.teachers.store import (LOCK_NAME, StaleStoreError, StoreError, disk_full, is_plain_name, shard_name,
+                                    shard_ranges, store_rows, unfinished_build)
 
 FORMAT = "distill-token-targets/1"
 #: the storage dtype of the kept log-probabilities
@@ -149,16 +149,6 @@ def _check_source(source) -> None:
     check_number("the source's vocab_size", source.vocab_size, minimum=1, integer=True)
 
 
-def _shard_name(kind: str, s: int, total: int, ext: str = "npy") -> str:
-    return f"{kind}-{s:05d}-of-{total:05d}.{ext}"
-
-
-def _is_plain_name(name) -> bool:
-    """Whether ``name`` names a file directly inside a folder (no separator, not ``.``/``..``, no NUL)."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and "\0" not in name and not os.path.isabs(name))
-
-
 def _default_shards(n: int, block_size: int, k: int, vocab_size: int, world_size: int) -> int:
     """A multiple of the number of processes with about :data:`SHARD_BYTES` per shard at most."""
     payload = n * block_size * bytes_per_token(k, vocab_size)
@@ -197,18 +187,7 @@ class TokenStore:
 
     # ------------------------------------------------------------ reading
     def _rows(self, idx) -> np.ndarray:
-        """``idx`` (integer array, tensor or slice; negative counts from the end) as checked int64 rows."""
-        n = len(self)
-        if isinstance(idx, slice):
-            return np.arange(*idx.indices(n), dtype=np.int64)
-        idx = np.asarray(idx)
-        if idx.dtype.kind not in "iu":
-            raise IndexError(f"token-store rows are indexed by integers, got {idx.dtype}")
-        idx = idx.astype(np.int64).reshape(-1)
-        if len(idx) and (idx.min() < -n or idx.max() >= n):
-            bad = int(idx[(idx < -n) | (idx >= n)][0])
-            raise IndexError(f"row {bad} is out of range for a token store of {n} blocks")
-        return np.where(idx < 0, idx + n, idx)
+        return store_rows(idx, len(self), "a token store of {n} blocks")
 
     def _gather(self, name: str, rows: np.ndarray) -> np.ndarray:
         which = np.searchsorted(self._starts, rows, side="right") - 1
@@ -309,7 +288,7 @@ class TokenStore:
             arrays = dict(start=sh["start"], stop=sh["stop"])
             for kind in ARRAYS:
                 info = sh["files"][kind]
-                if not _is_plain_name(info["name"]):
+                if not is_plain_name(info["name"]):
                     raise StoreError(f"{mpath} names the file {info['name']!r}, which is not a plain file name inside "
                                      f"{path} (a store only reads its own folder); {fix}")
                 f = path / info["name"]
@@ -346,12 +325,6 @@ def _open_array(f: Path, info: dict, verify: bool, mpath: Path, fix: str, which:
 def _temporary(final: Path) -> Path:
     """A fresh temporary beside ``final``, named so :func:`distill.atomic.remove_temporaries` sweeps it."""
     return final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-
-
-def _disk_full(e: BaseException, path: Path) -> None:
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise DistillError(f"disk full while writing the token store {path}; free space and rerun the same command "
-                           "to resume") from None
 
 
 class _NpyWriter:
@@ -427,7 +400,7 @@ def _compute_shard(path: Path, teacher, source, s: int, total: int, rng: tuple[i
                unit="block", leave=False)
     try:
         for kind, dt in (("ids", id_dtype), ("logprobs", LOGPROBS_DTYPE)):
-            writers[kind] = _NpyWriter(path / _shard_name(kind, s, total), dt, shape)
+            writers[kind] = _NpyWriter(path / shard_name(kind, s, total), dt, shape)
         at, valid_tokens = start, 0
         with torch.no_grad():
             for inputs, _labels, idx in source.ordered(batch_size):
@@ -461,12 +434,12 @@ def _compute_shard(path: Path, teacher, source, s: int, total: int, rng: tuple[i
                 bar.update(len(rows))
         files = {kind: w.commit() for kind, w in writers.items()}
         rec = dict(format=FORMAT, key=key, start=int(start), stop=int(stop), valid_tokens=valid_tokens, files=files)
-        atomic_write_json(path / _shard_name("shard", s, total, "json"), rec)
+        atomic_write_json(path / shard_name("shard", s, total, "json"), rec)
         return rec
     except BaseException as e:
         for w in writers.values():
             w.discard()
-        _disk_full(e, path)
+        disk_full(e, path, "token store")
         raise
     finally:
         bar.close()
@@ -483,7 +456,7 @@ def _shard_done(path: Path, record_name: str, key: str, rng: tuple[int, int]) ->
                 rec.get("valid_tokens"), int) or set(rec["files"]) != set(ARRAYS):
             return None
         for info in rec["files"].values():
-            if not _is_plain_name(info["name"]) or not SHARD_FILE.fullmatch(info["name"]):
+            if not is_plain_name(info["name"]) or not SHARD_FILE.fullmatch(info["name"]):
                 return None  # a record naming anything but a shard file of this folder is not trusted
             f = path / info["name"]
             if not f.is_file() or f.stat().st_size != info["bytes"] or file_digest(f) != info["sha256"]:
@@ -569,7 +542,7 @@ def _build_locked(path: Path, teacher, source, key: str, k: int, shards, batch_s
     mine: list[dict] = []
     for s in range(rank, total, world_size):
         lo, hi = ranges[s]
-        rec = _shard_done(path, _shard_name("shard", s, total, "json"), key, ranges[s])
+        rec = _shard_done(path, shard_name("shard", s, total, "json"), key, ranges[s])
         if rec is not None:
             log(f"[token store] shard {s + 1}/{total} (blocks {lo}..{hi}) is already written")
         else:
@@ -593,10 +566,10 @@ def _build_locked(path: Path, teacher, source, key: str, k: int, shards, batch_s
         try:
             atomic_write_json(path / "meta.json", meta)  # the manifest, last
         except OSError as e:
-            _disk_full(e, path)
+            disk_full(e, path, "token store")
             raise
         listed = {info["name"] for r in records for info in r["files"].values()}
-        listed |= {_shard_name("shard", r["shard"], total, "json") for r in records}
+        listed |= {shard_name("shard", r["shard"], total, "json") for r in records}
         for f in path.iterdir():  # shards of an earlier build with another shard count, by distill's names only
             if f.is_file() and f.name not in listed and SHARD_FILE.fullmatch(f.name):
                 f.unlink(missing_ok=True)

@@ -315,10 +315,18 @@ class Loop:
                 out = logits_of(model_forward(self.net, x))
             out = out.float()
             tb = tb.float() if isinstance(tb, torch.Tensor) else tb
-            if not torch.isfinite(out.detach()).all():  # else the objective's input check fires
+            # (next-token objectives check their inputs per position as they go: a pass over every
+            # logit of [B, L, V] here would cost a tenth of a step)
+            if not p.tokens and not torch.isfinite(out.detach()).all():  # else the objective's input check fires
                 raise self.diverged(epoch, "the model's outputs became nan or infinite", lr, switchable=False)
             if batch.mixed is None:
-                loss = p.objective(out, tb, y, mask=batch.mask, epoch=epoch + 1)
+                try:
+                    loss = p.objective(out, tb, y, mask=batch.mask, epoch=epoch + 1)
+                except ValueError:
+                    if p.tokens and not torch.isfinite(out.detach()).all():
+                        raise self.diverged(epoch, "the model's outputs became nan or infinite", lr,
+                                            switchable=False) from None
+                    raise
             else:
                 loss = mixup_loss(p.objective, out, tb, y, batch.mixed[0].to(dev), batch.mixed[1], epoch=epoch + 1)
             if self.chance is None:
