@@ -37,7 +37,7 @@ def test_every_numeric_experiment_flag_is_checked():
     for name, (module, _) in EXPERIMENTS.items():
         parser = argparse.ArgumentParser()
         importlib.import_module(module).add_arguments(parser)
-        numbers = parser.__dict__.get("numbers", {})
+        numbers = parser._defaults.get("_numbers", {})  # where add_number_flag records the rules
         for action in parser._actions:
             if action.type in (int, float):
                 pytest.fail(f"{name}: {action.option_strings} uses type={action.type.__name__}, not add_number_flag")

@@ -88,8 +88,9 @@ def train(args, teacher_mode: bool) -> None:
     teacher = None
     if teachers:
         _check_tokenizer(f"teacher {teachers[0]}", load_tensors(teachers[0])[1], splits.tokenizer)
-        teacher = Teacher(teachers[0], trust_factory=args.trust_factory, store=getattr(args, "store", None),
-                          top_k=getattr(args, "top_k", None) or TOP_K)
+        store = getattr(args, "store", None)
+        teacher = Teacher(teachers[0], trust_factory=args.trust_factory, store=store,
+                          top_k=(getattr(args, "top_k", None) or TOP_K) if store is not None else None)
     elif getattr(args, "store", None) is not None or getattr(args, "top_k", None) is not None:
         flag = "--store" if getattr(args, "store", None) is not None else "--top-k"
         raise DistillError(f"{flag} is a teacher's token store: give --teacher")

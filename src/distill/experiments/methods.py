@@ -35,6 +35,7 @@ from distill.models.classifiers import MLP
 from distill.train.config import TrainConfig
 from distill.train.divergence import TrainingDiverged
 from distill.methods.tuning import holdout_split
+from distill.tools.plots import pyplot, save_figure
 
 METHODS = ("hard", "kd", "dkd", "std-kd", "consistent", "hard-aug")
 LABELS = {"hard": "hard labels", "kd": "Hinton KD", "dkd": "DKD", "std-kd": "standardized KD",
@@ -175,14 +176,12 @@ def summarize(records: list[dict]) -> str:
 
 def plot(records: list[dict], out, title: str = "") -> None:
     """Bar chart of the methods' mean test errors with ± std error bars (teacher as a line)."""
-    from distill.tools.plots import plt, save_figure
-
     final = [r for r in records if r.get("role") == "final"]
     names = [m for m in METHODS if any(r["method"] == m for r in final)]
     if not names:
         return
     stats = [mean_std([r["test_errors"] for r in final if r["method"] == m]) for m in names]
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    fig, ax = pyplot().subplots(figsize=(7.5, 3.8))
     ax.bar(range(len(names)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=4, color="#4c72b0")
     teacher = [r for r in records if r.get("role") == "teacher"]
     if teacher:

@@ -604,10 +604,12 @@ def token_divergence(student_logits: torch.Tensor, teacher, mask: torch.Tensor |
     log-probabilities ``log_softmax(z/T)`` over its full vocabulary are then gathered at those ids,
     and ``tail`` (one of :data:`TOKEN_TAILS`) says what becomes of the mass outside them:
 
-    * ``"renormalize"``: both sides become distributions on the k ids: the teacher's re-tempered
-      ``p_k ∝ p(k)**(1/T)`` (``softmax(logprobs / T)`` over the k), the student's gathered
-      probabilities renormalised over the same k (which equals ``softmax(z_ids / T)`` over the k, so
-      it is computed so). With ``k = V`` this is exactly the dense result.
+    * ``"renormalize"``: the teacher's k probabilities are re-tempered and renormalised,
+      ``p_k ∝ p(k)**(1/T)`` (``softmax(logprobs / T)`` over the k); the student's are its full-
+      vocabulary ``q_k = softmax(z / T)[ids]``, *not* renormalised, so that mass the student puts
+      outside the teacher's k is not free (renormalising the student too would leave it unpenalised:
+      a student trained so at k = 32 reached a test perplexity of 579 against 72 from full logits).
+      With ``k = V`` this is exactly the dense result.
     * ``"bucket"`` (T = 1 only): one extra category on both sides holds the rest of the mass, the
       teacher's ``1 - sum_k p_k`` and the student's ``1 - sum_k q_k`` at the gathered ids (no
       renormalisation), each computed as ``log1p(-exp(logsumexp(.)))`` (``log(-expm1)`` near 0) and
@@ -687,7 +689,10 @@ def token_divergence(student_logits: torch.Tensor, teacher, mask: torch.Tensor |
         z_k = z.gather(-1, ids)
         _check_token_rows("student_logits", z_k)  # at the teacher's ids, what the loss reads
         if tail == "renormalize":
-            log_q = _safe_log_softmax(z_k / t if t != 1 else z_k)
+            zt = z / t if t != 1 else z
+            log_q = (z_k / t if t != 1 else z_k) - torch.logsumexp(zt, dim=-1, keepdim=True)
+            if not bool((log_q < _INF).all()):  # NaN, +inf, or a student row of -inf only
+                _check_token_rows("student_logits", z)
             log_p = _safe_log_softmax(lp / t if t != 1 else lp)
         else:
             x_p = _safe_logsumexp(lp)

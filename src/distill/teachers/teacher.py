@@ -178,11 +178,13 @@ class Teacher:
     """
 
     def __init__(self, teacher, *, kind: str | None = None, temperature: float = 1.0, combine: str = "arithmetic",
-                 id: str | None = None, store=None, trust_factory: bool = False, top_k: int = 32):
+                 id: str | None = None, store=None, trust_factory: bool = False, top_k: int | None = None):
 
         self.temperature = _check_temperature(temperature)
         self.store_root = Path(store) if store is not None else None
-        self.top_k = top_k  # a language model's store keeps its k most likely next tokens per position
+        # a language model's store keeps its k most likely next tokens per position (default 32); a
+        # student taught from them learns another loss, so k is part of the teacher's identity
+        self.top_k = top_k
         self.module, self.table, self._id = None, None, id
         if isinstance(teacher, Teacher):
             self.__dict__.update(teacher.__dict__)
@@ -247,7 +249,8 @@ class Teacher:
     def id(self) -> str:
         """The teacher's identity in run keys and store keys: its weights (or outputs) digest, and
         ``@T<T>`` when the effective logits depend on the temperature."""
-        return f"{self._id}@T{self.temperature:g}" if self.depends_on_temperature else self._id
+        base = f"{self._id}+top{self.top_k}" if self.top_k is not None else self._id
+        return f"{base}@T{self.temperature:g}" if self.depends_on_temperature else base
 
     def at(self, temperature: float) -> "Teacher":
         """The same teacher producing effective logits at ``temperature`` (the objective's)."""
@@ -294,7 +297,9 @@ class Teacher:
         if getattr(source, "task", None) == "lm" and self.store_root is not None and not augmented:
             # a language model's logits over every position and the whole vocabulary are too large
             # to keep: its stored form is the top-k token store (T = 1 log-probabilities)
-            self.table = get_token_store(self.store_root, self.at(1.0), source, k=self.top_k, device=device,
+            plain = self.at(1.0)
+            plain.top_k = None  # the store's own key covers k; its teacher is the model itself
+            self.table = get_token_store(self.store_root, plain, source, k=self.top_k or 32, device=device,
                                          progress=progress, log=log)
             return
         if augmented or not source.indexable or getattr(source, "task", None) == "lm":
