@@ -196,17 +196,24 @@ def numbers_match(printed: str, quoted: str, tolerance: int = 5) -> bool:
                                     for i, (x, y) in enumerate(zip(a, b)))
 
 
-def test_readme_quick_start_runs_and_prints_what_it_quotes(tmp_path, monkeypatch):
-    body = section(README.read_text(encoding="utf-8"), "Quick start")
+def run_readme_section(title: str, folder, monkeypatch) -> tuple[dict, str, str]:
+    """Run the Python blocks of the README section ``title`` in ``folder``: ``(their namespace,
+    what they printed, the output the section quotes)``."""
+    body = section(README.read_text(encoding="utf-8"), title)
     blocks, quoted = code_blocks(body, "python"), code_blocks(body, "")
-    assert blocks and quoted, "the README's Quick start needs a Python block and its quoted output"
-    monkeypatch.chdir(tmp_path)
+    assert blocks and quoted, f"the README's {title} needs a Python block and its quoted output"
+    monkeypatch.chdir(folder)
     ns: dict = {"__name__": "__main__"}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         for i, block in enumerate(blocks):
-            exec(compile(block, f"README quick start block {i + 1}", "exec"), ns)
-    assert numbers_match(out.getvalue(), quoted[0]), (out.getvalue(), quoted[0])
+            exec(compile(block, f"README {title} block {i + 1}", "exec"), ns)
+    return ns, out.getvalue(), quoted[0]
+
+
+def test_readme_quick_start_runs_and_prints_what_it_quotes(tmp_path, monkeypatch):
+    ns, printed, quoted = run_readme_section("Quick start", tmp_path, monkeypatch)
+    assert numbers_match(printed, quoted), (printed, quoted)
     teacher, student = ns["teacher"], ns["student"]
     assert teacher.epoch == student.epoch == 20 and student.test["n"] == 497
     assert teacher.test["accuracy"] > 0.9 and student.test["accuracy"] > 0.85
@@ -217,18 +224,10 @@ def test_readme_language_model_quick_start_runs(tmp_path, monkeypatch):
     from configs, the student saved for from_pretrained) and prints what it quotes, perplexities
     within 5 % and the agreement within 3 points (float sums differ across CPUs)."""
     pytest.importorskip("transformers")
-    body = section(README.read_text(encoding="utf-8"), "Quick start: a language model")
-    blocks, quoted = code_blocks(body, "python"), code_blocks(body, "")
-    assert blocks and quoted
-    monkeypatch.chdir(tmp_path)
-    ns: dict = {"__name__": "__main__"}
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        for i, block in enumerate(blocks):
-            exec(compile(block, f"README language-model block {i + 1}", "exec"), ns)
-    got = [int(n) for n in re.findall(r"\d+", out.getvalue().strip().splitlines()[-1])]
-    want = [int(n) for n in re.findall(r"\d+", quoted[0])]
-    assert len(got) == len(want) == 3, (out.getvalue(), quoted[0])
+    ns, printed, quoted = run_readme_section("Quick start: a language model", tmp_path, monkeypatch)
+    got = [int(n) for n in re.findall(r"\d+", printed.strip().splitlines()[-1])]
+    want = [int(n) for n in re.findall(r"\d+", quoted)]
+    assert len(got) == len(want) == 3, (printed, quoted)
     assert abs(got[0] - want[0]) <= 0.05 * want[0] and abs(got[1] - want[1]) <= 0.05 * want[1], (got, want)
     assert abs(got[2] - want[2]) <= 3, (got, want)
     assert (tmp_path / "runs" / "lm-student" / "hf" / "config.json").is_file()

@@ -271,7 +271,7 @@ class SoftTargetStore:
             which = "" if len(listed) == 1 else f" (shard {number} of {len(listed)}, rows {sh['start']}..{sh['stop']})"
             for name, info in sh["files"].items():
                 f = path / _plain_name(info["name"], path, mpath, fix)
-                arrays[name] = _open_array(f, info, verify, mpath, fix, which)
+                arrays[name] = open_array(f, info, verify, mpath, fix, which)
             if "values" not in arrays:
                 raise StoreError(f"{mpath} lists a shard without values; {fix}")
             v = arrays["values"]
@@ -320,17 +320,17 @@ def _plain_name(name, path: Path, mpath: Path, fix: str) -> str:
     return name
 
 
-def _open_array(f: Path, info: dict, verify: bool, mpath: Path, fix: str, which: str = ""):
-    """One listed ``.npy`` file, checked (size; SHA-256 with ``verify``) and memory-mapped.
-    ``which`` says which shard it belongs to, for the messages."""
+def open_array(f: Path, info: dict, verify: bool, mpath: Path, fix: str, which: str = "", what: str = "store"):
+    """One listed ``.npy`` file of a ``what`` (a store, a token store), checked (size; SHA-256 with
+    ``verify``) and memory-mapped. ``which`` says which shard it belongs to, for the messages."""
     if not f.is_file():
-        raise StoreError(f"{f}{which} is missing; the store is incomplete: {fix}")
+        raise StoreError(f"{f}{which} is missing; the {what} is incomplete: {fix}")
     if f.stat().st_size != info["bytes"]:
         raise StoreError(f"{f}{which} has {f.stat().st_size} bytes, {info['bytes']} expected (truncated or "
                          f"overwritten); {fix}")
     if verify and file_digest(f) != info["sha256"]:
         raise StoreError(f"{f}{which} does not match the SHA-256 in {mpath} (changed since it was written); the "
-                         f"store is damaged: {fix}")
+                         f"{what} is damaged: {fix}")
     try:
         return np.load(f, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:

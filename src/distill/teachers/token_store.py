@@ -58,7 +58,8 @@ from distill.data.sources import RowReader
 from distill.digest import file_digest, json_digest
 from distill.errors import DistillError
 from distill.modelio import inputs_to, logits_of
-from distill.teachers.store import (LOCK_NAME, StaleStoreError, StoreError, disk_full, is_plain_name, shard_name,
+from distill.teachers.store import (LOCK_NAME, StaleStoreError, StoreError, disk_full, is_plain_name, open_array,
+                                    shard_name,
                                     shard_ranges, store_rows, unfinished_build)
 
 FORMAT = "distill-token-targets/1"
@@ -292,7 +293,7 @@ class TokenStore:
                     raise StoreError(f"{mpath} names the file {info['name']!r}, which is not a plain file name inside "
                                      f"{path} (a store only reads its own folder); {fix}")
                 f = path / info["name"]
-                a = _open_array(f, info, verify, mpath, fix, which)
+                a = open_array(f, info, verify, mpath, fix, which, "token store")
                 want = (sh["stop"] - sh["start"], length, k)
                 if a.shape != want or a.dtype != dtypes[kind]:
                     raise StoreError(f"{f}{which} holds {a.shape} {a.dtype}, meta.json says {want} {dtypes[kind]}; "
@@ -304,20 +305,6 @@ class TokenStore:
         return cls(path, meta, shards)
 
 
-def _open_array(f: Path, info: dict, verify: bool, mpath: Path, fix: str, which: str = "") -> np.ndarray:
-    """One listed ``.npy`` file, checked (size; SHA-256 with ``verify``) and memory-mapped."""
-    if not f.is_file():
-        raise StoreError(f"{f}{which} is missing; the token store is incomplete: {fix}")
-    size = f.stat().st_size
-    if size != info["bytes"]:
-        raise StoreError(f"{f}{which} has {size} bytes, {info['bytes']} expected (truncated or overwritten); {fix}")
-    if verify and file_digest(f) != info["sha256"]:
-        raise StoreError(f"{f}{which} does not match the SHA-256 in {mpath} (changed since it was written); the "
-                         f"token store is damaged: {fix}")
-    try:
-        return np.load(f, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise StoreError(f"{f}{which} cannot be read as an array ({e}); {fix}") from None
 
 
 # ---------------------------------------------------------------- writing
