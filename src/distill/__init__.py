@@ -15,13 +15,14 @@ before it (``tests/core/test_layers.py`` parses every import and fails on an upw
     data/        sources (what fit accepts) · datasets, files, text (corpora, tokenizers, token blocks), augment,
                  transfer sets
     metrics      evaluation over a source
-    models/      classifiers (MLP, CNN) · segmentation (DeepLabV3, MobileNetSeg) · lm (GPT, generate) ·
+    models/      classifiers (MLP, CNN, ResNet) · segmentation (DeepLabV3, MobileNetSeg) · lm (GPT, generate) ·
                  hf (Hugging Face causal LMs from a config)
     teachers/    teacher (Teacher, Ensemble) · store (the soft-target store: knows nothing of Teacher) ·
                  token_store (a language model's top-k store)
-    train/       fit · config · recipes (the paper's) · rundir · divergence · augmenter
+    train/       fit · config · recipes (the paper's) · rundir · divergence · augmenter · features (hooks,
+                 projectors) · logs (metrics.csv, TensorBoard, callbacks)
     methods/     specialists · trees · tuning (held-out selection)
-    tools/       bench · compare · export · plots
+    tools/       bench · compare · export · plots · history (training curves)
     experiments/ the paper's experiments and the registry
     cli          the ``distill`` command
 """
@@ -40,7 +41,8 @@ if "OMP_WAIT_POLICY" not in _os.environ and "torch" not in _sys.modules:
 
 from distill.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
-from distill.losses.objectives import Distillation, HardLabels, LogitMatching, NextTokenLoss, TokenDistillation
+from distill.losses.objectives import Distillation, FeatureDistillation, HardLabels, LogitMatching, NextTokenLoss, \
+    TokenDistillation
 from distill.metrics import evaluate, predict_logits  # noqa: E402
 from distill.teachers import store as _store  # noqa: E402
 from distill.teachers.store import SoftTargetStore  # noqa: E402
@@ -52,7 +54,7 @@ from distill.train.divergence import TrainingDiverged
 
 __all__ = [
     "fit", "TrainConfig", "FitResult", "TrainingDiverged", "seed_everything",
-    "HardLabels", "Distillation", "LogitMatching", "TokenDistillation", "NextTokenLoss",
+    "HardLabels", "Distillation", "LogitMatching", "TokenDistillation", "NextTokenLoss", "FeatureDistillation",
     "Teacher", "Ensemble",
     "as_source", "evaluate", "predict_logits",
     "get_store", "SoftTargetStore",

@@ -98,18 +98,59 @@ def read_format_json(path: Path, fmt: str, damaged: str, wrong: str, error=Disti
     return record
 
 
-def stem_of(path: str | os.PathLike) -> Path:
-    """``run/teacher``, ``run/teacher.json`` and ``run/teacher.safetensors`` all name one checkpoint."""
+#: the name of the finished model in a run folder, so that the folder itself names its checkpoint
+RUN_MODEL = "model"
+#: files made from a checkpoint (``distill export``), never read as one
+EXPORT_SUFFIXES = (".onnx", ".pt")
+
+
+def _strip(path: str | os.PathLike) -> Path:
     p = Path(path)
-    if p.suffix in (".json", ".safetensors"):
-        p = p.with_suffix("")
+    return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+
+
+def stem_of(path: str | os.PathLike) -> Path:
+    """``run/teacher``, ``run/teacher.json`` and ``run/teacher.safetensors`` all name one checkpoint;
+    a run folder holding ``model.safetensors`` (``--out`` of ``distill teacher/student``) names its
+    finished model ``run/model``."""
+    p = _strip(path)
+    if (p / f"{RUN_MODEL}.safetensors").is_file():
+        p = p / RUN_MODEL
     return p
+
+
+def _not_found(path: str | os.PathLike, wpath: Path) -> str:
+    """Why there is no checkpoint at ``path``, and the one probably meant when one is near."""
+    p = _strip(path)
+    what = "a checkpoint is a .safetensors file with a .json sidecar, or a run folder holding model.safetensors"
+    if p.is_dir():
+        if (p / "state.safetensors").is_file():
+            return (f"{p} is a run folder without a finished model (it holds state.safetensors: the run stopped "
+                    "before its last epoch); rerun its command to finish it")
+        inside = sorted([q.with_suffix("") for q in p.glob("*.safetensors") if q.stem != "state"]
+                        + [q for q in p.iterdir() if q.is_dir() and (q / f"{RUN_MODEL}.safetensors").is_file()])
+        if len(inside) == 1:
+            return f"{p} is a folder without model.safetensors; did you mean {inside[0]}?"
+        if inside:
+            from distill.checks import show_names
+
+            return f"{p} is a folder without model.safetensors; it holds the checkpoints {show_names(inside, 10)}"
+        return f"{p} is a folder without model.safetensors ({what})"
+    near = []
+    if p.parent.is_dir():
+        near = [q.with_suffix("").name for q in p.parent.glob("*.safetensors") if q.stem != "state"]
+        near += [q.name for q in p.parent.iterdir() if q.is_dir() and (q / f"{RUN_MODEL}.safetensors").is_file()]
+    from distill.checks import did_you_mean
+
+    guess = did_you_mean(p.name, near) if near else None
+    hint = f"did you mean {p.parent / guess}?" if guess else f"check the path ({what})"
+    return f"checkpoint file {wpath} not found; {hint}"
 
 
 def save_tensors(stem: Path, tensors: dict[str, torch.Tensor], sidecar: dict) -> Path:
     """Write ``stem.safetensors`` (the sidecar embedded in its header) then ``stem.json``, each
     atomically (see the module docstring)."""
-    stem = stem_of(stem)
+    stem = _strip(stem)  # written where it is named: a folder is not resolved to its model here
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     sidecar = dict(sidecar, format=FORMAT, weights_sha256=tensors_digest(cpu), versions=versions())
     text = json.dumps(sidecar, sort_keys=True, default=str)
@@ -141,12 +182,14 @@ def _embedded_sidecar(blob: bytes, wpath: Path, fix: str) -> dict:
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a tensor file and its sidecar (the copy embedded in the file), checking the tensors
     against the sidecar's digest; errors say what to do."""
+    if Path(path).suffix in EXPORT_SUFFIXES:
+        raise DistillError(f"{path} is an export, not a checkpoint: give the checkpoint it was made from "
+                           f"({Path(path).with_suffix('')}){' (distill evaluate also takes the .onnx file)' if Path(path).suffix == '.onnx' else ''}")
     stem = stem_of(path)
     wpath = stem.with_suffix(".safetensors")
     fix = "the checkpoint is damaged, retrain it (or rerun the command that wrote it)"
     if not wpath.is_file():
-        raise DistillError(f"checkpoint file {wpath} not found; check the path (a checkpoint is a "
-                           ".safetensors file with a .json sidecar)")
+        raise DistillError(_not_found(path, wpath))
     try:
         blob = wpath.read_bytes()
     except OSError as e:
@@ -209,8 +252,11 @@ def check_sidecar(sidecar: dict, where, fix: str) -> None:
 #: dotted attribute path cannot reach other code through a distill module)
 #: the factory recorded for a Hugging Face causal LM: ``distill.models.hf.causal_lm`` over its config
 HF_FACTORY = "distill.models:causal_lm"
+#: the factory of :class:`distill.models.Standardize`, a wrapper whose ``model`` keyword is the
+#: inner model's factory spec (built by the same trust rules as any other)
+STANDARDIZE_FACTORY = "distill.models:Standardize"
 OWN_FACTORIES = frozenset({
-    "distill.models:MLP", "distill.models:CNN", "distill.models:GPT", HF_FACTORY,
+    "distill.models:MLP", "distill.models:CNN", "distill.models:ConvNet", STANDARDIZE_FACTORY, "distill.models:ResNet", "distill.models:GPT", HF_FACTORY,
     "distill.segmentation:DeepLabV3", "distill.segmentation:MobileNetSeg",
 })
 #: stable factory names recorded before a module moved -> where the callable lives now (checkpoints
@@ -291,6 +337,9 @@ def build_from_factory(spec, where, tensors: dict | None = None, trust_factory: 
             f"pass trust_factory=True (CLI: --trust-factory) or add {module.split('.')[0]!r} to "
             f"${TRUST_ENV}; or build the model yourself and call load_checkpoint(path, model=your_model)")
     fn = import_factory(target)
+    if target == STANDARDIZE_FACTORY:  # preprocessing in front of a model: the inner one built first, as any other
+        inner = None if tensors is None else {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        kwargs = dict(kwargs, model=build_from_factory(kwargs.get("model"), where, inner, trust_factory))
 
     def call():
         try:

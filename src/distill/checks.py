@@ -94,3 +94,31 @@ def check_number_flags(args) -> None:
             setattr(args, dest, [number_flag_value(flag, v, rules) for v in value])
         else:
             setattr(args, dest, number_flag_value(flag, value, rules))
+
+
+# ---------------------------------------------------------------- names: lists and suggestions
+
+#: a list of names in a message shows them all up to this many, else the first ones and how many more
+SHOW_NAMES = 40
+
+
+def show_names(names, k: int = SHOW_NAMES, quote: bool = False) -> str:
+    """``names`` for a one-line message: all of them when there are at most ``k``, else the first
+    ``k`` and ``"and N more"`` (never a list that silently stops)."""
+    names = [repr(str(n)) if quote else str(n) for n in names]
+    if len(names) <= k:
+        return ", ".join(names)
+    return ", ".join(names[:k]) + f", and {len(names) - k} more"
+
+
+def did_you_mean(word: str, candidates, cutoff: float = 0.6) -> str | None:
+    """The candidate ``word`` was probably meant to be: the one equal to it ignoring case, else the
+    closest by :func:`difflib.get_close_matches` (None when none is close)."""
+    import difflib
+
+    candidates = [str(c) for c in candidates]
+    folded = [c for c in candidates if c.casefold() == str(word).casefold()]
+    if folded:
+        return folded[0]
+    close = difflib.get_close_matches(str(word), candidates, n=1, cutoff=cutoff)
+    return close[0] if close else None

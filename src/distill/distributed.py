@@ -20,6 +20,7 @@ trained model handed back.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 
 import torch
@@ -190,10 +191,13 @@ def load_full_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> 
     if not saved.get("state"):
         return
     params = [q for group in optimizer.param_groups for q in group["params"]]
+    # src_data_rank=None (torch >= 2.7): each process cuts its own slice; older releases broadcast
+    # process 0's copy, which is the same tensor here (every process loaded the same file)
+    local = {"src_data_rank": None} if "src_data_rank" in inspect.signature(distribute_tensor).parameters else {}
     state = {}
     for i, st in saved["state"].items():
         q = params[int(i)]
-        state[i] = {k: distribute_tensor(v.to(q.device), q.device_mesh, q.placements, src_data_rank=None)
+        state[i] = {k: distribute_tensor(v.to(q.device), q.device_mesh, q.placements, **local)
                     if isinstance(q, DTensor) and isinstance(v, torch.Tensor) and v.shape == q.shape else v
                     for k, v in st.items()}
     optimizer.load_state_dict(dict(saved, state=state))

@@ -13,6 +13,13 @@ from distill.losses.functional import next_token_pairs
 from distill.modelio import inputs_to, logits_of, model_forward
 from distill.data.sources import Source, as_source
 
+#: equal-width confidence bins of :func:`expected_calibration_error` and :func:`calibration_bins`
+ECE_BINS = 15
+#: top-k agreement: the teacher's most likely class is among the student's k most likely
+TOP_K = 5
+#: the keys of :func:`fidelity` (and of :func:`lm_evaluate` with a teacher) that records report
+FIDELITY = ("agreement", "top5_agreement", "kl", "ece", "teacher_ece")
+
 
 @torch.no_grad()
 def predict_logits(model, data, batch_size: int = 2000, *, device=None, progress: bool = False,
@@ -55,11 +62,13 @@ def predict_logits(model, data, batch_size: int = 2000, *, device=None, progress
     return torch.cat(out)
 
 
-def evaluate(model, data, batch_size: int = 2000, device=None) -> dict:
+def evaluate(model, data, batch_size: int = 2000, device=None, teacher_logits: torch.Tensor | None = None) -> dict:
     """``errors``, ``accuracy``, ``nll`` and ``n`` of ``model`` on labelled ``data`` (anything
     :func:`distill.data.sources.as_source` accepts), in one pass. With per-position labels (masks
     ``(n, H, W)``) the model's logits are ``(n, C, H, W)`` and the result is
-    :func:`segmentation_metrics`' (these four counted over labelled pixels, plus IoUs)."""
+    :func:`segmentation_metrics`' (these four counted over labelled pixels, plus IoUs).
+    ``teacher_logits``: a classifier teacher's logits on the same examples, in order: the result
+    then has :func:`fidelity`'s keys too (agreement, top-5 agreement, KL, both ECEs)."""
 
     src = data if isinstance(data, Source) else as_source(data, name="data")
     if not src.labeled:
@@ -73,17 +82,23 @@ def evaluate(model, data, batch_size: int = 2000, device=None) -> dict:
     labels = torch.cat(labels)
     if labels.dim() > 1:
         return segmentation_metrics(logits, labels)
-    return classification_metrics(logits, labels)
+    out = classification_metrics(logits, labels)
+    if teacher_logits is not None:
+        out.update({k: v for k, v in fidelity(logits, teacher_logits.to(logits.device), labels).items() if k != "n"})
+    return out
 
 
 @torch.no_grad()
-def lm_evaluate(model, data, batch_size: int = 16, device=None, teacher=None) -> dict:
+def lm_evaluate(model, data, batch_size: int = 16, device=None, teacher=None, bins: int = ECE_BINS) -> dict:
     """Next-token metrics of a language model over every counted position of ``data`` (logits at
     position t scored against token t+1, targets of -100 left out): ``n`` tokens, ``nll`` (mean
     negative log-likelihood, nats), ``perplexity`` = exp(nll), ``accuracy`` and ``errors`` of the
-    most likely next token. With ``teacher`` (a callable on a batch's inputs returning logits, e.g.
-    :meth:`distill.Teacher.forward`): ``agreement`` (the student's top-1 token equals the
-    teacher's) and ``kl`` = mean KL(p_teacher ‖ q_student) at T = 1, over the shared vocabulary."""
+    most likely next token, ``ece`` (the student's :func:`expected_calibration_error` over the
+    tokens, ``bins`` equal-width bins, default :data:`ECE_BINS`). With ``teacher`` (a callable on a
+    batch's inputs returning logits, e.g. :meth:`distill.Teacher.forward`), :func:`fidelity`'s
+    numbers per token: ``agreement`` (the student's top-1 token equals the teacher's),
+    ``top5_agreement``, ``kl`` = mean KL(p_teacher ‖ q_student) at T = 1 (these three over the
+    shared vocabulary) and ``teacher_ece``; the same keys a classifier's :func:`fidelity` has."""
     module = model if isinstance(model, nn.Module) else None
     was = module.training if module is not None else False
     if module is not None:
@@ -91,8 +106,8 @@ def lm_evaluate(model, data, batch_size: int = 16, device=None, teacher=None) ->
     p = next(module.parameters(), None) if module is not None else None
     dev = torch.device(device) if device is not None else (p.device if p is not None else torch.device("cpu"))
     nll = torch.zeros((), dtype=torch.float64)
-    correct = agree = torch.zeros((), dtype=torch.long)
-    kl = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.long)
+    sums: dict = {}
     n = 0
     try:
         for x, y, _ in data.ordered(batch_size):
@@ -105,12 +120,8 @@ def lm_evaluate(model, data, batch_size: int = 16, device=None, teacher=None) ->
             nll += -logq.gather(1, targets[:, None]).sum().double().cpu()
             correct = correct + (s.argmax(-1) == targets).sum().cpu()
             n += int(valid.sum())
-            if t is not None:
-                t = t[valid]
-                v = min(t.shape[-1], s.shape[-1])
-                logp, logq_v = F.log_softmax(t[:, :v], -1), F.log_softmax(s[:, :v], -1)
-                kl += (logp.exp() * (logp - logq_v)).sum().double().cpu()
-                agree = agree + (t[:, :v].argmax(-1) == s[:, :v].argmax(-1)).sum().cpu()
+            for k, v in _fidelity_sums(s, t[valid] if t is not None else None, targets, bins, logq=logq).items():
+                sums[k] = sums[k] + v if k in sums else v
     finally:
         if module is not None:
             module.train(was)
@@ -119,8 +130,7 @@ def lm_evaluate(model, data, batch_size: int = 16, device=None, teacher=None) ->
     mean = float(nll) / n
     out = dict(n=n, nll=mean, perplexity=math.exp(min(mean, 700.0)), accuracy=int(correct) / n,
                errors=n - int(correct))
-    if teacher is not None:
-        out.update(agreement=int(agree) / n, kl=float(kl) / n)
+    out.update(_fidelity_result(sums, n))
     return out
 
 
@@ -139,22 +149,119 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> float:
-    """Fraction of examples on which two models predict the same class."""
+    """Fraction of examples on which two models predict the same class (top-1 agreement)."""
     return float((logits_a.argmax(1) == logits_b.argmax(1)).float().mean())
 
 
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    """ECE = sum_b (|B_b|/n) * |accuracy(B_b) - confidence(B_b)| over equal-width confidence bins."""
-    probs = torch.softmax(logits, 1)
-    conf, pred = probs.max(1)
-    correct = (pred == labels).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    ece = torch.zeros(())
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            ece += m.float().mean() * (correct[m].mean() - conf[m].mean()).abs()
-    return float(ece)
+def calibration_bins(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
+    """Sums per confidence bin, ``(3, bins)`` float64 on the CPU: the count ``|B_b|``, the correct
+    predictions and the summed confidences of the rows whose confidence ``max_c softmax(z)_c``
+    falls in ``B_b = (b/bins, (b+1)/bins]`` (prediction = argmax). Sums, so batches add up; the
+    reliability diagram is ``correct/count`` against ``confidence/count`` per bin, and
+    :func:`expected_calibration_error` their weighted gap."""
+    if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not pair up "
+                         "(one row of class scores per label)")
+    if int(bins) < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    return _bins_of(torch.softmax(logits.float(), -1).max(-1), labels, int(bins))
+
+
+def _bins_of(conf_pred, labels: torch.Tensor, bins: int) -> torch.Tensor:
+    conf, pred = conf_pred
+    edges = torch.linspace(0, 1, bins + 1, device=conf.device)
+    b = torch.bucketize(conf, edges[1:-1])  # edges[b] < conf <= edges[b + 1]
+    out = torch.zeros(3, bins, dtype=torch.float64, device=conf.device)
+    out[0].index_add_(0, b, torch.ones_like(conf, dtype=torch.float64))
+    out[1].index_add_(0, b, (pred == labels.to(pred.device)).double())
+    out[2].index_add_(0, b, conf.double())
+    return out.cpu()
+
+
+def _ece_of(sums: torch.Tensor) -> float:
+    n = float(sums[0].sum())
+    return float((sums[1] - sums[2]).abs().sum()) / n if n else float("nan")
+
+
+def reliability(sums: torch.Tensor) -> dict:
+    """:func:`calibration_bins`' sums as a JSON-able reliability diagram: the bin ``edges``, per bin
+    the ``count``, ``accuracy`` and mean ``confidence`` (None for an empty bin), and their ``ece``."""
+    bins = sums.shape[1]
+    count = [int(c) for c in sums[0].tolist()]
+    return dict(edges=[i / bins for i in range(bins + 1)], count=count,
+                accuracy=[a / c if c else None for a, c in zip(sums[1].tolist(), count)],
+                confidence=[f / c if c else None for f, c in zip(sums[2].tolist(), count)], ece=_ece_of(sums))
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """ECE = sum_b (|B_b|/n) * |accuracy(B_b) - confidence(B_b)| over ``bins`` equal-width confidence
+    bins ``B_b = (b/bins, (b+1)/bins]``, confidence = max_c softmax(z)_c, accuracy = the fraction of
+    the bin's rows whose argmax is the label (:func:`calibration_bins`)."""
+    return _ece_of(calibration_bins(logits, labels, bins))
+
+
+def fidelity(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
+             bins: int = ECE_BINS) -> dict:
+    """How closely a student follows its teacher, over ``n`` rows of logits ``(n, C)`` (classes, or
+    the valid tokens of a language model), with p = softmax(teacher), q = softmax(student) at T = 1:
+
+    * ``agreement`` = (1/n) sum_i [argmax_c q_ic = argmax_c p_ic]  (top-1 agreement);
+    * ``top5_agreement`` = (1/n) sum_i [argmax_c p_ic ∈ top-k_c q_ic], k = min(5, C);
+    * ``kl`` = (1/n) sum_i sum_c p_ic (log p_ic - log q_ic)  (mean KL(teacher ‖ student), nats;
+      terms with p_ic = 0 count 0);
+    * with ``labels`` ``(n,)``: ``ece`` and ``teacher_ece``, the :func:`expected_calibration_error`
+      (``bins`` bins) of the student and of the teacher against the labels;
+    * ``n``.
+    """
+    if student_logits.dim() != 2 or tuple(student_logits.shape) != tuple(teacher_logits.shape):
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must both be (rows, classes) of the same shape")
+    if labels is not None and tuple(labels.shape) != (student_logits.shape[0],):
+        raise ValueError(f"labels {tuple(labels.shape)} must be one per row of the logits "
+                         f"({student_logits.shape[0]})")
+    n = student_logits.shape[0]
+    if n == 0:
+        raise ValueError("no rows to measure fidelity on")
+    return dict(_fidelity_result(_fidelity_sums(student_logits.float(), teacher_logits.float(), labels, bins), n), n=n)
+
+
+def _fidelity_sums(s: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor | None, bins: int, *,
+                   logq: torch.Tensor | None = None) -> dict:
+    """The sums behind :func:`fidelity` over rows ``s`` (student), ``t`` (teacher, or None): the
+    agreements and KL over the shared classes ``[:min(C_s, C_t)]``, the calibration bins of each
+    (with ``labels``). ``logq``: ``log_softmax(s)`` when the caller has it."""
+    out = {}
+    if labels is not None and logq is not None:
+        top = logq.max(-1)
+        out["bins"] = _bins_of((top.values.exp(), top.indices), labels, int(bins))
+    elif labels is not None:
+        out["bins"] = calibration_bins(s, labels, bins)
+    if t is None:
+        return out
+    v = min(s.shape[-1], t.shape[-1])
+    sv, tv = s[:, :v], t[:, :v]
+    logp = F.log_softmax(tv, -1)
+    logq_v = logq if logq is not None and v == s.shape[-1] else F.log_softmax(sv, -1)
+    pt = logp.exp()
+    kl = torch.where(pt > 0, pt * (logp - logq_v), torch.zeros((), device=pt.device)).sum(-1).double().sum()
+    top_t = tv.argmax(-1)
+    k = min(TOP_K, v)
+    out.update(agree=(sv.argmax(-1) == top_t).sum().cpu(), kl=kl.cpu(),
+               top5=(sv.topk(k, -1).indices == top_t[:, None]).any(-1).sum().cpu())
+    if labels is not None:
+        out["teacher_bins"] = calibration_bins(t, labels, bins)
+    return out
+
+
+def _fidelity_result(sums: dict, n: int) -> dict:
+    out = {}
+    if "agree" in sums:
+        out.update(agreement=int(sums["agree"]) / n, top5_agreement=int(sums["top5"]) / n, kl=float(sums["kl"]) / n)
+    if "bins" in sums:
+        out["ece"] = _ece_of(sums["bins"])
+    if "teacher_bins" in sums:
+        out["teacher_ece"] = _ece_of(sums["teacher_bins"])
+    return out
 
 
 # ---------------------------------------------------------------- dense prediction

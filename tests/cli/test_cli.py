@@ -163,11 +163,14 @@ def _toy_checkpoint(path, in_features=5, classes=3, with_fit=True):
 def test_checkpoints_that_do_not_fit_the_data_are_one_line_errors(tmp_path, capsys):
     small = ["--train-size", "100", "--test-size", "100"]
     ckpt = _toy_checkpoint(tmp_path / "a")
-    assert main(["evaluate", str(ckpt), *small]) == 2
+    assert main(["evaluate", str(ckpt), *small]) == 2  # a checkpoint of the API records no data
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records no data to evaluate on" in err and "pass --data" in err, err
+    assert main(["evaluate", str(ckpt), "--dataset", "mnist", *small]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "takes inputs of shape (5,), but mnist's are (784,)" in err, err
     ckpt = _toy_checkpoint(tmp_path / "b", in_features=784)
-    assert main(["evaluate", str(ckpt), *small]) == 2
+    assert main(["evaluate", str(ckpt), "--dataset", "mnist", *small]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "predicts 3 classes, but mnist has 10" in err, err
     # as a teacher: the same checks name the teacher, before any training
@@ -177,11 +180,11 @@ def test_checkpoints_that_do_not_fit_the_data_are_one_line_errors(tmp_path, caps
     assert not (tmp_path / "s").exists()
     # a checkpoint saved without those fields: the forward pass's error, in one line
     bare = _toy_checkpoint(tmp_path / "c", with_fit=False)
-    assert main(["evaluate", str(bare), *small]) == 2
+    assert main(["evaluate", str(bare), "--dataset", "mnist", *small]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot run on mnist's inputs of shape (784,)" in err, err
     bare = _toy_checkpoint(tmp_path / "d", in_features=784, with_fit=False)
-    assert main(["evaluate", str(bare), *small]) == 2
+    assert main(["evaluate", str(bare), "--dataset", "mnist", *small]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "returns outputs of shape (3,), but mnist has 10 classes" in err, err
     assert main(["student", *small, "--teacher", str(bare), "--out", str(tmp_path / "s")]) == 2
@@ -202,7 +205,7 @@ print('HEAVY', ','.join(heavy))
 
 def test_training_and_evaluate_commands_import_no_experiment_sklearn_or_matplotlib(tmp_path):
     ckpt = _toy_checkpoint(tmp_path / "a", in_features=784, classes=10)
-    for code, argv in ((0, ["evaluate", str(ckpt), "--train-size", "100", "--test-size", "100"]),
+    for code, argv in ((0, ["evaluate", str(ckpt), "--dataset", "mnist", "--train-size", "100", "--test-size", "100"]),
                        (0, ["teacher", "--train-size", "100", "--test-size", "50", "--hidden", "8", "--epochs", "1",
                             "--no-progress", "--out", str(tmp_path / "t")]),
                        (2, ["student", "--seed", "nan", "--out", str(tmp_path / "s")])):

@@ -192,7 +192,8 @@ def test_bad_flag_combinations(tmp_path, capsys):
     assert "--data-dir locates" in one_line_error(capsys, "teacher", "--data", p, "--data-dir", tmp_path, *out)
     assert "--target names" in one_line_error(capsys, "teacher", "--target", "y", *out)
     no_val = write_npz(tmp_path / "nv.npz", x_val=None, y_val=None)
-    assert "no validation split" in one_line_error(capsys, "teacher", "--data", no_val, "--select", "best", *out)
+    assert "no validation split" in one_line_error(capsys, "teacher", "--data", no_val, "--select", "best",
+                                                   "--val-fraction", "0", *out)
     un = write_npz(tmp_path / "un.npz", labeled=False)
     assert "a teacher needs labels" in one_line_error(capsys, "teacher", "--data", un, *out)
     assert "distil from it with --teacher" in one_line_error(capsys, "student", "--data", un, *out)
@@ -226,7 +227,7 @@ def test_cli_trains_on_each_format_and_records_the_data(tmp_path, capsys, monkey
     # colour images, read lazily (over the memory budget), a CNN with 3 input channels, val + select best
     monkeypatch.setenv("DISTILL_DATA_MEMORY", "1")
     root = write_folder(tmp_path / "rgb", colour=True, splits=(("train", 16), ("val", 8), ("test", 8)))
-    code, out, err = run(capsys, "teacher", "--data", root, "--arch", "cnn", "--hidden", "8", "--select", "best",
+    code, out, err = run(capsys, "teacher", "--data", root, "--arch", "cnn", "--width", "4", "--select", "best",
                          *small, "--out", tmp_path / "t-img")
     assert code == 0, err
     assert "read as batches are drawn" in err and "test errors / 8" in out

@@ -40,7 +40,7 @@ def job(work: Path) -> None:
     quiet = dict(progress=False, log=lambda *a: None)
     torch.manual_seed(0)
     teacher = fit(MLP(32, [24], 5, dropout_input=0.1, dropout_hidden=0.2, max_norm=3.0), (x, y),
-                  TrainConfig(epochs=2, batch_size=64, lr=0.1), run_dir=work / "teacher", **quiet)
+                  TrainConfig(epochs=2, batch_size=64, lr=0.1, log_every=3), run_dir=work / "teacher", **quiet)
     torch.manual_seed(1)
     fit(MLP(32, [16], 5), (x, y), TrainConfig(epochs=2, batch_size=64, temperature=4.0, hard_weight=0.2),
         teacher=Teacher(teacher.model, store=work / "stores"), run_dir=work / "student", **quiet)
@@ -76,6 +76,14 @@ def weights(work: Path) -> dict:
     return {name: load_tensors(work / name / "model")[0] for name in ("teacher", "student", "student2")}
 
 
+def metric_rows(work: Path) -> dict:
+    """Each run's metrics.csv rows as (kind, epoch, step, loss): the same after any kill and rerun."""
+    from distill.train.logs import read_metrics
+
+    return {name: [(r["kind"], r["epoch"], r["step"], r["loss"]) for r in read_metrics(work / name / "metrics.csv")]
+            for name in ("teacher", "student", "student2")}
+
+
 def same(a: dict, b: dict) -> bool:
     return all(a[n].keys() == b[n].keys() and all(torch.equal(a[n][k], b[n][k]) for k in a[n]) for n in a)
 
@@ -87,6 +95,7 @@ def main() -> None:
     assert run_child(root / "reference", 10 ** 9, steps_log) == 0, "the uninterrupted job failed"
     steps = [line.split(" ", 1)[1].strip() for line in steps_log.read_text().splitlines()]
     reference = weights(root / "reference")
+    reference_rows = metric_rows(root / "reference")
     results = []
     for k in range(1, min(len(steps), max_steps) + 1):
         work = root / f"kill-{k}"
@@ -94,7 +103,7 @@ def main() -> None:
         rerun = run_child(work, None)
         litter = sorted(str(p.relative_to(work)) for p in work.rglob("*")
                         if p.name.endswith(".tmp") or ".old-" in p.name)
-        ok = rerun == 0 and same(weights(work), reference)
+        ok = rerun == 0 and same(weights(work), reference) and metric_rows(work) == reference_rows
         results.append(dict(step=k, where=steps[k - 1].replace(str(work), "WORK"), killed=killed == -9,
                             resumed=rerun == 0, identical=ok, litter=litter))
     print(json.dumps(dict(steps=len(steps), results=results)))

@@ -162,7 +162,8 @@ def test_dataloader_and_iterable_dataset_train(data):
     res.model.register_forward_hook(lambda mod, i, o: calls.append(len(i[0])))
     st = distill.fit(_net(2), Stream(x, y), distill.TrainConfig(epochs=2, batch_size=50, temperature=2.0),
                      teacher=res.model, test=test, progress=False, log=quiet)
-    assert calls == [50] * 6 * 2 and st.test["accuracy"] > 0.9
+    # every training batch, and once over the test split (the records' agreement with the teacher)
+    assert calls == [50] * 6 + [len(test[0])] + [50] * 6 and st.test["accuracy"] > 0.9
 
 
 def test_unlabeled_dataset_with_a_teacher_and_no_hard_term(data):

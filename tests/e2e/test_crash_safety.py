@@ -1,5 +1,6 @@
-"""Crash safety: a SIGKILL right after ANY file-system step of a checkpoint or store write leaves a
-folder from which rerunning the same job resumes and ends with the weights of an uninterrupted run.
+"""Crash safety: a SIGKILL right after ANY file-system step of a checkpoint, store or metrics.csv
+write leaves a folder from which rerunning the same job resumes and ends with the weights of an
+uninterrupted run and the same metrics.csv rows (one per logged step and epoch).
 
 The driver (tests/crash_driver.py) runs a teacher (with dropout), its soft-target store and a
 distilled student, a sharded store and a student from it, first uninterrupted, then killed at step
@@ -26,7 +27,8 @@ def test_kill_at_every_write_step_resumes_to_identical_weights(tmp_path):
     for part in ("teacher/state.safetensors", "teacher/state.json", "teacher/model.safetensors", "teacher/model.json",
                  "student/state.safetensors", "student/model.safetensors", "stores/soft-", "meta.json",
                  "removed state.safetensors", "removed state.json", "sharded/values-00001-of-00002.npy",
-                 "sharded/shard-00001-of-00002.json", "sharded/meta.json", "student2/model.safetensors"):
+                 "sharded/shard-00001-of-00002.json", "sharded/meta.json", "student2/model.safetensors",
+                 "append ", "fsync ", "teacher/metrics.csv", "student/metrics.csv", "student2/metrics.csv"):
         assert any(part in w for w in where), f"no fault point at {part}"
     assert len(report["results"]) == report["steps"] >= 25
     bad = [r for r in report["results"] if not (r["killed"] and r["resumed"] and r["identical"] and not r["litter"])]

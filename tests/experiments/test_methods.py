@@ -255,6 +255,9 @@ def test_teacher_and_student_see_the_same_augmented_batch(toy, toy_teacher):
     cfg = distill.TrainConfig(epochs=2, temperature=1.0, hard_weight=0.0,
                               augment=Augment(shift=2, crop_pad=1, flip=True, mixup=0.4))
     distill.fit(student, toy, cfg, teacher=teacher, progress=False)
+    held_out = [t for t in seen_t if t.shape == toy.x_test.shape and torch.equal(t, toy.x_test)]
+    seen_t = [t for t in seen_t if not (t.shape == toy.x_test.shape and torch.equal(t, toy.x_test))]
+    assert len(held_out) == 1  # the test split, once, for the records' agreement with the teacher
     assert len(seen_s) == len(seen_t) == 2 * 5  # 600 examples, batches of 128
     for s, t in zip(seen_s, seen_t):
         assert torch.equal(s, t)
@@ -377,9 +380,10 @@ def test_view_store_gives_the_same_batches_and_targets_as_the_teacher_on_the_fly
     assert all(torch.equal(a, b) for a, b in zip(s_fly, s_st)) and len(s_fly) == len(s_st) == 10
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(t_fly, t_st)) and len(t_fly) == 10
     assert [h["train_loss"] for h in h_fly] == pytest.approx([h["train_loss"] for h in h_st], rel=1e-5)
-    assert calls_fly == 10                      # the teacher on every batch
-    assert calls_st == 1                        # once, over all 600 x 3 views (batches of 2000)
-    assert runs["replay"][2] == 0               # the store is reused: the teacher never runs
+    # (each run also shows the teacher its test split once, for the records' agreement with it)
+    assert calls_fly == 10 + 1                  # the teacher on every batch
+    assert calls_st == 1 + 1                    # once, over all 600 x 3 views (batches of 2000)
+    assert runs["replay"][2] == 0 + 1           # the store is reused: the teacher never runs on training data
     stores = list(tmp_path.glob("soft-*/meta.json"))
     assert len(stores) == 1 and json.loads(stores[0].read_text())["rows"] == 3 * len(toy.y_train)
 

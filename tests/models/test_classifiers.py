@@ -127,3 +127,64 @@ def test_jitter_translates_within_range():
     moved = jitter(edge, (8, 8), 2, torch.Generator().manual_seed(1))
     assert (moved.sum(1) < 1).any() and (moved[:, 7] == 0).all()
     assert torch.equal(jitter(x, (8, 8), 0), x)
+
+
+# ---------------------------------------------------------------- the residual CNN
+
+def test_resnet_shapes_and_feature_points():
+    from distill.models.classifiers import ARCHS, ConvNet, ResNet
+
+    assert ARCHS["resnet"] is ResNet and ARCHS["cnn"] is ConvNet and ARCHS["mlp"] is MLP
+    torch.manual_seed(0)
+    m = ResNet(1, 10, width=4, depth=2, image_shape=(28, 28)).eval()
+    x = torch.rand(3, 784)
+    out = m(x)
+    assert out.shape == (3, 10)
+    assert torch.equal(m(x.view(3, 28, 28)), out) and torch.equal(m(x.view(3, 1, 28, 28)), out)
+    assert m(torch.rand(2, 1, 20, 20)).shape == (2, 10)  # global pooling: any image size
+    seen = {}
+    for name in ("stem", "layer1", "layer2.1", "layer3", "pool"):
+        m.get_submodule(name).register_forward_hook(lambda mod, i, o, name=name: seen.__setitem__(name, o.shape))
+    m(x)
+    assert seen == {"stem": (3, 4, 28, 28), "layer1": (3, 4, 28, 28), "layer2.1": (3, 8, 14, 14),
+                    "layer3": (3, 16, 7, 7), "pool": (3, 16, 1, 1)}
+    assert len(m.layer2) == 2 and not isinstance(m.layer2[0].shortcut, nn.Identity)
+    assert isinstance(m.layer1[0].shortcut, nn.Identity)
+    rgb = ResNet(3, 5, width=4, depth=1, image_shape=(8, 8)).eval()
+    assert rgb(torch.rand(2, 3 * 64)).shape == (2, 5) and rgb(torch.rand(2, 3, 8, 8)).shape == (2, 5)
+    with pytest.raises(ValueError, match="image_shape"):
+        ResNet(1, 10, width=4)(torch.rand(2, 784))
+    for bad in (dict(num_classes=1), dict(width=0), dict(depth=0), dict(in_channels=0)):
+        with pytest.raises(ValueError, match="ResNet needs"):
+            ResNet(**{**dict(in_channels=1, num_classes=10), **bad})
+    with pytest.raises(ValueError, match="image_shape"):
+        ResNet(1, 10, image_shape=(28,))
+
+
+def test_resnet_parameters_scale_with_width_and_depth():
+    from distill.models.classifiers import ResNet
+
+    n = {w: count_params(ResNet(1, 10, width=w, depth=2)) for w in (8, 16, 32)}
+    # the 3x3 convolutions dominate: about 4x the parameters for 2x the width
+    assert 3.5 < n[16] / n[8] < 4.1 and 3.7 < n[32] / n[16] < 4.1
+    assert count_params(ResNet(1, 10, width=16, depth=3)) > 1.4 * n[16]
+    # the default, width 32 and depth 2: about 0.7M parameters (a teacher for MNIST)
+    assert 0.6e6 < n[32] < 0.8e6
+
+
+def test_resnet_saves_and_loads_through_its_factory(tmp_path):
+    from distill.models.classifiers import ResNet
+
+    torch.manual_seed(0)
+    m = ResNet(1, 4, width=4, depth=1, image_shape=(8, 8))
+    m.train()
+    m(torch.rand(16, 64) * 3)  # move the batch-norm statistics off their initial values
+    m.eval()
+    assert m.distill_factory == ("distill.models:ResNet", m.arch)
+    assert json.loads(json.dumps(m.arch)) == m.arch
+    save_checkpoint(tmp_path / "r", m)
+    x = torch.rand(5, 64)
+    for m2 in (_rebuild(m).eval(), load_checkpoint(tmp_path / "r")[0]):
+        assert type(m2) is ResNet and m2.arch == m.arch and not m2.training
+        assert torch.equal(m2.layer1[0].bn1.running_mean, m.layer1[0].bn1.running_mean)
+        assert torch.equal(m2(x), m(x))

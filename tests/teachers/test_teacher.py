@@ -171,6 +171,10 @@ def test_with_jitter_the_teacher_sees_exactly_the_students_inputs(toy):
     student.register_forward_hook(lambda m, i, o: seen_s.append(i[0].clone()) if m.training else None)
     fit(student, toy, TrainConfig(epochs=2, jitter=2, batch_size=100, temperature=3.0), teacher=teacher,
         progress=False, log=lambda *a: None)
+    # the test split, once, for the records' agreement with the teacher; the rest are training batches
+    held_out = [x for x, *_ in seen_t if x.shape == toy.x_test.shape and torch.equal(x, toy.x_test)]
+    seen_t = [e for e in seen_t if not (e[0].shape == toy.x_test.shape and torch.equal(e[0], toy.x_test))]
+    assert len(held_out) == 1
     assert len(seen_s) == 2 * 6 and len(seen_t) == len(seen_s)
     for (xt, training, grad), xs in zip(seen_t, seen_s):
         assert torch.equal(xt, xs)  # the same jittered batch, batch by batch

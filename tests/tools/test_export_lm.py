@@ -98,7 +98,7 @@ def test_lm_onnx_export_has_dynamic_batch_and_length(gpt_run):
     assert meta["tokenizer"] is None and meta["weights_sha256"] == side["weights_sha256"]
     assert meta["trained_block_size"] == side["block_size"] == 14  # the longest sequence fit was given
     assert meta["inputs"] == {"input_ids": ["batch", "seq"], "attention_mask": ["batch", "seq"]}
-    assert sorted(p.name for p in gpt_run.parent.iterdir()) == [".lock", "gpt.onnx", "model.json",
+    assert sorted(p.name for p in gpt_run.parent.iterdir()) == [".lock", "gpt.onnx", "metrics.csv", "model.json",
                                                                  "model.safetensors"]  # no scratch left
 
 

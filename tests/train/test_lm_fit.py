@@ -168,3 +168,15 @@ def test_student_from_the_top_k_store(tmp_path):
     small = distill.fit(_gpt(4), data, cfg, teacher=distill.Teacher(teacher, store=tmp_path / "store", top_k=4),
                         progress=False, log=quiet).model
     assert max(float((a - b).abs().max()) for a, b in zip(dense.state_dict().values(), small.state_dict().values())) > 1e-3
+
+
+def test_a_language_models_epoch_records_its_fidelity_to_the_teacher_per_token():
+    from distill.metrics import lm_evaluate
+
+    data, val = _ragged(seed=1), _ragged(n=6, seed=2)
+    teacher = distill.fit(_gpt(3), data, _cfg(), progress=False, log=quiet).model
+    r = distill.fit(_gpt(4), data, _cfg(), teacher=teacher, val=val, progress=False, log=quiet)
+    want = lm_evaluate(r.model, distill.as_source(val), teacher=distill.Teacher(teacher).forward)
+    rec = r.history[-1]
+    for k in ("agreement", "top5_agreement", "kl", "ece", "teacher_ece"):
+        assert rec[f"val_{k}"] == pytest.approx(want[k], rel=1e-5, abs=1e-7), k

@@ -23,6 +23,7 @@ import sys
 from distill import distributed
 from distill.checks import check_number_flags
 from distill.cli import evaluate, lm, reproduce, targets, tools, train
+from distill.cli.config import config_text, file_argv, read_config
 from distill.cli.parser import build_parser
 from distill.cli.reproduce import EXPERIMENTS
 from distill.errors import DistillError
@@ -42,10 +43,40 @@ COMMANDS = {
     "plot": tools.plot,
     "reproduce": reproduce.run,
     "specialists": reproduce.run,
+    "run": lambda args: run_config(args),
 }
 
 #: the commands that run as every process of a ``torchrun`` job (the others run as one process)
-DISTRIBUTED = ("teacher", "student", "targets")
+DISTRIBUTED = ("teacher", "student", "targets", "run")
+#: the commands whose run folder keeps the resolved config file they ran with (config.toml)
+CONFIGURED = ("teacher", "student", "reproduce", "specialists")
+
+
+def run_config(args) -> None:
+    """``distill run FILE.toml`` (the command the file describes, parsed as its flags would be) or
+    ``distill run --print-config COMMAND ...`` (:mod:`distill.cli.config`)."""
+    if args.print_config is not None:
+        if not args.print_config or args.print_config[0] == "run":
+            raise DistillError("--print-config needs the command line to write out, e.g. `distill run --print-config "
+                               "student --teacher runs/t/model --out runs/s`")
+        inner = build_parser().parse_args(args.print_config)
+        check_number_flags(inner)
+        print(config_text(inner, build_parser()), end="")
+        return
+    if args.file is None:
+        raise DistillError("distill run needs a FILE.toml (or --print-config COMMAND ... to write one)")
+    argv = file_argv(args.file, read_config(args.file), build_parser()) + list(args.overrides or [])
+    inner = build_parser().parse_args(argv)
+    try:
+        check_number_flags(inner)
+    except ValueError as e:
+        raise DistillError(f"{args.file}: {e}") from None
+    if inner.command in CONFIGURED:
+        inner.config_toml = config_text(inner, build_parser())
+    if distributed.world()[1] > 1 and inner.command not in DISTRIBUTED:
+        raise DistillError(f"under torchrun only training commands run data-parallel; {args.file} runs "
+                           f"`distill {inner.command}`")
+    COMMANDS[inner.command](inner)
 
 
 def main(argv=None) -> int:
@@ -54,6 +85,8 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         check_number_flags(args)
+        if args.command in CONFIGURED:
+            args.config_toml = config_text(args, build_parser())
         if distributed.init_from_env(device=getattr(args, "device", None)) and args.command not in DISTRIBUTED:
             raise DistillError("under torchrun only the `teacher` and `student` commands train data-parallel "
                                f"(and `targets` builds a store in shards); run `distill {args.command}` as a single "

@@ -16,15 +16,27 @@ from distill.data.files import IMAGE_SUFFIXES, TABLE_SUFFIXES, FileData, load_fi
 from distill.data.mnist import FASHION_MNIST, MNIST
 from distill.data.segmentation import is_mask_npz, load_segmentation_npz
 from distill.errors import DistillError
+from distill.train.config import TrainConfig
 
 #: the built-in data set read when neither ``--dataset`` nor ``--data`` is given (nor recorded)
 DEFAULT_DATASET = "mnist"
+#: the share of a ``--data`` file without a test split held out as one when training (``--test-fraction``)
+TEST_FRACTION = 0.2
 
 
 def defaults_of(fn) -> dict:
     """The keyword defaults of a library callable (a function, or a class such as a dataclass), by
     name: where the command line's defaults come from, so that they are stated once."""
     return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+def watch_settings(args) -> dict:
+    """The TrainConfig fields of how a run is watched: the divergence guard (``--no-guard``), the
+    ``metrics.csv`` step rows (``--log-every``) and TensorBoard (``--tensorboard``)."""
+    every = getattr(args, "log_every", None)
+    return dict(divergence=None if getattr(args, "no_guard", False) else "stop",
+                log_every=defaults_of(TrainConfig)["log_every"] if every is None else every,
+                tensorboard=bool(getattr(args, "tensorboard", False)))
 
 
 def log(msg) -> None:
@@ -48,10 +60,13 @@ def load_data(args, name: str | None = None):
     return ds
 
 
-def load_any(args, recorded: dict | None = None) -> FileData:
+def load_any(args, recorded: dict | None = None, training: bool = False, notes: list | None = None) -> FileData:
     """The data of a command as a :class:`distill.data.FileData`: ``--data PATH`` (``--target``),
     else ``--dataset``, else the data recorded in the checkpoint's sidecar ``recorded``, else mnist;
-    then the ``--train-size``/``--test-size`` subsets."""
+    then the held-out splits of a file without its own (``--val-fraction``/``--test-fraction``; when
+    ``training``, :data:`TEST_FRACTION` as the test split by default; the recorded ones when the
+    recorded file is read again), then the ``--train-size``/``--test-size`` subsets. ``notes``: a list
+    that gets the ``[defaults]`` notes instead of the log (a command prints them once its checks pass)."""
     if args.data is not None and args.dataset is not None:
         raise DistillError("give --data (your files) or --dataset (a built-in data set), not both")
     if args.data is not None and args.data_dir:
@@ -67,6 +82,9 @@ def load_any(args, recorded: dict | None = None) -> FileData:
                 "--data or --dataset for other data)")
         elif recorded.get("dataset") in D.LOADERS:
             name = recorded["dataset"]
+        else:  # a checkpoint of the Python API: nothing says what it was trained on
+            raise DistillError("the checkpoint records no data to evaluate on (it was not trained by `distill "
+                               "teacher/student`): pass --data PATH or --dataset NAME")
     train_size, test_size = getattr(args, "train_size", None), args.test_size  # `compare` has no --train-size
     if path is None:
         ds = load_data(argparse.Namespace(**{**vars(args), "train_size": train_size}), name)
@@ -74,6 +92,7 @@ def load_any(args, recorded: dict | None = None) -> FileData:
     if is_mask_npz(path):  # images and label masks
         return _segmentation_files(path, train_size, test_size)
     data = load_files(path, target=target, log=log)
+    data = _held_out(args, data, path, recorded, training, log if notes is None else notes.append)
     for flag, n, src, split in (("--train-size", train_size, data.train, "training"),
                                 ("--test-size", test_size, data.test, "test")):
         if n is not None and src is None:
@@ -83,6 +102,28 @@ def load_any(args, recorded: dict | None = None) -> FileData:
     if train_size or test_size:
         data = data.subset(train=train_size, test=test_size)
     return data
+
+
+def _held_out(args, data: FileData, path, recorded: dict | None, training: bool, note=log) -> FileData:
+    """``data`` with the validation/test splits cut from its training split (see :func:`load_any`)."""
+    val, test = getattr(args, "val_fraction", None), getattr(args, "test_fraction", None)
+    seed = 0  # one cut of a file for every training seed, so that seeds compare on the same test split
+    spec = ((recorded or {}).get("data_source") or {}).get("holdout")
+    same_file = spec and str(Path(path).resolve()) == (recorded.get("data_source") or {}).get("path")
+    if val is None and test is None and same_file:  # the checkpoint's own cut, so its test split is the same
+        val, test, seed = spec.get("val_fraction", 0.0), spec.get("test_fraction", 0.0), spec.get("seed", 0)
+        log(f"[data] the held-out splits the checkpoint was trained with: --val-fraction {val:g} --test-fraction "
+            f"{test:g} (seed {seed})")
+    else:
+        if test is None and training and data.test is None:
+            test = TEST_FRACTION
+            note(f"[defaults] {data.name} has no test split: {TEST_FRACTION:.0%} of its training examples are held "
+                 "out as one (stratified, seeded; --test-fraction 0 trains on all of them)")
+        if val is None and training and data.val is None and getattr(args, "select", None) == "best":
+            val = TEST_FRACTION
+            note(f"[defaults] --select best needs a validation split and {data.name} has none: {TEST_FRACTION:.0%} "
+                 "of its training examples are held out as one (--val-fraction to change)")
+    return data.holdout(val or 0.0, test or 0.0, seed)
 
 
 def _segmentation_files(path, train_size, test_size) -> FileData:

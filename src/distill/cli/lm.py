@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from distill import distributed
-from distill.checkpoints import load_checkpoint, load_tensors
-from distill.cli.common import log, user_model
+from distill.checkpoints import load_checkpoint, load_tensors, stem_of
+from distill.cli.common import log, user_model, watch_settings
 from distill.data.text import TextTokenizer, load_text
 from distill.errors import DistillError
 from distill.losses.objectives import TokenDistillation
-from distill.metrics import lm_evaluate
+from distill.metrics import FIDELITY, lm_evaluate
 from distill.models.classifiers import count_params
 from distill.models.lm import GPT, generate as sample
 from distill.teachers.teacher import Teacher
@@ -41,7 +41,7 @@ TOP_K = 32
 
 def tokenizer_beside(checkpoint) -> Path:
     """The ``tokenizer.json`` saved beside a checkpoint (its run folder)."""
-    return Path(checkpoint).parent / "tokenizer.json"
+    return stem_of(checkpoint).parent / "tokenizer.json"  # a run folder names its model
 
 
 def _text(args, tokenizer, out: Path | None):
@@ -65,6 +65,9 @@ def train(args, teacher_mode: bool) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DistillError(f"--out {out} is a file; give a folder")
+    if getattr(args, "_restart", False):  # --restart: what distill wrote there goes first (only that)
+        from distill.train.rundir import clear_run_folder
+        clear_run_folder(out, log=log)
     teachers = [] if teacher_mode else list(args.teacher or [])
     if len(teachers) > 1:
         raise DistillError("a language model distils from one --teacher (ensembles of language models are not "
@@ -99,7 +102,8 @@ def train(args, teacher_mode: bool) -> None:
     name = "teacher" if teacher_mode else ("student-distilled" if teacher is not None else "student-hard")
     res = fit(model, splits.train, config, teacher=teacher, val=splits.val, test=splits.test, run_dir=out,
               device=args.device, factory=factory,
-              meta=dict(name=name, teacher_checkpoint=teachers or None, dataset=str(args.data or "gutenberg")),
+              meta=dict(name=name, teacher_checkpoint=teachers or None, dataset=str(args.data or "gutenberg"),
+                        config_toml=getattr(args, "config_toml", None)),
               progress=not args.no_progress, log=log)
     if distributed.world()[0]:
         return
@@ -114,8 +118,7 @@ def _config(args, teacher_mode: bool, distilling: bool) -> TrainConfig:
     common = dict(epochs=args.epochs or EPOCHS, batch_size=args.batch_size or BATCH_SIZE,
                   optimizer=args.optimizer or OPTIMIZER, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
                   seed=args.seed, precision=args.precision, select=args.select,
-                  divergence=None if getattr(args, "no_guard", False) else "stop",
-                  accumulate=args.accumulate, lr_per_step=True,
+                  **watch_settings(args), accumulate=args.accumulate, lr_per_step=True, parallel=args.parallel,
                   warmup_steps=WARMUP_STEPS if args.warmup_steps is None else args.warmup_steps)
     if teacher_mode or not distilling:
         given = [f for f in ("temperature", "hard_weight", "soft_weight", "divergence_name")
@@ -185,11 +188,14 @@ def evaluate(args) -> None:
     m = lm_evaluate(model, splits.test, teacher=teacher.forward if teacher is not None else None)
     out = dict(checkpoint=str(args.checkpoint), dataset=str(args.data or "gutenberg"), test_nll=m["nll"],
                test_perplexity=m["perplexity"], test_accuracy=m["accuracy"], test_tokens=m["n"],
-               params=count_params(model), **{f"test_{k}": m[k] for k in ("agreement", "kl") if k in m})
+               params=count_params(model), **{f"test_{k}": m[k] for k in FIDELITY if k in m})
     if args.json:
         print(json.dumps(out))
     else:
-        extra = f", agreement {m['agreement']:.3f}, KL {m['kl']:.4f}" if "agreement" in m else ""
+        extra = f", ECE {m['ece']:.4f}"
+        if "agreement" in m:
+            extra = (f", agreement {m['agreement']:.3f} (top-5 {m['top5_agreement']:.3f}), KL {m['kl']:.4f}{extra} "
+                     f"(teacher {m['teacher_ece']:.4f})")
         print(f"{args.checkpoint}: test nll {m['nll']:.4f} (perplexity {m['perplexity']:.1f}), next-token accuracy "
               f"{100 * m['accuracy']:.1f}% over {m['n']:,} tokens{extra}, {out['params']:,} params")
 

@@ -12,12 +12,13 @@ Numeric flags go through :func:`distill.checks.add_number_flag`: checked after p
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from distill import data as D
-from distill.checks import add_number_flag
+from distill.checks import add_number_flag, did_you_mean
 from distill.cli import lm, train
-from distill.cli.common import DEFAULT_DATASET, defaults_of
+from distill.cli.common import DEFAULT_DATASET, TEST_FRACTION, defaults_of
 from distill.cli.reproduce import EXPERIMENTS, add_experiment_arguments
 from distill.losses.functional import TOKEN_DIVERGENCES, TOKEN_TAILS
 from distill.losses.objectives import TokenDistillation
@@ -26,7 +27,7 @@ from distill.teachers.store import DTYPES, build_store
 from distill.teachers.teacher import COMBINES, Teacher
 from distill.tools import bench, compare, plots
 from distill.tools.export import FORMATS, SUFFIXES, export_checkpoint
-from distill.train.config import DEFAULT_DISTILL_LR, DEFAULT_LR, OPTIMIZERS, PRECISIONS, SCHEDULES, SELECT
+from distill.train.config import DEFAULT_DISTILL_LR, DEFAULT_LR, OPTIMIZERS, PARALLEL, PRECISIONS, SCHEDULES, SELECT
 
 CONFIG = train.CONFIG  # TrainConfig's defaults
 TOKEN = defaults_of(TokenDistillation)  # --divergence, --beta, --skew, --tail
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_plot(sub)
     _add_generate(sub)
+    _add_run(sub)
     return ap
 
 
@@ -140,6 +142,9 @@ def _lm_flags(p, training: bool = True, task: bool | None = None) -> None:
     add_number_flag(g, "--accumulate", default=CONFIG["accumulate"], integer=True, minimum=1,
                     help="micro-batches per step (one optimiser step per --batch-size, the loss normalised over "
                          f"all its tokens) (default {CONFIG['accumulate']})")
+    g.add_argument("--parallel", choices=PARALLEL, default=CONFIG["parallel"],
+                   help="under torchrun: ddp (every process holds the whole model) or fsdp (FSDP2: parameters, "
+                        f"gradients and optimiser state sharded over the processes) (default {CONFIG['parallel']})")
     add_number_flag(g, "--warmup-steps", integer=True, minimum=0,
                     help=f"linear learning-rate warm-up (default {lm.WARMUP_STEPS} with --task lm)")
 
@@ -152,6 +157,9 @@ def _training_flags(p, epochs: int, hidden: list) -> None:
                         "for label masks)")
     widths = " or ".join(f"{arch} (default {width})" for arch, width in train.WIDTHS.items())
     add_number_flag(p, "--width", help=f"channels of the first layer of --arch {widths}", integer=True, minimum=2)
+    add_number_flag(p, "--depth", help=f"stages of --arch cnn (default {train.DEPTHS['cnn']}), residual blocks per "
+                                       f"stage of --arch resnet (default {train.DEPTHS['resnet']})",
+                    integer=True, minimum=1)
     add_number_flag(p, "--hidden", nargs="+", integer=True, minimum=1,
                     help=f"hidden layer sizes of --arch (default {' '.join(map(str, hidden))})")
     p.set_defaults(_hidden=list(hidden))
@@ -179,9 +187,23 @@ def _training_flags(p, epochs: int, hidden: list) -> None:
                         f"(default {CONFIG['precision']})")
     p.add_argument("--device", help="where the training steps run: cpu, cuda, cuda:N (default "
                                     "$DISTILL_DEVICE, else cpu); `distill reproduce` reads $DISTILL_DEVICE")
-    p.add_argument("--out", required=True, help="output folder (checkpoint, state for resuming, log)")
+    p.add_argument("--out", required=True, help="output folder (checkpoint, state for resuming, metrics.csv, "
+                                                "config.toml)")
+    p.add_argument("--restart", dest="_restart", action="store_true",
+                   help="start over: first remove what distill wrote in --out (model.*, state.*, metrics.csv, "
+                        "config.toml, tensorboard/, ...); refused when --out holds other files. Not kept in "
+                        "config.toml, so a rerun of that file resumes or skips as usual")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     _lm_flags(p)
+    add_number_flag(p, "--log-every", default=CONFIG["log_every"], integer=True, minimum=0,
+                    help=f"a metrics.csv row every N optimiser steps, besides one per epoch; 0 = epoch rows only "
+                         f"(default {CONFIG['log_every']})")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into --out/tensorboard (pip install tensorboard); "
+                        "`tensorboard --logdir runs/` shows the runs side by side")
+    p.add_argument("--no-standardize", action="store_true",
+                   help="leave a table's features as they are (default: z-scores with the training split's mean "
+                        "and std, kept in the model, so it takes raw values everywhere, ONNX included)")
     p.add_argument("--no-guard", action="store_true",
                    help="turn the divergence guard off: a loss that explodes or collapses back to a constant "
                         "prediction no longer stops the run (non-finite outputs still do)")
@@ -216,13 +238,15 @@ def _add_targets(sub) -> None:
 # ---------------------------------------------------------------- checkpoints: evaluate, export, compare
 
 def _add_evaluate(sub) -> None:
-    e = sub.add_parser("evaluate", help="test errors, accuracy and NLL of a checkpoint (perplexity, next-token "
-                                        "accuracy and, with --teacher, agreement and KL of a language model)")
+    e = sub.add_parser("evaluate", help="test errors, accuracy, NLL and ECE of a checkpoint (perplexity and "
+                                        "next-token accuracy of a language model); with --teacher, its fidelity")
     e.add_argument("checkpoint")
     _trust_flag(e)
     _data_flags(e)
     _lm_flags(e, training=False)
-    e.add_argument("--teacher", action="append", help="a language model's teacher: report agreement and KL with it")
+    e.add_argument("--teacher", action="append",
+                   help="the teacher (repeat for an ensemble): report top-1/top-5 agreement with it, KL(teacher ‖ "
+                        "student) at T = 1 and both models' ECE (per token for a language model)")
     e.add_argument("--json", action="store_true", help="print a JSON object")
 
 
@@ -243,7 +267,8 @@ def _add_export(sub) -> None:
 
 
 def _add_compare(sub) -> None:
-    c = sub.add_parser("compare", help="a teacher beside its students: size, accuracy, agreement, latency")
+    c = sub.add_parser("compare", help="a teacher beside its students: size, accuracy, agreement, KL, calibration, "
+                                       "latency")
     c.add_argument("teacher", help="the teacher's checkpoint")
     c.add_argument("students", nargs="+", metavar="student", help="student checkpoint(s)")
     _trust_flag(c)
@@ -308,12 +333,28 @@ def _add_bench(sub) -> None:
 
 def _add_plot(sub) -> None:
     pl = sub.add_parser("plot", help="figures")
-    psub = pl.add_subparsers(dest="figure", required=True, parser_class=_Parser)
+    psub = pl.add_subparsers(dest="figure", required=True, parser_class=_Parser, action=_LazySubparsers)
     pt = psub.add_parser("temperature", help="softmax of a logit vector at T = 1, 4, 20 beside the logits")
     add_number_flag(pt, "--logits", default=list(plots.TEMPERATURE_LOGITS), nargs="+", help="the logit vector")
     add_number_flag(pt, "--temperatures", default=list(plots.TEMPERATURES), nargs="+",
                     help=f"(default {' '.join(map(str, plots.TEMPERATURES))})", positive=True)
     pt.add_argument("--out", default="temperature.png", help="PNG file to write")
+    ph = psub.add_parser("history", help="training curves of runs: loss and its terms, val/test errors (or NLL) per "
+                                         "epoch, from each run folder's metrics.csv")
+    ph.add_argument("runs", nargs="+", metavar="RUN", help="run folders (the --out of `distill teacher/student`)")
+    ph.add_argument("--out", default="curves.png", help="PNG file to write (default curves.png)")
+
+
+def _add_run(sub) -> None:
+    r = sub.add_parser("run", help="run a command written as a TOML file (its flags as keys); --print-config "
+                                   "writes a command line's file")
+    r.add_argument("file", nargs="?", metavar="FILE.toml",
+                   help="command = \"student\" (and experiment = \"...\" for reproduce), then the command's flags "
+                        "without dashes: batch-size = 64, teacher = [\"runs/t/model\"], ...")
+    r.add_argument("overrides", nargs=argparse.REMAINDER, metavar="FLAG",
+                   help="flags given after the file override its keys (e.g. --no-progress, --seed 1)")
+    r.add_argument("--print-config", nargs=argparse.REMAINDER, metavar="COMMAND ...",
+                   help="print the resolved file of this command line (defaults included) instead of running it")
 
 
 # ---------------------------------------------------------------- flags several commands share
@@ -351,6 +392,12 @@ def _data_flags(p, train_size: bool = True) -> None:
                         integer=True, minimum=1)
     add_number_flag(p, "--test-size", help="use a stratified subset of this many test examples", integer=True,
                     minimum=1)
+    add_number_flag(p, "--val-fraction", minimum=0, below=1,
+                    help="--data without a validation split: hold out this stratified fraction of the training "
+                         "examples as one (seeded, recorded in the checkpoint)")
+    add_number_flag(p, "--test-fraction", minimum=0, below=1,
+                    help=f"--data without a test split: hold out this fraction as one (default {TEST_FRACTION:g} "
+                         "when training on a --data file without one, 0 to train on everything)")
 
 
 def _combine_flag(p) -> None:
@@ -374,10 +421,72 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.numbers: dict[str, tuple[str, dict]] = {}
+        self._argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]  # for error()'s suggestions
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):  # argparse's own exit code is 2 already; keep its one-line style
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {self._explained(message)}\n")
+
+    def unrecognized(self, extras: list[str]):
+        """The error for arguments this (sub)command does not take: its usage, and for each unknown
+        ``--flag`` the closest of its own flags."""
+        self.error(f"unrecognized arguments: {' '.join(extras)}")
+
+    def _explained(self, message: str) -> str:
+        """argparse's ``message`` with a "did you mean" for a mistyped flag or choice. A missing
+        required flag is often a mistyped one (``--ot``), so unknown flags are named first."""
+        if message.startswith("unrecognized arguments: "):
+            return message + self._suggestions(self._unknown_flags(message[len("unrecognized arguments: "):].split()))
+        if message.startswith("the following arguments are required"):
+            unknown = self._unknown_flags(self._argv)
+            if unknown:
+                return f"unrecognized arguments: {' '.join(unknown)}{self._suggestions(unknown)}; and {message}"
+            return message
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:
+            guess = did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)) or m.group(2).split(", "))
+            if guess is not None:
+                return f"{message}; did you mean {guess!r}?"
+        return message
+
+    def _long_flags(self) -> list[str]:
+        return [o for o in self._option_string_actions if o.startswith("--")]
+
+    def _unknown_flags(self, tokens) -> list[str]:
+        """The tokens that look like flags (``-x``, ``--x``, ``--x=v``; not negative numbers) but
+        are none of this parser's, abbreviations included (up to a ``--``)."""
+        unknown = []
+        for t in tokens:
+            if t == "--":
+                break
+            if not t.startswith("-") or t == "-" or self._negative_number_matcher.match(t):
+                continue
+            name = t.split("=", 1)[0]
+            known = name in self._option_string_actions or (
+                name.startswith("--") and self.allow_abbrev and any(o.startswith(name) for o in self._long_flags())
+            ) or (not name.startswith("--") and name[:2] in self._option_string_actions)
+            if not known:
+                unknown.append(name)
+        return unknown
+
+    def _suggestions(self, unknown: list[str]) -> str:
+        """`` (did you mean --temperature?)`` for the unknown flags that are close to a flag of this
+        parser (several: ``--temperature for --temprature, --seed for --sed``); else ``""``."""
+        pairs = [(u, did_you_mean(u, self._long_flags())) for u in dict.fromkeys(unknown)]
+        pairs = [(u, g) for u, g in pairs if g is not None]
+        if not pairs:
+            return ""
+        if len(pairs) == 1:
+            return f" (did you mean {pairs[0][1]}?)"
+        return " (did you mean " + ", ".join(f"{g} for {u}" for u, g in pairs) + "?)"
+
+
+#: where argparse keeps the arguments a subcommand did not recognise (``argparse._UNRECOGNIZED_ARGS_ATTR``)
+_UNRECOGNIZED = getattr(argparse, "_UNRECOGNIZED_ARGS_ATTR", "_unrecognized_args")
 
 
 class _LazySubparsers(argparse._SubParsersAction):
@@ -393,3 +502,11 @@ class _LazySubparsers(argparse._SubParsersAction):
         if load is not None:
             load(self._name_parser_map[values[0]])
         super().__call__(parser, namespace, values, option_string)
+        # argparse hands what the subcommand did not take up to the top-level parser, which would
+        # report it under its own usage: report it here, under the subcommand's, with suggestions
+        extras = vars(namespace).pop(_UNRECOGNIZED, None)
+        if extras:
+            sub = self._name_parser_map[values[0]]
+            if isinstance(sub, _Parser):
+                sub.unrecognized(extras)
+            vars(namespace)[_UNRECOGNIZED] = extras

@@ -2,13 +2,16 @@
 experiments, reached through the registry below.
 
 An experiment's module is imported only when it is the one being run (or asked for ``--help``):
-:mod:`distill.experiments` pulls in scikit-learn and matplotlib, which no other command needs.
+:mod:`distill.experiments` pulls in scikit-learn and matplotlib, which no other command needs (the
+``experiments`` extra: a missing one is a one-line hint before anything runs).
 """
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
-from distill.errors import DistillError
+from distill.atomic import atomic_write_bytes
+from distill.errors import DistillError, require
 
 #: ``distill reproduce NAME`` -> (module under distill.experiments, one-line help). The module
 #: exposes ``add_arguments(parser)`` and ``main(args) -> list[dict]``.
@@ -42,6 +45,10 @@ EXPERIMENTS = {
 }
 
 
+#: the experiments that fit scikit-learn estimators (k-means over the classes; trees)
+SKLEARN = ("specialists", "trees")
+
+
 def experiment_module(name: str):
     """The module of experiment ``name``, imported now (a missing dependency is a one-line error)."""
     module = EXPERIMENTS[name][0]
@@ -49,7 +56,7 @@ def experiment_module(name: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise DistillError(f"`distill reproduce {name}` cannot load {module} ({e}); reinstall the package with "
-                           "its dependencies (pip install -e .)") from None
+                           "its dependencies (pip install 'distill[experiments]')") from None
 
 
 def add_experiment_arguments(name: str):
@@ -60,4 +67,15 @@ def add_experiment_arguments(name: str):
 
 
 def run(args) -> None:
+    # the optional dependencies first (``distill[experiments]``), not at the first figure after the training
+    require("matplotlib", "experiments", f"distill reproduce {args.experiment} (its figures)")
+    if args.experiment in SKLEARN:
+        require("sklearn", "experiments", f"distill reproduce {args.experiment}")
+    if getattr(args, "out", None) and getattr(args, "config_toml", None):  # the experiment's resolved config file
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DistillError(f"cannot create the output folder {out} ({e.strerror})") from None
+        atomic_write_bytes(out / "config.toml", args.config_toml.encode())
     experiment_module(args.experiment).main(args)

@@ -33,7 +33,8 @@ def compare(args) -> None:
                        warmup=args.warmup, onnx=args.onnx, log=log, trust_factory=args.trust_factory)
     files = C.write(result, args.out)
     print(C.markdown(result), end="")
-    print(f"wrote {files['md']}, {files['json']}, {files['png']}")
+    png = f", {files['png']}" if files["png"] else " (no compare.png: pip install 'distill[plots]' draws it)"
+    print(f"wrote {files['md']}, {files['json']}{png}")
 
 
 def bench(args) -> None:
@@ -48,5 +49,10 @@ def bench(args) -> None:
 
 
 def plot(args) -> None:
-    path = plots.plot_temperature(args.logits, args.temperatures, args.out)
+    if args.figure == "history":
+        from distill.tools.history import plot_history
+
+        path = plot_history(args.runs, args.out)
+    else:
+        path = plots.plot_temperature(args.logits, args.temperatures, args.out)
     print(f"wrote {path}")

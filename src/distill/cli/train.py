@@ -8,23 +8,29 @@ come from the library (:mod:`distill.losses`, :class:`distill.train.config.Train
 from __future__ import annotations
 
 import dataclasses
+import math
+
+import torch
 from pathlib import Path
 
 from distill import distributed
 from distill.checkpoints import load_tensors
 from distill.cli import lm
-from distill.cli.common import check_fits, defaults_of, dense_line, is_dense, load_any, log, run_on, user_model
+from distill.cli.common import (check_fits, defaults_of, dense_line, is_dense, load_any, log, run_on, user_model,
+                                watch_settings)
 from distill.data.files import first_inputs
 from distill.data.sources import as_source
 from distill.errors import DistillError
 from distill.losses import objectives
 from distill.models import classifiers, segmentation
-from distill.models.classifiers import CNN, MLP
+from distill.models.classifiers import MLP, ConvNet, ResNet
 from distill.teachers.store import SoftTargetStore, unfinished_build
 from distill.teachers.teacher import Teacher
 from distill.train.config import TrainConfig, resolve_device, seed_everything
 from distill.train.fit import fit
-from distill.train.recipes import PAPER_MNIST
+from distill.models.preprocess import Standardize, feature_stats
+from distill.train.recipes import DATA_RECIPE, PAPER_MNIST, data_defaults
+from distill.train.setup import probe
 
 
 def _weights(defaults: dict) -> dict:
@@ -50,8 +56,11 @@ CWD = _weights(defaults_of(objectives.ChannelWiseDistillation))
 #: ``--arch`` names: the classifiers, then the segmentation models (for label masks)
 CLASSIFIER_ARCHS = tuple(classifiers.ARCHS)
 SEGMENTATION_ARCHS = tuple(segmentation.ARCHS)
-#: ``--width`` defaults of the segmentation models
-WIDTHS = {name: defaults_of(cls)["width"] for name, cls in segmentation.ARCHS.items()}
+#: ``--width`` defaults of the models that have one: the convolutional classifiers, the segmentation models
+WIDTHS = {"cnn": defaults_of(ConvNet)["width"], "resnet": defaults_of(ResNet)["width"],
+          **{name: defaults_of(cls)["width"] for name, cls in segmentation.ARCHS.items()}}
+#: ``--depth`` defaults: the ConvNet's stages, the residual CNN's blocks per stage
+DEPTHS = {"cnn": defaults_of(ConvNet)["depth"], "resnet": defaults_of(ResNet)["depth"]}
 
 
 def teacher(args) -> None:
@@ -67,17 +76,24 @@ def train(args, teacher_mode: bool) -> None:
         return lm.train(args, teacher_mode)
     lm_only = [f for f in ("tokenizer", "block_size", "layers", "heads", "embd", "divergence_name", "beta", "skew",
                            "store", "top_k", "tail", "accumulate", "warmup_steps") if getattr(args, f, None) not in (None, 1)]
+    if getattr(args, "parallel", "ddp") != "ddp":
+        lm_only.append("parallel")
     if lm_only:
         raise DistillError(f"--{lm_only[0].replace('_name', '').replace('_', '-')} is for language models: add "
                            "--task lm")
     out = _check_out(args.out)
+    if getattr(args, "_restart", False):  # --restart: what distill wrote there goes first (only that)
+        from distill.train.rundir import clear_run_folder
+        clear_run_folder(out, log=log)
     if teacher_mode and args.jitter is None:
         # the paper's MNIST recipe; off on the user's files and on mnist-seg's label masks
         args.jitter = 0 if args.data is not None or args.dataset == "mnist-seg" else PAPER.jitter
     config = train_config(args, teacher_mode)
     resolve_device(args.device)
-    data = load_any(args)
+    notes: list[str] = []  # the [defaults] lines, printed once every check has passed
+    data = load_any(args, training=True, notes=notes)
     config = dense_config(args, config, data, teacher_mode)  # label masks: the dense objectives
+    config = own_data_defaults(args, config, data, teacher_mode, notes)
     teacher, teacher_classes = None, 0
     if not teacher_mode and args.teacher:
         teacher = _store_teacher(args.teacher, data)  # a store from `distill targets`
@@ -90,6 +106,7 @@ def train(args, teacher_mode: bool) -> None:
         outputs = run_on("the teacher" if len(args.teacher) == 1 else "the teacher ensemble", teacher.forward,
                          first_inputs(data.train), data)
         teacher_classes = teacher_classes or int(outputs.shape[1])
+        _flat_targets_warning(teacher, data, config, notes)
     if not data.labeled:  # an unlabeled transfer set: the teacher's soft targets alone
         if teacher is None:
             raise DistillError(f"{data.name} has no training labels (an unlabeled transfer set); "
@@ -111,23 +128,39 @@ def train(args, teacher_mode: bool) -> None:
     if teacher_classes and (not num_classes or (data.classes_inferred and teacher_classes > num_classes)):
         num_classes = teacher_classes  # a transfer set without (all) labels: the teacher's classes
     model, factory = build_model(args, data, teacher_mode, num_classes)
+    if standardizes(args, data):  # z-scores of the training split, kept in the model (and its ONNX graph)
+        mean, std = feature_stats(b for b, _, _ in data.train.ordered(65536))
+        model, factory = Standardize(model, mean=mean, std=std, model_factory=factory), None
     name = "teacher" if teacher_mode else ("student-distilled" if teacher is not None else "student-hard")
+    if notes:  # the [defaults] lines once the model is known to take the data (else its one-line error alone)
+        probe(model, as_source(data.train), torch.device("cpu"))
+        for line in notes:
+            log(line)
     res = fit(model, data.train, config, teacher=teacher, val=data.val, test=data.test, run_dir=out,
               device=args.device, factory=factory,
-              meta=dict(name=name, teacher_checkpoint=getattr(args, "teacher", None), **_data_meta(args, data)),
+              meta=dict(name=name, teacher_checkpoint=getattr(args, "teacher", None), **_data_meta(args, data),
+                        config_toml=getattr(args, "config_toml", None)),
               progress=not args.no_progress, log=log)
     if distributed.world()[0]:
         return  # process 0 reports
     m, split = (res.test, "test") if res.test is not None else (res.val, "validation")
+    kept = kept_epoch_text(res, config)
     if m is None:
-        print(f"{name}: {res.epoch} epochs, no test or validation split in {data.name} to report, "
-              f"{res.wall_seconds:.0f}s -> {out / 'model.safetensors'}")
+        print(f"{name}: {kept}, no held-out metric: {data.name} has no test or validation split (--test-fraction, "
+              f"--val-fraction hold some out), {res.wall_seconds:.0f}s -> {out / 'model.safetensors'}")
         return
     if "miou" in m:  # dense prediction
-        print(f"{name}: {split} {dense_line(m)}, {res.wall_seconds:.0f}s -> {out / 'model.safetensors'}")
+        print(f"{name}: {split} {dense_line(m)}, {kept}, {res.wall_seconds:.0f}s -> {out / 'model.safetensors'}")
         return
     print(f"{name}: {m['errors']} {split} errors / {m['n']} ({100 * m['accuracy']:.2f}%), nll {m['nll']:.4f}, "
-          f"{res.wall_seconds:.0f}s -> {out / 'model.safetensors'}")
+          f"{kept}, {res.wall_seconds:.0f}s -> {out / 'model.safetensors'}")
+
+
+def kept_epoch_text(res, config: TrainConfig) -> str:
+    """Which epoch's weights a run kept, and why: the last, or the best on validation (by what)."""
+    if config.select == "best":
+        return f"epoch {res.epoch}/{config.epochs} kept (fewest validation errors, the first of ties)"
+    return f"epoch {res.epoch}/{config.epochs} kept (the last)"
 
 
 def _check_out(out: str) -> Path:
@@ -136,6 +169,85 @@ def _check_out(out: str) -> Path:
         raise DistillError(f"--out {path} is a file; give a folder (it will hold the checkpoint and the "
                            "state for resuming)")
     return path
+
+
+# ---------------------------------------------------------------- defaults chosen from the data
+
+def own_data(args, data) -> bool:
+    """Whether the run trains on the user's own files (not a built-in data set with the paper's
+    recipe, not label masks): then the data decide the defaults (:func:`own_data_defaults`)."""
+    return args.data is not None and not is_dense(data)
+
+
+def standardizes(args, data) -> bool:
+    """Whether the features are standardised: the user's vectors (a table, a flat ``.npz``), unless
+    ``--no-standardize``."""
+    return own_data(args, data) and data.image_shape is None and not getattr(args, "no_standardize", False)
+
+
+def own_data_defaults(args, config: TrainConfig, data, teacher_mode: bool, notes: list) -> TrainConfig:
+    """On the user's own files, the defaults of :func:`distill.train.recipes.data_defaults` for every
+    setting the flags leave open (batch, epochs, model size, a table teacher's dropout, T), printed
+    in one ``[defaults]`` line (appended to ``notes``); on built-in data ``config`` unchanged (the
+    paper's recipe)."""
+    n = data.train.n
+    if args.batch_size is not None and n and args.batch_size > n:
+        notes.append(f"[warning] --batch-size {args.batch_size} is larger than the {n:,} training examples: every epoch "
+            "is one step")
+    if not own_data(args, data) or not n:
+        return config
+    image = data.image_shape is not None
+    d = data_defaults(n, data.num_features, image, config.batch_size, config.epochs)
+    said, changes = [], {}
+    if args.batch_size is None and d["batch_size"] != config.batch_size:
+        changes["batch_size"] = d["batch_size"]
+        said.append(f"batch {d['batch_size']} (an epoch of {n:,} examples has "
+                     f"{math.ceil(n / d['batch_size'])} steps)")
+    if args.epochs is None and d["epochs"] != config.epochs:
+        changes["epochs"] = d["epochs"]
+        said.append(f"{d['epochs']} epochs (at least {DATA_RECIPE.min_steps} steps)")
+    if args.model is None:
+        if image and args.arch is None and args.hidden is None:  # --hidden alone asks for the MLP
+            args.arch = "cnn"
+        if (args.arch or CLASSIFIER_ARCHS[0]) == "cnn" and args.width is None:
+            args.width = d["teacher_width"] if teacher_mode else d["student_width"]
+            said.append(f"--arch cnn --width {args.width} (a ConvNet with global pooling, for images)")
+        if not image and args.arch in (None, "mlp") and args.hidden is None:
+            args.hidden = d["teacher_hidden"] if teacher_mode else d["student_hidden"]
+            said.append(f"MLP {'-'.join(map(str, args.hidden))} (for {data.num_features} features, {n:,} rows)")
+        if teacher_mode and not image:
+            if getattr(args, "dropout_input", None) is None:
+                args.dropout_input = 0.0
+            if getattr(args, "dropout_hidden", None) is None:
+                args.dropout_hidden = DATA_RECIPE.table_dropout
+            said.append(f"dropout {args.dropout_hidden:g} on the hidden units, none on the inputs")
+    if standardizes(args, data):
+        said.append("features standardised with the training split's mean and std (kept in the model; "
+                     "--no-standardize to turn off)")
+    if (not teacher_mode and getattr(args, "teacher", None) and config.objective is None
+            and args.temperature is None and not args.logit_matching):
+        changes["temperature"] = DATA_RECIPE.temperature
+        said.append(f"T = {DATA_RECIPE.temperature:g} (the paper's 20 is for MNIST's 10 classes and a big "
+                     "teacher; it flattens the soft targets of a few classes)")
+    if said:
+        notes.append("[defaults] " + "; ".join(said) + " (each flag overrides its default)")
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def _flat_targets_warning(teacher, data, config: TrainConfig, notes: list, sample: int = 512) -> None:
+    """A warning when the teacher's soft targets at the run's T are nearly uniform (their mean
+    entropy above 90 % of log C) on a sample of the training inputs: the soft term then teaches
+    little beyond "every class is as likely"."""
+    t = getattr(config.objective, "temperature", None) if config.objective is not None else config.temperature
+    if not t or not data.num_classes or data.num_classes < 2:
+        return
+    with torch.no_grad():
+        p = torch.softmax(teacher.forward(first_inputs(data.train, sample)).float() / t, dim=-1)
+        h = float(-(p * p.clamp_min(1e-30).log()).sum(-1).mean())
+    top = math.log(p.shape[-1])
+    if h > 0.9 * top:
+        notes.append(f"[warning] at T = {t:g} the teacher's soft targets are nearly uniform (mean entropy {h:.3f} of at most "
+            f"{top:.3f}): the student learns little from them; try a lower --temperature (e.g. 2-4)")
 
 
 # ---------------------------------------------------------------- the config
@@ -147,7 +259,7 @@ def train_config(args, teacher_mode: bool) -> TrainConfig:
                   batch_size=CONFIG["batch_size"] if args.batch_size is None else args.batch_size,
                   optimizer=args.optimizer or CONFIG["optimizer"], lr=args.lr,
                   momentum=args.momentum, schedule=args.schedule, seed=args.seed, precision=args.precision,
-                  divergence=None if getattr(args, "no_guard", False) else "stop")
+                  **watch_settings(args))
     if teacher_mode:
         return TrainConfig(jitter=args.jitter, **common)
     given = [f for f, v in (("--temperature", args.temperature), ("--hard-weight", args.hard_weight),
@@ -267,13 +379,19 @@ def build_model(args, data, teacher_mode: bool, num_classes: int):
     dropout_input = PAPER.dropout_input if getattr(args, "dropout_input", None) is None else args.dropout_input
     dropout_hidden = PAPER.dropout_hidden if getattr(args, "dropout_hidden", None) is None else args.dropout_hidden
     max_norm = PAPER.max_norm if getattr(args, "max_norm", None) is None else args.max_norm
-    if classifiers.ARCHS[args.arch or CLASSIFIER_ARCHS[0]] is CNN:
+    name = args.arch or CLASSIFIER_ARCHS[0]
+    arch = classifiers.ARCHS[name]
+    if arch is MLP and (args.width is not None or args.depth is not None):
+        raise DistillError(f"--{'width' if args.width is not None else 'depth'} sets the size of --arch cnn or "
+                           "resnet (and --width of the segmentation models); --arch mlp takes --hidden")
+    if arch in (ConvNet, ResNet):
         if data.image_shape is None:
-            raise DistillError(f"--arch cnn needs image data; {data.name} has no image shape")
+            raise DistillError(f"--arch {name} needs image data; {data.name} has no image shape (use --arch mlp)")
+        if args.hidden is not None:
+            raise DistillError(f"--hidden sizes the MLP; --arch {name} takes --width and --depth")
         channels = data.input_shape[0] if len(data.input_shape) == 3 else 1
-        return CNN(data.image_shape, hidden=hidden, num_classes=num_classes,
-                   dropout_hidden=dropout_hidden if teacher_mode else 0.0,
-                   max_norm=max_norm if teacher_mode else None, in_channels=channels), None
+        return arch(channels, num_classes, width=args.width or WIDTHS[name], depth=args.depth or DEPTHS[name],
+                    image_shape=data.image_shape), None
     if teacher_mode:
         return MLP(data.num_features, hidden, num_classes, dropout_input, dropout_hidden, max_norm), None
     return MLP(data.num_features, hidden, num_classes), None
@@ -282,6 +400,8 @@ def build_model(args, data, teacher_mode: bool, num_classes: int):
 def _segmentation_model(args, data, num_classes: int):
     """``(model, None)``: ``--arch deeplab`` (the default for a teacher) or ``mobilenet`` (a
     student's) for label masks; the models carry their factories."""
+    if args.depth is not None:
+        raise DistillError("--depth sets the size of --arch resnet; the segmentation models take --width")
     if not is_dense(data):
         raise DistillError(f"--arch {args.arch} is for segmentation (label masks); {data.name} has one label per "
                            "example")
@@ -301,4 +421,9 @@ def _data_meta(args, data) -> dict:
     """What the sidecar records about the data: its name, how to read it again, its classes."""
     source = (dict(path=str(Path(args.data).resolve()), target=args.target) if args.data is not None
               else dict(dataset=data.name))
-    return dict(dataset=data.name, data_source=source, classes=[str(c) for c in data.classes])
+    if data.holdout_spec:
+        source["holdout"] = dict(data.holdout_spec)
+    out = dict(dataset=data.name, data_source=source, classes=[str(c) for c in data.classes])
+    if data.features:
+        out["features"] = list(data.features)
+    return out

@@ -62,6 +62,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Subset
 
+from distill.checks import did_you_mean, show_names
 from distill.errors import DistillError
 from distill.data.sources import MapSource, Source, TensorSource, data_digest
 from distill.data.dataset import stratified_indices
@@ -102,6 +103,10 @@ class FileData:
     #: the class list was inferred from the labels present (``0 .. max label``: an ``.npz`` without
     #: ``classes``), so a model may know more classes than it names
     classes_inferred: bool = False
+    #: a table's feature columns, in the order the model sees them (empty for other data)
+    features: tuple[str, ...] = ()
+    #: the held-out splits cut from the training split (:meth:`holdout`), as recorded: None if none
+    holdout_spec: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -134,6 +139,43 @@ class FileData:
         te = _take(self.test, test, seed, tag) if self.test is not None else None
         return replace(self, train=tr, test=te, fingerprint=self.fingerprint + tag if (train or test) else
                        self.fingerprint)
+
+    def holdout(self, val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0) -> "FileData":
+        """Validation and test splits cut from the training split, for data without its own: a
+        class-stratified, seeded ``test_fraction`` of the training examples becomes the test split,
+        then ``val_fraction`` (of all of them) of the rest the validation split; the fingerprints
+        change with the cut, and :attr:`holdout_spec` records it (so ``evaluate`` cuts the same)."""
+        for name, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+            if not 0.0 <= f < 1.0:
+                raise DistillError(f"{name} must be in [0, 1), got {f:g}")
+        if val_fraction + test_fraction >= 0.9:
+            raise DistillError(f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g} leave too "
+                               "little to train on (they must add up to less than 0.9)")
+        for name, f, have in (("--val-fraction", val_fraction, self.val), ("--test-fraction", test_fraction,
+                                                                           self.test)):
+            if f and have is not None:
+                raise DistillError(f"{name}: {self.name} has its own {name[2:-9]} split; a fraction is cut only "
+                                   "from data without one")
+        n = self.train.n
+        n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+        if (test_fraction and n_test < 1) or (val_fraction and n_val < 1) or n - n_test - n_val < 2:
+            raise DistillError(f"{self.name} has {n} training examples: too few to hold out "
+                               f"{val_fraction:g} and {test_fraction:g} of them")
+        if not n_test and not n_val:
+            return self
+        y = split_labels(self.train)
+        every = torch.arange(n)
+        test_idx = stratified_indices(y, n_test, seed) if n_test else every[:0]
+        rest = every[~torch.isin(every, test_idx)]
+        val_idx = (rest[stratified_indices(None if y is None else y[rest], n_val, seed + 1, length=len(rest))]
+                   if n_val else every[:0])
+        train_idx = rest[~torch.isin(rest, val_idx)]
+        tag = f":holdout{val_fraction:g}/{test_fraction:g}/s{seed}"
+        spec = dict(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        return replace(self, train=_rows(self.train, train_idx, tag + ":train", "train"),
+                       val=_rows(self.train, val_idx, tag + ":val", "val") if n_val else self.val,
+                       test=_rows(self.train, test_idx, tag + ":test", "test") if n_test else self.test,
+                       fingerprint=self.fingerprint + tag, holdout_spec=spec)
 
     @classmethod
     def from_dataset(cls, ds) -> "FileData":
@@ -171,7 +213,11 @@ def _take(src: Source, n: int | None, seed: int, tag: str) -> Source:
     if n is None or n >= src.n:
         return src
     keep = stratified_indices(split_labels(src), n, seed, length=src.n)
-    name = getattr(src, "name", "data")
+    return _rows(src, keep, tag, getattr(src, "name", "data"))
+
+
+def _rows(src: Source, keep: torch.Tensor, tag: str, name: str) -> Source:
+    """The rows ``keep`` of a split, as a source of their own (its fingerprint tagged)."""
     if isinstance(src, TensorSource):
         return TensorSource(src.x[keep], None if src.y is None else src.y[keep], fingerprint=src.fingerprint + tag,
                             image_shape=src.image_shape, name=name)
@@ -255,7 +301,8 @@ def load_files(path, *, target: str | None = None, memory_limit: int | None = No
         return _read_tables(p, tables, target, budget, log)
     if any(d.is_dir() and _images_in(d) for d in _subdirs(p)):
         _no_target(target, p)
-        log(f"[data] {p} has no train/ folder: its class folders are the training split (no val or test split)")
+        log(f"[data] {p} has no train/ folder: its class folders are the training split (held-out splits: "
+            "--val-fraction, --test-fraction)")
         return _read_images(p, {"train": p}, budget, log)
     raise DistillError(f"{p} holds no usable data; expected {EXPECTED}")
 
@@ -493,8 +540,7 @@ def _size(n: int) -> str:
 
 
 def _show(names, k: int = 8) -> str:
-    names = list(names)
-    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+    return show_names(names, k)  # the first k, then "and N more"
 
 
 # ---------------------------------------------------------------- image folders
@@ -722,7 +768,7 @@ def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: in
         cols = ""
         try:
             first = next(iter(_chunks(files["train"], TABLE_SUFFIXES[files["train"].suffix.lower()])), None)
-            cols = f" (columns: {_show([str(c) for c in first.columns], 12)})" if first is not None else ""
+            cols = f" (columns: {show_names([str(c) for c in first.columns])})" if first is not None else ""
         except DistillError:
             pass
         raise DistillError(f"{files['train']} is a table: name its label column with --target COLUMN{cols}")
@@ -752,7 +798,7 @@ def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: in
         prints[split] = fp
     return FileData(name=str(p), train=sources["train"], val=sources.get("val"), test=sources.get("test"),
                     classes=tuple(str(c) for c in classes), input_shape=(len(features),), image_shape=None,
-                    fingerprint=_fingerprint(prints), lazy=lazy)
+                    fingerprint=_fingerprint(prints), lazy=lazy, features=tuple(features))
 
 
 def _stream_table(path: Path, target: str, features: list | None, budget: int, log):
@@ -768,8 +814,9 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
             cols = [str(c) for c in chunk.columns]
             chunk.columns = cols
             if target not in cols:
-                raise DistillError(f"{path} has no column {target!r} (columns: {_show(cols, 12)}); --target names "
-                                   "the label column")
+                guess = did_you_mean(target, cols)
+                raise DistillError(f"{path} has no column {target!r} (columns: {show_names(cols)}); --target names "
+                                   "the label column" + (f": did you mean {guess!r}?" if guess else ""))
             if features is None:
                 features = [c for c in cols if c != target]
                 if not features:

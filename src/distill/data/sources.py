@@ -11,7 +11,9 @@
   ``DataLoader`` over a seeded permutation, so every batch knows its example indices;
 * an :class:`~torch.utils.data.IterableDataset` (a stream, length unknown) or a
   :class:`~torch.utils.data.DataLoader`: :class:`LoaderSource`, iterated as given (its own
-  batch size and order); example indices are unknown, so a teacher runs on every batch;
+  batch size and order; a stream of examples is batched by ``fit``'s batch size, a stream whose
+  items are whole batches ``(x_batch, y_batch)`` is used as it is: :func:`stream_batch_size`);
+  example indices are unknown, so a teacher runs on every batch;
 * the package's own :class:`distill.data.Dataset`, or a :class:`distill.data.FileData` read from
   files by :func:`distill.data.load_files`: its training split (``fit`` also takes its test split
   when no ``test`` is given).
@@ -27,6 +29,7 @@ yourself instead: you then vouch that the name changes whenever the data do.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Iterator, Mapping
@@ -425,9 +428,33 @@ def as_batch_features(x, name: str) -> torch.Tensor:
     return as_features(x, f"{name} batch x") if len(x) else torch.as_tensor(x, dtype=torch.float32)
 
 
+def stream_batch_size(item, name: str = "data") -> int | None:
+    """The batch size ``B`` when ``item``, the first item of an ``IterableDataset``, is a whole
+    batch ``(x_batch, y_batch)``, else None (one example). A batch is told by its labels: one
+    example's label is a number (or, for dense prediction, an ``(H, W)`` mask), a batch's a vector
+    of ``B`` labels (or ``(B, 1)``, or ``B`` masks ``(B, H, W)``) with ``x`` of ``B`` rows too.
+    Labels of any other shape are a one-line ``ValueError``. Unlabeled items ``(x,)`` cannot tell,
+    and are taken as single examples."""
+    x, y = _split(item, f"an item of {name}")
+    if y is None:
+        return None
+    xs, ys = tuple(np.shape(x)), tuple(np.shape(y))
+    if not xs or not ys or math.prod(ys) == 1 or (len(ys) == 2 and ys[1] != 1):  # a label, an (H, W) mask
+        return None
+    if ys[0] == xs[0] and (len(ys) >= 3 or xs[0] > 1):
+        return int(xs[0])
+    raise ValueError(f"{name}: its items are (x, y) with x of shape {xs} and y of shape {ys}, neither one example "
+                     "(x, label) nor a whole batch (x_batch of B rows, y_batch of B labels); yield one of the two, or "
+                     "wrap the stream in DataLoader(stream, batch_size=None, collate_fn=...) that makes such batches")
+
+
 class LoaderSource(Source):
-    """A ``DataLoader`` (its own batch size, order and workers) or an ``IterableDataset`` (batched
-    by ``fit``'s batch size). Indices are unknown: a teacher runs on every batch."""
+    """A ``DataLoader`` (its own batch size, order and workers) or an ``IterableDataset``: batched
+    by ``fit``'s batch size when it yields examples, used as it is when it yields whole batches
+    (:func:`stream_batch_size`). Indices are unknown: a teacher runs on every batch."""
+
+    #: the stream yields whole batches ``(x_batch, y_batch)``: used as they come
+    batched: bool = False
 
     def __init__(self, loader, *, fingerprint: str | None = None, name: str = "data"):
         self.name = name
@@ -435,12 +462,26 @@ class LoaderSource(Source):
             self.loader, self.batch_size = loader, loader.batch_size
         else:
             self.loader, self.batch_size = None, None
+            head = next(iter(loader), None)
+            self.batch_size = None if head is None else stream_batch_size(head, name)
+            self.batched = self.batch_size is not None
         self.stream = loader
         try:
             self.n = len(loader.dataset) if isinstance(loader, DataLoader) else None
         except TypeError:
             self.n = None
-        first = next(iter(self.batches(16, None)), None)
+        try:
+            first = next(iter(self.batches(16, None)), None)
+        except (ValueError, TypeError, RuntimeError) as e:
+            dataset = getattr(loader, "dataset", None)
+            if isinstance(dataset, IterableDataset) and loader.batch_size is not None:
+                head = next(iter(dataset), None)
+                b = None if head is None else stream_batch_size(head, name)
+                if b is not None:
+                    raise ValueError(f"{name}: the IterableDataset yields whole batches (of {b}) and the DataLoader "
+                                     f"stacks {loader.batch_size} of them into one; pass the IterableDataset itself, "
+                                     "or DataLoader(dataset, batch_size=None)") from None
+            raise
         if first is None:
             raise ValueError(f"{name}: the stream yielded no examples")
         x, y, _ = first
@@ -451,6 +492,8 @@ class LoaderSource(Source):
     def batches(self, batch_size, generator):
         if self.loader is not None:
             it = self.loader
+        elif self.batched:  # its own batches, as they come
+            it = self.stream
         else:
             it = DataLoader(self.stream, batch_size=batch_size, collate_fn=_collate)
         for batch in it:

@@ -799,3 +799,124 @@ def token_cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor,
     if y.min() < 0 or y.max() >= v:
         raise ValueError(f"targets at the valid positions must lie in 0..{v - 1}, got {int(y.min())}..{int(y.max())}")
     return F.cross_entropy(z.float(), y)
+
+
+# ---------------------------------------------------------------- intermediate features
+# Features are the outputs of a module inside each network (e.g. a convolution block's map
+# ``[B, C, *S]``, an embedding ``[B, D]``), the student's already projected where a loss needs the
+# teacher's shape (:mod:`distill.train.features`). ``s`` is the student's, ``t`` the teacher's, ``B``
+# the batch size. The teacher side is computed as given: callers pass detached teacher features.
+
+
+def _check_features(name: str, x) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point torch.Tensor, got "
+                         f"{getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() < 1 or x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); a mean over no values is undefined")
+
+
+def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """FitNets' hint loss (Romero et al. 2015): the mean squared difference over every entry,
+
+    ``L = (1/n) * sum_j (s_j - t_j)**2``, ``n`` the number of entries (``((s - t)**2).mean()``).
+
+    ``student`` and ``teacher`` must have the same shape (project the student's first)."""
+    _check_features("student features", student)
+    _check_features("teacher features", teacher)
+    if student.shape != teacher.shape:
+        raise ValueError(f"hint_loss needs features of one shape: student {tuple(student.shape)}, teacher "
+                         f"{tuple(teacher.shape)} (project the student's to the teacher's)")
+    return ((student - teacher) ** 2).mean()
+
+
+def attention_map(x: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Zagoruyko & Komodakis' spatial attention map of features ``x`` ``[B, C, *S]``:
+
+    ``a(x)_b = v_b / max(||v_b||_2, eps)``, ``v_b = flatten_s( (1/C) sum_c |x_bcs|**p )``,
+
+    ``[B, prod(S)]``: the mean over channels of ``|x|**p``, flattened over the positions and
+    L2-normalised per example (``F.normalize``, ``eps = 1e-12``)."""
+    p = check_number("p", p, positive=True)
+    return F.normalize(x.abs().pow(p).mean(dim=1).reshape(x.shape[0], -1), dim=1)
+
+
+def attention_transfer_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2) -> torch.Tensor:
+    """Attention transfer (Zagoruyko & Komodakis 2017, their code's form) between features
+    ``[B, C_s, *S]`` and ``[B, C_t, *S]``:
+
+    ``L = (1/(B * P)) * sum_b sum_s (a(s)_bs - a(t)_bs)**2``
+
+    with ``a`` the L2-normalised spatial attention map of :func:`attention_map` (mean over channels
+    of ``|x|**p``, ``p = 2`` by default) and ``P = prod(S)`` the number of positions. The channel
+    counts may differ; the batch and the positions ``S`` must match. ``a`` is invariant to a
+    positive scaling of ``x`` (up to ``eps``), so only where a network attends counts, not how much."""
+    _check_features("student features", student)
+    _check_features("teacher features", teacher)
+    for name, x in (("student", student), ("teacher", teacher)):
+        if x.dim() < 3:
+            raise ValueError(f"attention transfer needs features of shape (batch, channels, *positions); the "
+                             f"{name}'s have shape {tuple(x.shape)}")
+    if student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
+        raise ValueError(f"attention transfer needs one batch and one spatial size: student {tuple(student.shape)}, "
+                         f"teacher {tuple(teacher.shape)} (channels may differ)")
+    return (attention_map(student, p) - attention_map(teacher, p)).pow(2).mean()
+
+
+#: squared distances below this count as 0 in :func:`pairwise_distances` (its square root's gradient stays finite)
+DISTANCE_EPS = 1e-12
+
+
+def pairwise_distances(e: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances ``d_ij = ||e_i - e_j||_2`` between the rows of ``e`` ``[B, D]``, ``[B, B]``,
+    0 on the diagonal (``sqrt(max(||e_i - e_j||**2, 1e-12))`` elsewhere, a finite gradient)."""
+    sq = (e[:, None, :] - e[None, :, :]).pow(2).sum(-1)
+    off = ~torch.eye(e.shape[0], dtype=torch.bool, device=e.device)
+    return torch.where(off, sq.clamp_min(DISTANCE_EPS).sqrt(), torch.zeros_like(sq))
+
+
+def _relational_parts(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RKD's two views of embeddings ``e`` ``[B, D]``: the distances divided by their mean over the
+    ``B(B-1)`` distinct pairs, ``[B, B]``, and the angle cosines ``[B, B, B]`` (anchor first)."""
+    d = pairwise_distances(e)
+    off = ~torch.eye(e.shape[0], dtype=torch.bool, device=e.device)
+    d = d / d[off].mean().clamp_min(DISTANCE_EPS)
+    u = F.normalize(e[None, :, :] - e[:, None, :], dim=2)  # u[j, i] = (e_i - e_j) / ||e_i - e_j||
+    return d, torch.bmm(u, u.transpose(1, 2))  # cos[j, i, k] = <u[j, i], u[j, k]>
+
+
+def relational_loss(student: torch.Tensor, teacher: torch.Tensor, distance_weight: float = 25.0,
+                    angle_weight: float = 50.0) -> torch.Tensor:
+    """Relational knowledge distillation (Park et al. 2019, RKD-DA, as their code computes it) of
+    embeddings ``[B, D_s]`` and ``[B, D_t]`` (extra dimensions are flattened; ``D_s`` may differ
+    from ``D_t``):
+
+    ``L = distance_weight * mean_ij huber(psi_D(s)_ij - psi_D(t)_ij)
+    + angle_weight * mean_jik huber(psi_A(s)_jik - psi_A(t)_jik)``
+
+    * distances: ``psi_D(e)_ij = ||e_i - e_j||_2 / mu``, ``mu`` the mean of ``||e_i - e_j||_2`` over
+      the distinct pairs ``i != j`` (``psi_D(e)_ii = 0``), a ``[B, B]`` matrix;
+    * angles: ``psi_A(e)_jik = <u_ji, u_jk>``, ``u_ji = (e_i - e_j) / ||e_i - e_j||_2`` (0 for
+      ``i = j``, as ``F.normalize`` gives), the cosine of the angle at the anchor ``j`` between
+      ``e_i - e_j`` and ``e_k - e_j``, a ``[B, B, B]`` tensor;
+    * ``huber`` the smooth-L1 loss (``F.smooth_l1_loss``, ``beta = 1``), each mean over every entry.
+
+    Both terms are invariant to scaling the embeddings by a positive number (and to translating
+    them); the batch sizes must match and hold at least two examples."""
+    _check_features("student features", student)
+    _check_features("teacher features", teacher)
+    distance_weight = check_number("distance_weight", distance_weight, minimum=0, maximum=MAX_WEIGHT)
+    angle_weight = check_number("angle_weight", angle_weight, minimum=0, maximum=MAX_WEIGHT)
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(f"relational_loss needs one batch: student has {student.shape[0]} rows, teacher "
+                         f"{teacher.shape[0]}")
+    if student.shape[0] < 2:
+        raise ValueError("relational_loss compares pairs of examples: it needs a batch of at least 2")
+    ds, cs = _relational_parts(student.reshape(student.shape[0], -1))
+    dt, ct = _relational_parts(teacher.reshape(teacher.shape[0], -1))
+    return (distance_weight * F.smooth_l1_loss(ds, dt, reduction="mean")
+            + angle_weight * F.smooth_l1_loss(cs, ct, reduction="mean"))
+
+
+#: the feature losses by the names :class:`~distill.losses.objectives.FeatureDistillation` pairs use
+FEATURE_LOSSES = {"hint": hint_loss, "attention": attention_transfer_loss, "relational": relational_loss}

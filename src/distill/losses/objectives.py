@@ -15,6 +15,7 @@ from distill.losses.functional import (
     DEFAULT_HARD_WEIGHT,
     DEFAULT_IGNORE_INDEX,
     DEFAULT_SOFT_WEIGHT,
+    FEATURE_LOSSES,
     STANDARDIZE_EPS,
     channel_wise_distillation_loss,
     dense_hard_cross_entropy,
@@ -24,6 +25,7 @@ from distill.losses.functional import (
     hard_cross_entropy,
     logit_matching_loss,
     pixelwise_distillation_loss,
+    soft_cross_entropy,
     standardize_logits,
     check_token_settings,
     next_token_pairs,
@@ -58,6 +60,12 @@ class Objective:
 
     def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
         raise NotImplementedError
+
+    def terms(self, student_out, teacher_out, labels, *, mask=None, epoch=None) -> dict:
+        """The loss's weighted terms by name (they add up to the loss), for the logs; ``fit`` asks
+        for them every ``log_every`` steps, without gradient. An objective of one term returns
+        ``{}``."""
+        return {}
 
 
 def masked_rows(mask, student_out, teacher_out, labels):
@@ -169,6 +177,14 @@ class Distillation(Objective):
         return distillation_loss(*masked_rows(mask, student_out, teacher_out, labels), self.temperature,
                                  self.hard_weight, self.soft_weight)
 
+    def terms(self, student_out, teacher_out, labels, *, mask=None, epoch=None) -> dict:
+        """``soft`` (``soft_weight * T**2 * CE``) and ``hard`` (``hard_weight * CE``, when weighted)."""
+        z, v, y = masked_rows(mask, student_out, teacher_out, labels)
+        out = {"soft": self.soft_weight * soft_cross_entropy(z, v, self.temperature)}
+        if self.hard_weight > 0 and y is not None:
+            out["hard"] = self.hard_weight * hard_cross_entropy(z, y)
+        return out
+
 
 @dataclass(frozen=True)
 class LogitMatching(Objective):
@@ -187,14 +203,16 @@ class LogitMatching(Objective):
 
 
 def objective_spec(objective) -> dict:
-    """What identifies an objective in a run key: a dataclass's class and fields; for any other
-    callable its qualified name and a digest of its source code (when Python can read it)."""
+    """What identifies an objective in a run key: a dataclass's class and fields (or what its
+    ``key_fields()`` returns, for one that holds another objective); for any other callable its
+    qualified name and a digest of its source code (when Python can read it)."""
     if isinstance(objective, UserObjective):
         objective = objective.fn
     cls = type(objective)
     name = key_name(cls)
     if is_dataclass(objective):
-        return dict(objective=name, **asdict(objective))
+        own = getattr(objective, "key_fields", None)  # an objective that holds another says how it is keyed
+        return dict(objective=name, **(own() if callable(own) else asdict(objective)))
     fn = objective if inspect.isfunction(objective) or inspect.ismethod(objective) else cls
     name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
     try:
@@ -477,24 +495,28 @@ class TokenDistillation(Objective):
         return valid_token_count(labels, mask)
 
     def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None):
+        return sum(self.terms(student_out, teacher_out, labels, mask=mask, epoch=epoch).values())
+
+    def terms(self, student_out, teacher_out, labels, *, mask=None, epoch=None) -> dict:
+        """``soft`` (``soft_weight * T**2 * token_divergence``) and ``hard`` (``hard_weight *
+        token_cross_entropy``), each where its weight is not 0; the loss is their sum."""
         if labels is None:
             raise ValueError("TokenDistillation needs the labels (the next-token targets, -100 at padding); "
                              "this batch has none")
         z, v, y, valid = next_token_pairs(student_out, teacher_out, labels, mask)
-        loss = None
+        out = {}
         if self.soft_weight > 0:
             if v is None:
                 raise ValueError("TokenDistillation needs the teacher's logits or its top-k pair (ids, logprobs); "
                                  "this batch has none")
             zs, v = _shared_vocabulary(z, v)
             t = self.temperature
-            loss = self.soft_weight * (t * t) * token_divergence(
+            out["soft"] = self.soft_weight * (t * t) * token_divergence(
                 zs, v, valid, divergence=self.divergence, temperature=t, beta=self.beta, skew=self.skew,
                 tail=self.tail)
         if self.hard_weight > 0:
-            hard = self.hard_weight * token_cross_entropy(z, y, valid)
-            loss = hard if loss is None else loss + hard
-        return loss
+            out["hard"] = self.hard_weight * token_cross_entropy(z, y, valid)
+        return out
 
 
 @dataclass(frozen=True)
@@ -519,3 +541,129 @@ class NextTokenLoss(Objective):
                              "this batch has none")
         z, _, y, valid = next_token_pairs(student_out, None, labels, mask)
         return token_cross_entropy(z, y, valid)
+
+
+# ---------------------------------------------------------------- intermediate features
+
+
+def _feature_pairs(pairs) -> tuple:
+    """``pairs`` checked: ``(student_path, teacher_path, loss, weight)`` tuples, the paths strings
+    (``nn.Module.get_submodule`` names), ``loss`` a name of :data:`FEATURE_LOSSES`, ``weight`` > 0."""
+    if isinstance(pairs, (str, bytes)) or not hasattr(pairs, "__iter__"):
+        raise ValueError("pairs must be a list of (student_path, teacher_path, loss, weight) tuples, got "
+                         f"{type(pairs).__name__}")
+    out = []
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 4:
+            raise ValueError(f"a feature pair is (student_path, teacher_path, loss, weight), got {pair!r}")
+        s, t, loss, weight = pair
+        if not isinstance(s, str) or not isinstance(t, str):
+            raise ValueError(f"a feature pair's module paths must be strings (e.g. 'layer3.1'), got {s!r} and {t!r}")
+        if loss not in FEATURE_LOSSES:
+            raise ValueError(f"a feature pair's loss must be one of {sorted(FEATURE_LOSSES)}, got {loss!r}")
+        out.append((s, t, loss, check_number(f"the weight of the pair ({s!r}, {t!r})", weight, positive=True,
+                                             maximum=MAX_WEIGHT)))
+    if not out:
+        raise ValueError("FeatureDistillation needs at least one (student_path, teacher_path, loss, weight) pair")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class FeatureDistillation(Objective):
+    """A logit objective plus the teacher's intermediate features (FitNets, attention transfer,
+    relational KD), matched at pairs of modules named by their dotted paths:
+
+    ``L = objective(z, v, y) + sum_k weight_k * loss_k(P_k(s_k), t_k)``
+
+    ``objective`` any logit objective (:class:`HardLabels`, :class:`Distillation`, ...); ``pairs`` a
+    list of ``(student_path, teacher_path, loss, weight)``: ``s_k`` is the output of
+    ``student.get_submodule(student_path)``, ``t_k`` the teacher's at ``teacher_path``, ``loss_k``
+    one of :data:`~distill.losses.functional.FEATURE_LOSSES` (``"hint"``: :func:`hint_loss`,
+    ``"attention"``: :func:`attention_transfer_loss`, ``"relational"``: :func:`relational_loss`,
+    each at its defaults) and ``P_k`` the pair's learned projector (identity when it needs none).
+
+    This class is the loss alone: ``fit`` (:mod:`distill.train.features`) captures the features with
+    forward hooks, runs the teacher module on every batch, learns the projectors and adds
+    :meth:`feature_terms` to the logit part. Called with ``features`` (one ``(P_k(s_k), t_k)`` pair of
+    tensors per pair, in order) it returns the whole ``L``; without them, the logit objective alone.
+    The run key holds the inner objective and the pairs.
+    """
+
+    KEY_NAME = "distill.losses.FeatureDistillation"  # its name in run keys (distill.digest.key_name)
+
+    objective: object
+    pairs: tuple = ()
+
+    needs_teacher = True
+
+    def __post_init__(self):
+        if isinstance(self.objective, FeatureDistillation):
+            raise ValueError("FeatureDistillation wraps a logit objective, not another FeatureDistillation: give "
+                             "all the pairs to one")
+        object.__setattr__(self, "objective", as_objective(self.objective))
+        object.__setattr__(self, "pairs", _feature_pairs(self.pairs))
+        names, seen = [], set()
+        for i, (s, t, loss, _) in enumerate(self.pairs):
+            name = f"{loss}:{s or '(model)'}"
+            name = name if name not in seen else f"{name}#{i}"
+            seen.add(name)
+            names.append(name)
+        object.__setattr__(self, "term_names", tuple(names))
+
+    @property
+    def needs_labels(self) -> bool:
+        return needs(self.objective, "labels")
+
+    @property
+    def needs_logits(self) -> bool:
+        return bool(getattr(self.objective, "needs_logits", False))
+
+    @property
+    def temperature(self):
+        return getattr(self.objective, "temperature", None)
+
+    @property
+    def epoch_dependent(self) -> bool:
+        return bool(getattr(self.objective, "epoch_dependent", False))
+
+    @property
+    def tokens(self) -> bool:
+        return bool(getattr(self.objective, "tokens", False))
+
+    def key_fields(self) -> dict:
+        """Its run-key fields: the inner objective's spec and the pairs."""
+        return dict(inner=objective_spec(self.objective), pairs=[list(p) for p in self.pairs])
+
+    def feature_terms(self, features, mask=None) -> dict:
+        """``{name: weight_k * loss_k(P_k(s_k), t_k)}`` for the pairs' ``features`` (a sequence of
+        ``(projected student feature, teacher feature)``, one per pair, in order), named
+        ``"<loss>:<student_path>"``. A row mask (bool ``(B,)``) keeps those rows of every feature;
+        other masks (positions) leave the features whole."""
+        features = list(features)
+        if len(features) != len(self.pairs):
+            raise ValueError(f"FeatureDistillation has {len(self.pairs)} pairs but got {len(features)} features")
+        out = {}
+        for name, (_, _, loss, weight), (s, t) in zip(self.term_names, self.pairs, features):
+            if mask is not None and mask.dim() == 1 and mask.shape[0] == s.shape[0] == t.shape[0]:
+                keep = mask.to(s.device)
+                s, t = s[keep], t[keep]
+            out[name] = weight * FEATURE_LOSSES[loss](s, t)
+        return out
+
+    def __call__(self, student_out, teacher_out, labels, *, mask=None, epoch=None, features=None):
+        loss = self.objective(student_out, teacher_out, labels, mask=mask, epoch=epoch)
+        if features is not None:
+            loss = loss + sum(self.feature_terms(features, mask).values())
+        return loss
+
+    def terms(self, student_out, teacher_out, labels, *, mask=None, epoch=None, features=None) -> dict:
+        """The inner objective's terms (``{"logits": its loss}`` when it has one term), then, with
+        ``features``, :meth:`feature_terms`."""
+        inner = self.objective
+        out = dict(inner.terms(student_out, teacher_out, labels, mask=mask, epoch=epoch)) \
+            if hasattr(inner, "terms") else {}
+        if not out:
+            out["logits"] = inner(student_out, teacher_out, labels, mask=mask, epoch=epoch)
+        if features is not None:
+            out.update(self.feature_terms(features, mask))
+        return out

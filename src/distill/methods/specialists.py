@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.errors import DistillError
+from distill.errors import DistillError, require
 from distill.metrics import predict_logits
 from distill.methods.tuning import fit_fresh
 from distill.models.classifiers import MLP
@@ -84,7 +84,7 @@ def cluster_classes(probs: torch.Tensor, n_clusters: int | None = None, *, targe
     Overlap: with ``overlap_ratio = r`` (> 1), class ``c`` also joins its second-nearest cluster
     ``k2`` when ``d(c, k2) <= r * d(c, k1)``. Subsets with fewer than ``min_size`` classes get no specialist.
     """
-    from sklearn.cluster import KMeans
+    KMeans = require("sklearn.cluster", "experiments", "clustering the classes").KMeans
 
     num_classes = probs.shape[1]
     if n_clusters is None:
@@ -116,7 +116,7 @@ def cluster_classes(probs: torch.Tensor, n_clusters: int | None = None, *, targe
 
 def adjusted_rand(labels_true, labels_pred) -> float:
     """Adjusted Rand index of two partitions (1 = identical, ~0 = chance)."""
-    from sklearn.metrics import adjusted_rand_score
+    adjusted_rand_score = require("sklearn.metrics", "experiments", "the adjusted Rand index").adjusted_rand_score
 
     return float(adjusted_rand_score(np.asarray(labels_true), np.asarray(labels_pred)))
 

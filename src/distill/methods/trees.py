@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from distill.errors import require
+
+require("sklearn", "experiments", "distill.methods.trees (soft-target trees)")  # a one-line hint when missing
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.multioutput import MultiOutputRegressor
 from sklearn.tree import DecisionTreeRegressor

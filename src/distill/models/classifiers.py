@@ -1,9 +1,11 @@
-"""Model builders: an MLP (dropout, max-norm) and a small CNN. Nothing else lives here.
+"""Model builders: an MLP (dropout, max-norm), the paper-style CNN (one convolution and a dense
+head), a small convolutional net with global pooling (:class:`ConvNet`, ``--arch cnn``) and a
+small residual CNN (:class:`ResNet`, a teacher). Nothing else lives here.
 
 Every model carries ``arch``, the JSON-able keyword arguments that rebuild it, and
 ``distill_factory`` (``"distill.models:MLP"`` + ``arch``), which :mod:`distill.checkpoints` records
-so :func:`distill.load_checkpoint` rebuilds it without unpickling; and ``constrain()``, which the
-training loop calls after each optimiser step.
+so :func:`distill.load_checkpoint` rebuilds it without unpickling; and, where it has a max-norm
+constraint (MLP, CNN), ``constrain()``, which the training loop calls after each optimiser step.
 """
 from __future__ import annotations
 
@@ -132,8 +134,139 @@ class CNN(nn.Module):
                 _max_norm_(m, self.max_norm)
 
 
-#: ``--arch`` names of the classifiers (``distill teacher|student``)
-ARCHS = {"mlp": MLP, "cnn": CNN}
+class BasicBlock(nn.Module):
+    """He et al.'s basic residual block: ``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))``,
+    the shortcut a strided 1x1 convolution with batch norm where the shape changes, else ``x``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = (nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                       nn.BatchNorm2d(out_channels))
+                         if stride != 1 or in_channels != out_channels else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A small residual CNN with global pooling (He et al. 2016, the CIFAR layout):
+    ``stem (conv3x3 -> BN -> ReLU, width) -> layer1 (width) -> layer2 (2 width, stride 2) -> layer3
+    (4 width, stride 2) -> global average pooling -> Linear``, each layer ``depth`` :class:`BasicBlock` s.
+
+    Global pooling makes it independent of the image size; ``image_shape`` only says how to view
+    flat input vectors (``(B, H*W*C)``, as MNIST's 784) as images; ``(B, H, W)`` and ``(B, C, H, W)``
+    inputs are taken as they are. Its blocks are the usual feature-distillation points:
+    ``"layer3"`` (the last map, ``[B, 4 width, H/4, W/4]``), ``"layer2.1"`` (a block), ``"pool"``
+    (the pooled embedding, ``[B, 4 width, 1, 1]``)."""
+
+    KEY_NAME = "distill.models.ResNet"  # its name in run keys (distill.digest.key_name)
+
+    __jit_unused_properties__ = ["distill_factory"]
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, depth: int = 2,
+                 image_shape=None):
+        super().__init__()
+        in_channels, num_classes, width, depth = int(in_channels), int(num_classes), int(width), int(depth)
+        if in_channels < 1 or num_classes < 2 or width < 1 or depth < 1:
+            raise ValueError("ResNet needs in_channels >= 1, num_classes >= 2, width >= 1 and depth >= 1, got "
+                             f"{in_channels}, {num_classes}, {width}, {depth}")
+        shape = None if image_shape is None else [int(s) for s in image_shape]
+        if shape is not None and (len(shape) != 2 or min(shape) < 1):
+            raise ValueError(f"image_shape must be (height, width), got {image_shape!r}")
+        self.arch = dict(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth,
+                         image_shape=shape)
+        self.in_channels, self.image_shape = in_channels, None if shape is None else tuple(shape)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+
+        def layer(cin, cout, stride):
+            return nn.Sequential(BasicBlock(cin, cout, stride), *(BasicBlock(cout, cout) for _ in range(depth - 1)))
+
+        self.layer1 = layer(width, width, 1)
+        self.layer2 = layer(width, 2 * width, 2)
+        self.layer3 = layer(2 * width, 4 * width, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def distill_factory(self) -> tuple[str, dict]:
+        return "distill.models:ResNet", dict(self.arch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            if self.image_shape is None:
+                raise ValueError(f"ResNet got flat inputs {tuple(x.shape)}; build it with image_shape=(H, W) to "
+                                 "view them as images")
+            x = x.reshape(x.shape[0], self.in_channels, *self.image_shape)
+        elif x.dim() == 3:
+            x = x.unsqueeze(1)
+        h = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(self.pool(h).flatten(1))
+
+
+class ConvNet(nn.Module):
+    """A small all-convolutional classifier with global pooling (VGG-style stages):
+    ``depth`` stages of ``(conv3x3 -> BN -> ReLU) * 2 -> maxpool 2``, widths ``width, 2 width, 4
+    width, ...``, then global average pooling and one Linear. Translation-equivariant up to the
+    pooling and independent of the image size; ``image_shape`` views flat inputs as images."""
+
+    KEY_NAME = "distill.models.ConvNet"  # its name in run keys (distill.digest.key_name)
+
+    __jit_unused_properties__ = ["distill_factory"]
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, depth: int = 3,
+                 image_shape=None):
+        super().__init__()
+        in_channels, num_classes, width, depth = int(in_channels), int(num_classes), int(width), int(depth)
+        if in_channels < 1 or num_classes < 2 or width < 1 or depth < 1:
+            raise ValueError("ConvNet needs in_channels >= 1, num_classes >= 2, width >= 1 and depth >= 1, got "
+                             f"{in_channels}, {num_classes}, {width}, {depth}")
+        shape = None if image_shape is None else [int(s) for s in image_shape]
+        if shape is not None and (len(shape) != 2 or min(shape) < 1):
+            raise ValueError(f"image_shape must be (height, width), got {image_shape!r}")
+        self.arch = dict(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth,
+                         image_shape=shape)
+        self.in_channels, self.image_shape = in_channels, None if shape is None else tuple(shape)
+        stages, cin = [], in_channels
+        for i in range(depth):
+            cout = width * 2 ** i
+            stages += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                       nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            # pool while the map is larger than 1x1 (a small image keeps its last stages unpooled)
+            if shape is None or min(shape) // 2 ** (i + 1) >= 1:
+                stages.append(nn.MaxPool2d(2, ceil_mode=True))
+            cin = cout
+        self.features = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    @property
+    def distill_factory(self) -> tuple[str, dict]:
+        return "distill.models:ConvNet", dict(self.arch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            if self.image_shape is None:
+                raise ValueError(f"ConvNet got flat inputs {tuple(x.shape)}; build it with image_shape=(H, W) to "
+                                 "view them as images")
+            x = x.reshape(x.shape[0], self.in_channels, *self.image_shape)
+        elif x.dim() == 3:
+            x = x.unsqueeze(1)
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+#: ``--arch`` names of the classifiers (``distill teacher|student``): the MLP, the small
+#: convolutional net with global pooling, the residual net (the paper's one-convolution :class:`CNN`
+#: with its dense head stays for the experiments that use it)
+ARCHS = {"mlp": MLP, "cnn": ConvNet, "resnet": ResNet}
 
 
 def count_params(model: nn.Module) -> int:

@@ -193,7 +193,8 @@ class Teacher:
         if isinstance(teacher, (list, tuple)) and teacher and all(isinstance(t, (str, Path)) for t in teacher):
             teacher = (teacher[0] if len(teacher) == 1
                        else Ensemble(teacher, combine=combine, trust_factory=trust_factory))
-        if isinstance(teacher, (str, Path)) and Path(teacher).is_dir():  # a soft-target store folder
+        if (isinstance(teacher, (str, Path)) and Path(teacher).is_dir()
+                and not (Path(teacher) / "model.safetensors").is_file()):  # a soft-target store (not a run folder)
 
             done = unfinished_build(teacher)
             if done is not None:

@@ -53,7 +53,7 @@ from torch import nn
 
 from distill.atomic import fault_point
 from distill.errors import DistillError
-from distill.checkpoints import load_checkpoint, stem_of
+from distill.checkpoints import STANDARDIZE_FACTORY, load_checkpoint, stem_of
 from distill.data.files import load_files
 from distill.data.text import TextTokenizer, decode_text
 from distill.modelio import logits_of
@@ -768,9 +768,17 @@ def default_out(checkpoint, format: str) -> Path:
 
 
 def checkpoint_metadata(path, side: dict) -> dict:
-
+    """What an export records of its checkpoint: where it came from, the classes, and what its
+    inputs are: a table's feature columns in order and the preprocessing inside the graph (the
+    standardisation of :class:`distill.models.Standardize`, so raw feature values go in)."""
+    factory = side.get("factory") or {}
+    inputs = dict(features=side.get("features"))
+    if factory.get("target") == STANDARDIZE_FACTORY:
+        inputs["preprocessing"] = "inside the graph: (x - training mean) / training std per feature; feed raw values"
     return dict(checkpoint=str(stem_of(path)), weights_sha256=side.get("weights_sha256"),
-                classes=side.get("classes"), num_classes=side.get("num_classes"), factory=side.get("factory"))
+                classes=side.get("classes"), num_classes=side.get("num_classes"), factory=side.get("factory"),
+                inputs=inputs, dataset=side.get("dataset"), data_source=side.get("data_source"),
+                data_fingerprint=side.get("data_fingerprint"))  # what `distill evaluate FILE.onnx` evaluates on
 
 
 def export_checkpoint(path, out=None, format: str = "onnx", *, input_shape=None, n_check: int = CHECK_INPUTS,

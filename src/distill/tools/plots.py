@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from distill.errors import require
 from distill.losses.functional import soften
 
 #: ``plot_temperature``'s defaults: a logit vector with one clear winner and a few runners-up, and
@@ -17,9 +18,9 @@ TEMPERATURES = (1, 4, 20)
 @functools.cache
 def pyplot():
     """matplotlib's pyplot on the Agg backend, loaded on the first figure: importing it takes about
-    a second, which every ``distill`` command would otherwise pay at start-up."""
-    import matplotlib
-
+    a second, which every ``distill`` command would otherwise pay at start-up. Without matplotlib,
+    a one-line :class:`~distill.errors.MissingDependency` saying which extra installs it."""
+    matplotlib = require("matplotlib", "plots", "drawing figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -143,3 +144,33 @@ def plot_segmentation(rows: dict, out, classes=None, ignore_index: int = 255, ba
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 12), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.07 if names else 0, 1, 1))
     return save_figure(fig, out, dpi=dpi)
+
+
+# ---------------------------------------------------------------- calibration
+
+def draw_reliability(ax, curves: dict, title: str = "reliability diagram") -> None:
+    """A reliability diagram on ``ax``: for each ``{label: reliability}`` (the dict of
+    :func:`distill.metrics.reliability`), the accuracy of each non-empty confidence bin against its
+    mean confidence, one line per model, beside the diagonal of perfect calibration; the legend
+    gives each model's ECE."""
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    for label, r in curves.items():
+        pts = [(c, a) for c, a in zip(r["confidence"], r["accuracy"]) if c is not None]
+        ece = r.get("ece")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                label=f"{label} (ECE {ece:.3f})" if ece is not None else str(label))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
+def plot_reliability(curves: dict, out, title: str = "reliability diagram") -> Path:
+    """:func:`draw_reliability` alone in a figure, written to ``out``."""
+    fig, ax = pyplot().subplots(figsize=(4.5, 4.5))
+    draw_reliability(ax, curves, title)
+    fig.tight_layout()
+    return save_figure(fig, out)

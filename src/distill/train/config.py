@@ -30,7 +30,9 @@ DEFAULT_DISTILL_LR = 0.03
 DEFAULT_ADAM_LR = 1e-3
 #: fields added after run keys existed: left out of :meth:`TrainConfig.to_dict` at these defaults, so
 #: that the runs keyed before them keep their keys
-LATER_FIELDS = dict(accumulate=1, warmup_steps=0, lr_per_step=False, parallel="ddp")
+LATER_FIELDS = dict(accumulate=1, warmup_steps=0, lr_per_step=False, parallel="ddp", log_every=50, tensorboard=False)
+#: the fields that say how a run is watched, not what it computes: never part of a run key
+LOGGING_FIELDS = ("divergence", "log_every", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ class TrainConfig:
     ``DistributedDataParallel``) or ``"fsdp"`` (FSDP2, ``fully_shard``: every transformer block's and
     then the rest's parameters, gradients and optimiser state are split over the processes); one
     process trains the same way with either (see docs/scale.md).
+    ``log_every``: a ``metrics.csv`` row (loss, its terms, lr, examples/s) every that many optimiser
+    steps, besides the row per epoch (0: epoch rows only); ``tensorboard``: also TensorBoard event
+    files in the run folder (needs the ``tensorboard`` package and a ``run_dir``). Neither is part
+    of the run key (see :mod:`distill.train.logs`).
     """
 
     epochs: int = 10
@@ -91,9 +97,11 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_per_step: bool = False
     parallel: str = "ddp"
+    log_every: int = 50
+    tensorboard: bool = False
 
     def __post_init__(self):
-        ints = dict(epochs=1, batch_size=1, jitter=0, seed=0, accumulate=1, warmup_steps=0)
+        ints = dict(epochs=1, batch_size=1, jitter=0, seed=0, accumulate=1, warmup_steps=0, log_every=0)
         for name, lo in ints.items():
             object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=lo, integer=True))
         if self.lr is not None:
@@ -112,8 +120,9 @@ class TrainConfig:
         if self.accumulate > self.batch_size:
             raise ValueError(f"accumulate ({self.accumulate}) splits a batch of {self.batch_size} into micro-batches; "
                              "it cannot be larger than batch_size")
-        if not isinstance(self.lr_per_step, bool):
-            raise ValueError(f"lr_per_step must be True or False, got {self.lr_per_step!r}")
+        for name in ("lr_per_step", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.divergence not in ("stop", None):
             raise ValueError(f"divergence must be one of ('stop', None), got {self.divergence!r}")
         if self.objective is not None:

@@ -25,6 +25,7 @@ from torch import nn
 from distill import distributed
 from distill.metrics import evaluate, lm_evaluate
 from distill.train.config import TrainConfig
+from distill.train.logs import check_callbacks
 from distill.train.loop import Loop, restore
 from distill.train.rundir import RunDir
 from distill.train.setup import make_plan
@@ -52,7 +53,8 @@ class FitResult:
 
 def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=None, val=None, test=None,
         run_dir: str | Path | None = None, device=None, factory=None, meta: dict | None = None,
-        progress: bool = True, log=print, wait: bool = False, data_id: str | None = None) -> FitResult:
+        progress: bool = True, log=print, wait: bool = False, data_id: str | None = None,
+        callbacks=None) -> FitResult:
     """Train ``model`` (any ``nn.Module`` returning class logits) on ``train``.
 
     ``train``, ``val``, ``test``: anything :func:`distill.data.sources.as_source` accepts (``(x, y)``
@@ -74,19 +76,35 @@ def fit(model: nn.Module, train, config: TrainConfig | None = None, *, teacher=N
     jitter or augment, which are drawn over the whole batch, it reads only that slice:
     :meth:`distill.data.sources.Source.parts`); process 0 alone evaluates, logs and writes ``run_dir``. ``device`` (default ``$DISTILL_DEVICE``, else the
     CPU) is where the steps run; the data stay on the host and each batch is copied over.
+
+    ``meta``: recorded in the finished model's sidecar; its ``config_toml`` (the CLI's resolved
+    config file) is written to the run folder as ``config.toml`` instead.
+
+    With ``run_dir``, ``metrics.csv`` there gets a row per epoch and per ``config.log_every``
+    steps (and TensorBoard events with ``config.tensorboard``); ``callbacks``: objects with an
+    ``on_epoch_end(record)`` method, told every epoch's record on process 0 (see
+    :mod:`distill.train.logs`).
     """
     t_start = time.perf_counter()
+    callbacks = check_callbacks(callbacks)
+    if config is not None and getattr(config, "tensorboard", False) and run_dir is None:
+        raise ValueError("tensorboard=True writes its event files into the run folder: pass run_dir")
     # plan: every check and coercion, before anything trains; the run key
     plan = make_plan(model, train, config, teacher=teacher, val=val, test=test, run_dir=run_dir, device=device,
                      factory=factory, data_id=data_id)
     run = RunDir(run_dir, plan.key, wait=wait, log=log) if run_dir is not None and plan.rank == 0 else None
-    with run if run is not None else contextlib.nullcontext():
+    # (feature distillation's hooks are on the student and the teacher from here until fit returns or fails)
+    taps = plan.features if plan.features is not None else contextlib.nullcontext()
+    with run if run is not None else contextlib.nullcontext(), taps:
         # run folder: a finished run is returned at once, an unfinished one resumes
         state = restore(plan, run, log)
         if state.finished is not None:
             return _skipped(plan, run, state.finished)
+        if run is not None and (meta or {}).get("config_toml"):  # the command line's resolved config file
+            run.write_config(meta["config_toml"])
         # loop: device, DDP, teacher outputs, progress bar, autocast
-        loop = Loop(plan, state, run, progress=progress, log=log, name=(meta or {}).get("name", "train"))
+        loop = Loop(plan, state, run, progress=progress, log=log, name=(meta or {}).get("name", "train"),
+                    callbacks=callbacks)
         for epoch in range(state.start_epoch, plan.config.epochs):
             t0 = time.perf_counter()
             loss, lr, seconds = loop.train_epoch(epoch)        # train
@@ -124,7 +142,7 @@ def _result(plan, state, run, kept_epoch: int, note, t_start: float, meta) -> Fi
     result = FitResult(p.model, history, val_metrics, test_metrics, kept_epoch, wall,
                        run.path if run is not None else None, resumed_from=state.start_epoch, note=note)
     if run is not None:
-        sidecar = dict(meta or {}, config=p.config.to_dict(), seed=p.config.seed, init_weights=state.init,
+        sidecar = dict({k: v for k, v in (meta or {}).items() if k != "config_toml"}, config=p.config.to_dict(), seed=p.config.seed, init_weights=state.init,
                        num_classes=p.num_classes, input_shape=p.input_shape, data_fingerprint=p.source.fingerprint,
                        test_fingerprint=p.test.fingerprint if p.test else None,
                        teacher=p.teacher.id if p.teacher else None, val=val_metrics, test=test_metrics,

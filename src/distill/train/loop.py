@@ -21,11 +21,12 @@ from distill.digest import ExampleDigest
 from distill.errors import DistillError
 from distill.losses.functional import valid_token_count
 from distill.losses.objectives import Distillation, HardLabels
-from distill.metrics import evaluate
+from distill.metrics import FIDELITY, evaluate, lm_evaluate, predict_logits
 from distill.modelio import inputs_to, logits_of, model_forward
 from distill.teachers.teacher import module_id
 from distill.train.augmenter import mixup_loss
 from distill.train.config import lr_at, make_optimizer
+from distill.train.logs import MetricsLog, TensorBoardLog
 from distill.train.divergence import TrainingDiverged, chance_loss, collapse_note, divergence, label_entropy, stuck
 
 
@@ -118,7 +119,8 @@ def restore(plan, run, log) -> State:
     """A fresh state, or the run folder's: its finished run (skip) or its last saved epoch (resume).
     Under DDP process 0 alone reads the folder and sends the state to the rest."""
     model, config = plan.model, plan.config
-    state = State(make_optimizer(model, config), torch.Generator().manual_seed(config.seed))
+    trained = model if plan.features is None else plan.features.trained_with(model)  # + feature projectors
+    state = State(make_optimizer(trained, config), torch.Generator().manual_seed(config.seed))
     state.init = module_id(model) if run is not None else None  # not in the key (see the warning below)
     error = None
     if run is not None:
@@ -142,13 +144,15 @@ def restore(plan, run, log) -> State:
         got = distributed.from_process_0(dict(
             error=str(error) if error else None, finished=state.finished, history=state.history,
             start_epoch=state.start_epoch, model=model.state_dict(), optim=state.optimizer.state_dict(),
-            gen=state.generator.get_state(), best=state.best))
+            gen=state.generator.get_state(), best=state.best,
+            extra=[q.detach().cpu() for q in trained_besides(model, state.optimizer)]))
         error = DistillError(got["error"]) if got["error"] else None
         if plan.rank and not error:
             state.finished, state.history = got["finished"], got["history"]
             state.start_epoch, state.best = got["start_epoch"], got["best"]
             model.load_state_dict(got["model"])
             state.optimizer.load_state_dict(got["optim"])
+            _load_besides(model, state.optimizer, got["extra"])
             state.generator.set_state(got["gen"])
     if error:
         raise error
@@ -162,7 +166,8 @@ def _silent(*_args) -> None:
 class Loop:
     """The training runtime over one :class:`~distill.train.setup.Plan` and :class:`State`."""
 
-    def __init__(self, plan, state: State, run, *, progress: bool = True, log=print, name: str = "train"):
+    def __init__(self, plan, state: State, run, *, progress: bool = True, log=print, name: str = "train",
+                 callbacks=()):
         self.plan, self.state, self.run = plan, state, run
         p, model, dev = plan, plan.model, plan.device
         self.log = log
@@ -170,11 +175,14 @@ class Loop:
         model.to(dev)
         self.teacher_home = p.teacher.device if p.teacher is not None else None
         if p.teacher is not None:
-            p.teacher.prepare(p.source, augmented=p.augmenter is not None, device=dev,
+            # (feature distillation reads the teacher's features: it runs on every batch, nothing is stored)
+            p.teacher.prepare(p.source, augmented=p.augmenter is not None or p.features is not None, device=dev,
                               progress=progress and p.rank == 0, log=log)
-            if p.augmenter is not None:  # fixed views with a store folder: the teacher's outputs per view, once
+            if p.augmenter is not None and p.features is None:  # fixed views, a store folder: outputs per view
                 p.augmenter.prepare(p.teacher, progress=progress and p.rank == 0, log=log)
             p.teacher.to(dev)
+        if p.features is not None:
+            p.features.to(dev)
         # DDP: broadcasts process 0's weights; FSDP2: trains a sharded twin (see _shard); only
         # process 0 shows progress and logs
         self.net = model
@@ -197,6 +205,17 @@ class Loop:
                         initial=(self.steps or 0) * state.start_epoch, disable=not self.show_bar, desc=str(name),
                         unit="batch", leave=False, mininterval=1.0)
         self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=p.config.precision == "bf16")
+        # the logs (process 0, with a run folder): metrics.csv from the saved epochs on, TensorBoard
+        # purged after them; the step count goes on from the history's
+        self.global_step = state.history[-1].get("step", 0) if state.history else 0
+        self.metrics = MetricsLog(run.path, state.start_epoch) if run is not None else None
+        self.board = (TensorBoardLog(run.path, purge_step=self.global_step)
+                      if run is not None and p.config.tensorboard else None)
+        self.callbacks = list(callbacks)
+        self.terms = None  # {} asks the next loss for its terms (a log step); then what they were
+        self.epoch_terms: list[dict] = []
+        self.epoch_examples = 0
+        self.teacher_held_out: dict = {}
         # the divergence guard: the losses so far, a constant prediction's cost, the class prior's cost
         # (the entropy of the training labels, counted over the first epoch trained here)
         self.epoch_losses = [h["train_loss"] for h in state.history]
@@ -241,6 +260,8 @@ class Loop:
                  if p.source.read_to_identify and not self.identity_checked and p.world_size == 1 else None)
         total = torch.zeros((), device=p.device)
         count = torch.zeros((), device=p.device)
+        every, window, t_window = p.config.log_every, torch.zeros(3, device=p.device), t0
+        self.epoch_terms, self.epoch_examples = [], 0
         for i, batch in enumerate(epoch_batches(p.source, p.config.batch_size, st.generator, p.augmenter, p.rank,
                                                 p.world_size, seen=check.update if check is not None else None)):
             if per_step and i:
@@ -248,10 +269,22 @@ class Loop:
                                 step=epoch * (self.steps or 0) + i)
                 for group in st.optimizer.param_groups:
                     group["lr"] = step_lr
+            due = bool(every) and (self.global_step + 1) % every == 0
+            if due:
+                self.terms = {}
             loss_sum, counted = self.step(batch, epoch, lr)
             total += loss_sum
             count += counted
+            self.global_step += 1
+            self.epoch_examples += batch.size
             self.bar.update(1)
+            if every:  # the log: a row every `log_every` steps, of the steps since the last one
+                window += torch.cat([loss_sum.reshape(1), loss_sum.new_tensor([float(counted), float(batch.size)])])
+                if due:
+                    self.log_step(epoch, st.optimizer.param_groups[0]["lr"], window, time.perf_counter() - t_window,
+                                  t0)
+                    window.zero_()
+                    t_window = time.perf_counter()
         if check is not None:
             self.identity_checked = True
             if "sha256:" + check.hexdigest()[:16] != p.source.fingerprint:
@@ -263,6 +296,18 @@ class Loop:
                     "the data change>' to fit, or train without run_dir (augment with config.augment)")
         return (float(distributed.all_sum(total) / distributed.all_sum(count).clamp_min(1)), lr,
                 time.perf_counter() - t0)
+
+    def log_step(self, epoch: int, lr: float, window: torch.Tensor, seconds: float, t0: float) -> None:
+        """One ``kind=step`` row: the mean loss of the steps since the last row (every process's
+        positions), the loss's terms at this step (process 0's part), lr, examples/s."""
+        loss_sum, counted, examples = distributed.all_sum(window.clone()).tolist()
+        terms, self.terms = self.terms or {}, None
+        self.epoch_terms.append(terms)
+        row = dict(kind="step", epoch=epoch + 1, step=self.global_step, lr=lr, loss=loss_sum / max(counted, 1.0),
+                   **terms, examples_per_s=examples / max(seconds, 1e-9), seconds=time.perf_counter() - t0)
+        for sink in (self.metrics, self.board):
+            if sink is not None:
+                sink.write(row)
 
     def counted(self, batch: Batch) -> int:
         """The positions of ``batch`` its loss averages over: its rows, or for next-token objectives
@@ -298,6 +343,8 @@ class Loop:
                 # DDP averages the processes' gradients: the factor w undoes that average
                 (loss * (p.world_size * n / max(whole, 1.0))).backward()
             loss_sum += loss.detach() * n
+        if p.features is not None:  # the projectors sit outside DDP's wrapper: their gradients are averaged here
+            p.features.sync_gradients(p.world_size)
         optimizer.step()
         if self.constrain is not None:
             self.constrain()
@@ -329,8 +376,18 @@ class Loop:
                     raise
             else:
                 loss = mixup_loss(p.objective, out, tb, y, batch.mixed[0].to(dev), batch.mixed[1], epoch=epoch + 1)
-            if self.chance is None:
-                self.chance = chance_loss(p.objective, out.detach(), tb, y, epoch=epoch + 1)
+            if self.terms is not None and batch.mixed is None:  # a log step: the loss's terms, no gradient
+                with torch.no_grad():
+                    self.terms = {k: float(v) for k, v in p.objective.terms(
+                        out.detach(), tb, y, mask=batch.mask, epoch=epoch + 1).items()}
+            if p.features is not None:  # feature distillation: the pairs' weighted losses on this forward's features
+                feature_terms = p.features.terms(batch.mask)
+                loss = loss + sum(feature_terms.values())
+                if self.terms is not None:
+                    self.terms.update({k: float(v.detach()) for k, v in feature_terms.items()})
+            if self.chance is None:  # (a feature term has no constant-prediction cost: judged without one)
+                self.chance = (chance_loss(p.objective, out.detach(), tb, y, epoch=epoch + 1)
+                               if p.features is None else (None, 0.0))
             if self.counts is not None and y.dim() == 1:  # class labels (not masks), checked by the objective
                 self.counts.index_add_(0, y.long(), torch.ones_like(y, dtype=self.counts.dtype))
         else:  # an empty slice still joins DDP's gradient all-reduce, with zero gradient
@@ -378,8 +435,10 @@ class Loop:
                                 f"is likely too high{hint}, try a lower lr (e.g. {p.config.lr / 3:.2g}){kept}{off}")
 
     def stop(self) -> None:
-        """Leave the way an error leaves: the bar closed, the model back where it came from."""
+        """Leave the way an error leaves: the bar and the logs closed, the model back where it came from."""
         self.bar.close()
+        if self.board is not None:
+            self.board.close()
         self.plan.model.to(self.plan.home)
 
     # ---------------------------------------------------------------- evaluate and save
@@ -391,7 +450,8 @@ class Loop:
         if p.rank and not self.fsdp:
             return
         net = self.net if self.fsdp else p.model
-        metrics = {split: evaluate(net, src) for split, src in (("val", p.val), ("test", p.test)) if src is not None}
+        metrics = {split: self.evaluate(net, split, src) for split, src in (("val", p.val), ("test", p.test))
+                   if src is not None}
         selecting = p.val is not None and p.config.select == "best"
         gathered = gathered_optim = None
         if self.fsdp:
@@ -405,6 +465,7 @@ class Loop:
         msg = f"epoch {epoch + 1}/{p.config.epochs}  loss {train_loss:.4f}"
         for split, m in metrics.items():
             rec.update({f"{split}_errors": m["errors"], f"{split}_accuracy": m["accuracy"], f"{split}_nll": m["nll"]})
+            rec.update({f"{split}_{k}": m[k] for k in FIDELITY if k in m})
             if p.tokens:
                 rec[f"{split}_perplexity"] = m["perplexity"]
                 msg += f"  {split} nll {m['nll']:.4f}  ppl {m['perplexity']:.1f}  acc {m['accuracy']:.3f}"
@@ -418,22 +479,55 @@ class Loop:
                 weights = gathered if gathered is not None else p.model.state_dict()
                 st.best = {k: v.detach().cpu().clone() for k, v in weights.items()}
                 st.best["epoch"] = torch.tensor(epoch + 1)
-        rec["seconds"] = time.perf_counter() - t0
+        rec.update(_mean_terms(self.epoch_terms), step=self.global_step,
+                   examples_per_s=self.epoch_examples / max(t_train, 1e-9), seconds=time.perf_counter() - t0)
         st.history.append(rec)
         if self.progress:
             (self.bar.write if self.show_bar else self.log)(f"{msg}  lr {lr:.4g}  {rec['seconds']:.1f}s")
+        # the epoch's row before its state: a crash in between redoes the epoch and drops the row
+        row = dict(kind="epoch", epoch=rec["epoch"], step=rec["step"], lr=lr, loss=train_loss,
+                   **{k: v for k, v in rec.items() if k not in ("epoch", "step", "lr", "train_loss")})
+        for sink in (self.metrics, self.board):
+            if sink is not None:
+                sink.write(row)
         if self.run is not None:
             full = (None if gathered is None
                     else ({k: v for k, v in gathered.items() if k not in self.tied}, gathered_optim))
             self.run.save_state(state_tensors(p.model, st.optimizer, st.generator, st.best, full=full),
                                 dict(epoch=epoch + 1, history=st.history, config=p.config.to_dict(),
                                      init_weights=st.init))
+        for cb in self.callbacks:
+            cb.on_epoch_end(dict(rec))
+
+    def evaluate(self, net, split: str, src) -> dict:
+        """A held-out split's metrics, with the student's fidelity to its teacher when the teacher is
+        a model: a classifier's from the teacher's logits kept from the first evaluation, a language
+        model's per token from the teacher's forward pass on each batch."""
+        p = self.plan
+        if p.tokens and not self.fsdp and p.teacher is not None and p.teacher.module is not None:
+            return lm_evaluate(net, src, teacher=p.teacher.forward)
+        return evaluate(net, src, teacher_logits=self.held_out_teacher(split, src))
+
+    def held_out_teacher(self, split: str, src):
+        """A classifier teacher's logits on a held-out split, computed at the first evaluation and
+        kept (the teacher is frozen), so that every epoch's record has the student's fidelity to it;
+        None for language models (their test metrics have it), label masks, FSDP2, and teachers
+        known only by stored outputs."""
+        p = self.plan
+        if (p.tokens or self.fsdp or p.teacher is None or p.teacher.module is None
+                or getattr(src, "y", None) is None or src.y.dim() != 1):
+            return None
+        if split not in self.teacher_held_out:
+            self.teacher_held_out[split] = predict_logits(p.teacher.forward, src)
+        return self.teacher_held_out[split]
 
     def finish(self) -> tuple[int, str | None]:
         """After the last epoch: the kept epoch's weights (``select="best"``, with a note when later
         epochs collapsed), the model in eval mode back where it came from. ``(kept epoch, note)``."""
         p, st = self.plan, self.state
         self.bar.close()
+        if self.board is not None:
+            self.board.close()
         kept_epoch = p.config.epochs
         if p.world_size > 1 and p.config.select == "best":
             st.best = distributed.from_process_0(st.best)
@@ -454,6 +548,12 @@ class Loop:
         if self.teacher_home is not None:
             p.teacher.to(self.teacher_home)
         return kept_epoch, note
+
+
+def _mean_terms(rows: list[dict]) -> dict:
+    """Each loss term's mean over the epoch's log steps."""
+    names = {k for r in rows for k in r}
+    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in sorted(names)}
 
 
 def _empty(batch: Batch) -> Batch:
@@ -492,13 +592,17 @@ def state_tensors(model, optimizer, gen: torch.Generator, best: dict | None, ful
     """The run state as tensors. ``full``: ``(weights, optimiser state)`` gathered whole from an
     FSDP2-sharded model (:func:`distill.distributed.full_state`, without tied duplicates, and
     :func:`distill.distributed.full_optimizer_state`), saved instead of ``model``'s and ``optimizer``'s:
-    the same tensors, under the same names, as one process saves."""
+    the same tensors, under the same names, as one process saves. What the optimiser trains besides
+    the model (:func:`trained_besides`: feature projectors) is saved as ``extra.<i>``."""
     weights, optim = full if full is not None else (unique_state(model), optimizer.state_dict()["state"])
     t = {f"model.{k}": v for k, v in weights.items()}
     for i, st in optim.items():
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
                 t[f"optim.{i}.{k}"] = v
+    if full is None:
+        for i, q in enumerate(trained_besides(model, optimizer)):
+            t[f"extra.{i}"] = q.detach()
     t["rng.torch"] = torch.get_rng_state()
     t["rng.data"] = gen.get_state()
     for k, v in (best or {}).items():
@@ -516,7 +620,28 @@ def restore_state(tensors: dict, model, optimizer, gen: torch.Generator) -> dict
             state.setdefault(int(i), {})[name] = v
     sd["state"] = state
     optimizer.load_state_dict(sd)
+    extra = {int(k[6:]): v for k, v in tensors.items() if k.startswith("extra.")}
+    _load_besides(model, optimizer, [extra[i] for i in sorted(extra)])
     torch.set_rng_state(tensors["rng.torch"])
     gen.set_state(tensors["rng.data"])
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     return best or None
+
+
+def trained_besides(model, optimizer) -> list:
+    """The parameters ``optimizer`` trains besides ``model``'s, in its order: feature distillation's
+    projectors (:mod:`distill.train.features`), which the run state saves as ``extra.<i>`` and a
+    resumed run restores, but which are no part of the model."""
+    own = {id(q) for q in model.parameters()}
+    return [q for group in optimizer.param_groups for q in group["params"] if id(q) not in own]
+
+
+def _load_besides(model, optimizer, values: list) -> None:
+    """Restore :func:`trained_besides` from saved ``values`` (in the same order)."""
+    params = trained_besides(model, optimizer)
+    if len(params) != len(values):
+        raise DistillError(f"the resume state holds {len(values)} trained tensors besides the model's, this run "
+                           f"trains {len(params)}; delete state.* in the run folder to restart")
+    with torch.no_grad():
+        for q, v in zip(params, values):
+            q.copy_(v.to(q.device))

@@ -2,6 +2,7 @@
 what the MNIST experiments start from, stated once."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from distill.losses.functional import DEFAULT_HARD_WEIGHT, DEFAULT_SOFT_WEIGHT
@@ -27,3 +28,48 @@ class MnistRecipe:
 
 
 PAPER_MNIST = MnistRecipe()
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """The defaults ``distill teacher``/``student`` choose for data that is not the paper's (a
+    ``--data`` table or image folder), so a first run trains well; each is overridden by its flag
+    and printed once in a ``[defaults]`` line. See :func:`data_defaults`."""
+
+    steps_per_epoch: int = 10  # the batch is capped so that an epoch has at least this many steps
+    min_steps: int = 300  # the epochs are raised (up to max_epochs) so that a run has at least this many
+    max_epochs: int = 100
+    min_batch: int = 8
+    width_per_feature: int = 2  # a table teacher's hidden width: this x features, up to a power of 2,
+    table_width: tuple = (32, 1024)  # in this range (chosen by 5-fold CV on four tables: docs/results.md)
+    small_data: int = 2000  # below this many training rows, at most small_width units
+    small_width: int = 128
+    student_share: int = 4  # a student's width: the teacher's / this
+    table_dropout: float = 0.2  # a table teacher's dropout on its hidden units (none on the inputs)
+    image_width: int = 32  # the ConvNet teacher's first width (a student's: half of it)
+    temperature: float = 4.0  # on others' data: T = 20 flattens the soft targets of a few classes
+
+
+DATA_RECIPE = DataRecipe()
+
+
+def data_defaults(n_train: int, num_features: int, image: bool, batch_size: int, epochs: int,
+                  recipe: DataRecipe = DATA_RECIPE) -> dict:
+    """What the data decides when the flags do not: ``batch_size`` = min(``batch_size``, max(min_batch,
+    ceil(n / steps_per_epoch))); ``epochs`` = min(max_epochs, max(``epochs``, ceil(min_steps /
+    steps))), steps = ceil(n / batch); for a table, ``teacher_hidden`` = 2 layers of
+    w = clip(2^ceil(log2(width_per_feature d)), table_width) (at most small_width below small_data rows) and
+    ``student_hidden`` = 2 layers of max(8, w / student_share); for images, ``teacher_width`` and
+    ``student_width`` of the ConvNet."""
+    batch = min(batch_size, max(recipe.min_batch, math.ceil(n_train / recipe.steps_per_epoch)))
+    steps = math.ceil(n_train / batch)
+    out = dict(batch_size=batch, epochs=min(recipe.max_epochs, max(epochs, math.ceil(recipe.min_steps / steps))))
+    if image:
+        out.update(teacher_width=recipe.image_width, student_width=max(4, recipe.image_width // 2))
+    else:
+        lo, hi = recipe.table_width
+        w = min(hi, max(lo, 2 ** math.ceil(math.log2(max(1, recipe.width_per_feature * num_features)))))
+        if n_train < recipe.small_data:
+            w = min(w, recipe.small_width)
+        out.update(teacher_hidden=[w, w], student_hidden=[max(8, w // recipe.student_share)] * 2)
+    return out

@@ -5,6 +5,8 @@ the objective, the model's structure, the teacher's identity and the digests of 
 used). Inside it:
 
     model.safetensors / model.json   the finished model (written once, at the end)
+    metrics.csv (tensorboard/)       the logs (:mod:`distill.train.logs`)
+    config.toml                      the resolved config file of the CLI command that trains here
     state.safetensors / state.json   the whole state after the last finished epoch (for resuming)
     .lock                            held (``fcntl.flock``) by the process training in the folder
 
@@ -15,9 +17,12 @@ killed write left behind.
 """
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
-from distill.atomic import FolderLock, fault_point, remove_temporaries
+from distill import distributed
+from distill.atomic import TMP_SUFFIX, FolderLock, atomic_write_bytes, fault_point, remove_temporaries
 from distill.checkpoints import (
     is_hf_model,
     load_checkpoint,
@@ -28,6 +33,24 @@ from distill.checkpoints import (
 from distill.digest import json_digest
 from distill.errors import DistillError
 from distill.models.hf import save_pretrained
+
+
+#: the files distill writes in a run folder (the model and its exports, the resume state, the logs,
+#: the config file, the lock, a language model's tokenizer) and its folders (TensorBoard's events,
+#: a Hugging Face model as ``save_pretrained`` writes it): all that :func:`clear_run_folder` removes
+OWNED_FILES = frozenset({"model.safetensors", "model.json", "model.onnx", "model.pt", "state.safetensors",
+                         "state.json", "metrics.csv", "config.toml", "tokenizer.json", ".lock"})
+OWNED_FOLDERS = frozenset({"tensorboard", "hf"})
+#: ``distill export``'s scratch folders (:data:`distill.tools.export.SCRATCH_PREFIX`)
+_EXPORT_SCRATCH = ".distill-export."
+
+#: the run key that ``run_dir="name-{key}"`` folders (an experiment's stages) end with
+RUN_KEY_SUFFIX = re.compile(r"-[0-9a-f]{16}$")
+
+
+def run_name(folder_name: str) -> str:
+    """A run folder's name for people: without the ``-<run key>`` an experiment's stage folder ends with."""
+    return RUN_KEY_SUFFIX.sub("", folder_name) or folder_name
 
 
 def run_key(parts: dict) -> str:
@@ -98,6 +121,10 @@ class RunDir:
                                "or delete it")
         return tensors, side
 
+    def write_config(self, text: str) -> None:
+        """``config.toml``: the config file of the command that trains in this folder."""
+        atomic_write_bytes(self.path / "config.toml", text.encode())
+
     def save_state(self, tensors: dict, sidecar: dict) -> None:
         save_tensors(self.state, tensors, dict(sidecar, run_key=self.key))
 
@@ -110,3 +137,46 @@ class RunDir:
         for suffix in (".safetensors", ".json"):
             (self.path / f"state{suffix}").unlink(missing_ok=True)
             fault_point(f"removed state{suffix}")
+
+
+def _owned(entry: Path) -> bool:
+    """Whether distill wrote ``entry`` of a run folder (:data:`OWNED_FILES`, :data:`OWNED_FOLDERS`,
+    a killed write's temporary, an interrupted export's scratch folder)."""
+    if entry.is_symlink():
+        return False  # a link points at something distill did not write
+    if entry.is_dir():
+        return entry.name in OWNED_FOLDERS or entry.name.startswith(_EXPORT_SCRATCH)
+    return entry.name in OWNED_FILES or entry.name.endswith(TMP_SUFFIX)
+
+
+def clear_run_folder(path, log=print) -> list[str]:
+    """``--restart``: remove what distill wrote in the run folder ``path`` (the finished model, the
+    resume state, the logs, ...: :func:`_owned`), so that the next run there starts over. A folder
+    holding anything else is left untouched: a one-line :class:`DistillError` names those entries.
+    The folder's lock is held while clearing, so a run in progress there is an error too. Returns
+    the names removed (``[]`` when the folder does not exist); under ``torchrun`` only process 0
+    clears (the others return ``[]``)."""
+    p = Path(path)
+    if distributed.world()[0] != 0 or not p.exists():
+        return []
+    if not p.is_dir():
+        raise DistillError(f"--out {p} is a file; give a folder")
+    foreign = sorted(e.name + ("/" if e.is_dir() else "") for e in p.iterdir() if not _owned(e))
+    if foreign:
+        from distill.checks import show_names
+
+        raise DistillError(f"--restart clears only what distill writes in a run folder, and {p} also holds "
+                           f"{show_names(foreign, 8)}: move that elsewhere, or choose another --out")
+    removed = []
+    with FolderLock(p / ".lock", p):
+        for e in sorted(p.iterdir()):
+            if e.name == ".lock":
+                continue
+            try:
+                shutil.rmtree(e) if e.is_dir() else e.unlink(missing_ok=True)
+            except OSError as err:
+                raise DistillError(f"--restart cannot remove {e} ({err.strerror})") from None
+            removed.append(e.name)
+    if removed:
+        log(f"[restart] removed {', '.join(removed)} from {p}")
+    return removed

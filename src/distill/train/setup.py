@@ -31,7 +31,8 @@ from distill.losses.objectives import Distillation, HardLabels, LogitMatching, O
 from distill.modelio import inputs_to, logits_of, model_forward
 from distill.teachers.teacher import Teacher, as_teacher
 from distill.train.augmenter import Augmenter
-from distill.train.config import TrainConfig, resolve_device
+from distill.train.config import LOGGING_FIELDS, TrainConfig, resolve_device
+from distill.train.features import FeatureRun, plan_features
 from distill.train.rundir import run_key
 
 #: part of every run key (see the module docstring for when to bump it)
@@ -63,6 +64,8 @@ class Plan:
     world_size: int
     #: next-token training (a language model): the loss averages over valid target tokens
     tokens: bool = False
+    #: feature distillation's taps and projectors (:mod:`distill.train.features`); None for other objectives
+    features: FeatureRun | None = None
 
 
 def make_plan(model, train, config=None, *, teacher=None, val=None, test=None, run_dir=None, device=None,
@@ -89,20 +92,22 @@ def make_plan(model, train, config=None, *, teacher=None, val=None, test=None, r
         num_classes, input_shape = probe_lm(model, source, home, teacher)
     else:
         num_classes, input_shape = probe(model, source, home, objective)
+    features = plan_features(objective, model, teacher, source, config, home)  # FeatureDistillation's taps, projectors
     factory_spec = check_checkpointable(model, factory) if run_dir is not None else resolve_factory(model, factory)
     # (a Dataset's or DataLoader's fingerprint reads every example once, so only a run folder asks)
     key = None if run_dir is None else run_key_of(config, objective, model, factory_spec, source, val_src, teacher)
     rank, world_size = distributed.world()
     return Plan(model, home, dev, config, objective, teacher, source, val_src, test_src, augmenter, num_classes,
-                input_shape, factory_spec, key, rank, world_size, tokens)
+                input_shape, factory_spec, key, rank, world_size, tokens, features)
 
 
 def run_key_of(config, objective, model, factory_spec, source, val_src, teacher) -> str:
     """The run key (module docstring). The loss shorthand fields enter through the objective;
-    ``precision`` only when it is not the default fp32 and ``divergence`` never, so that turning
-    the guard off or adding a field re-keys no earlier run."""
+    ``precision`` only when it is not the default fp32 and the logging fields (``divergence``,
+    ``log_every``, ``tensorboard``) never, so that turning the guard or a log on or off, or adding a
+    field, re-keys no earlier run."""
     cfg = {k: v for k, v in config.to_dict().items()
-           if k not in ("temperature", "hard_weight", "soft_weight", "objective", "divergence")
+           if k not in ("temperature", "hard_weight", "soft_weight", "objective", *LOGGING_FIELDS)
            and not (k == "precision" and v == "fp32")}
     return run_key(dict(version=RUN_KEY_VERSION, config=cfg, objective=objective_spec(objective),
                         model=model_signature(model, factory_spec), data=source.fingerprint,

@@ -261,10 +261,9 @@ def plot_gain(records: list[dict], path: Path) -> Path | None:
     cov = coverage_over_seeds(records)
     if not cov:
         return None
-    import matplotlib
+    from distill.tools.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # matplotlib on Agg, or a one-line hint when it is not installed
 
     seeds = _seeds(records)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
