@@ -153,7 +153,43 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class _PooledImageNet(nn.Module):
+    """The shared front of the global-pooling image nets (:class:`ResNet`, :class:`ConvNet`): their
+    checked constructor arguments (recorded as ``arch``) and the view of any input as images."""
+
+    __jit_unused_properties__ = ["distill_factory"]
+
+    def _set_arch(self, in_channels, num_classes, width, depth, image_shape) -> None:
+        name = type(self).__name__
+        in_channels, num_classes, width, depth = int(in_channels), int(num_classes), int(width), int(depth)
+        if in_channels < 1 or num_classes < 2 or width < 1 or depth < 1:
+            raise ValueError(f"{name} needs in_channels >= 1, num_classes >= 2, width >= 1 and depth >= 1, got "
+                             f"{in_channels}, {num_classes}, {width}, {depth}")
+        shape = None if image_shape is None else [int(s) for s in image_shape]
+        if shape is not None and (len(shape) != 2 or min(shape) < 1):
+            raise ValueError(f"image_shape must be (height, width), got {image_shape!r}")
+        self.arch = dict(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth,
+                         image_shape=shape)
+        self.in_channels, self.image_shape = in_channels, None if shape is None else tuple(shape)
+
+    @property
+    def distill_factory(self) -> tuple[str, dict]:
+        return f"distill.models:{type(self).__name__}", dict(self.arch)
+
+    def _as_images(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` as it is, ``(B, H, W)`` with one channel, flat ``(B, C*H*W)`` viewed with
+        ``image_shape``."""
+        if x.dim() == 2:
+            if self.image_shape is None:
+                raise ValueError(f"{type(self).__name__} got flat inputs {tuple(x.shape)}; build it with "
+                                 "image_shape=(H, W) to view them as images")
+            x = x.reshape(x.shape[0], self.in_channels, *self.image_shape)
+        elif x.dim() == 3:
+            x = x.unsqueeze(1)
+        return x
+
+
+class ResNet(_PooledImageNet):
     """A small residual CNN with global pooling (He et al. 2016, the CIFAR layout):
     ``stem (conv3x3 -> BN -> ReLU, width) -> layer1 (width) -> layer2 (2 width, stride 2) -> layer3
     (4 width, stride 2) -> global average pooling -> Linear``, each layer ``depth`` :class:`BasicBlock` s.
@@ -166,21 +202,11 @@ class ResNet(nn.Module):
 
     KEY_NAME = "distill.models.ResNet"  # its name in run keys (distill.digest.key_name)
 
-    __jit_unused_properties__ = ["distill_factory"]
-
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, depth: int = 2,
                  image_shape=None):
         super().__init__()
-        in_channels, num_classes, width, depth = int(in_channels), int(num_classes), int(width), int(depth)
-        if in_channels < 1 or num_classes < 2 or width < 1 or depth < 1:
-            raise ValueError("ResNet needs in_channels >= 1, num_classes >= 2, width >= 1 and depth >= 1, got "
-                             f"{in_channels}, {num_classes}, {width}, {depth}")
-        shape = None if image_shape is None else [int(s) for s in image_shape]
-        if shape is not None and (len(shape) != 2 or min(shape) < 1):
-            raise ValueError(f"image_shape must be (height, width), got {image_shape!r}")
-        self.arch = dict(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth,
-                         image_shape=shape)
-        self.in_channels, self.image_shape = in_channels, None if shape is None else tuple(shape)
+        self._set_arch(in_channels, num_classes, width, depth, image_shape)
+        in_channels, width, depth = self.in_channels, self.arch["width"], self.arch["depth"]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU())
 
@@ -196,23 +222,13 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    @property
-    def distill_factory(self) -> tuple[str, dict]:
-        return "distill.models:ResNet", dict(self.arch)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            if self.image_shape is None:
-                raise ValueError(f"ResNet got flat inputs {tuple(x.shape)}; build it with image_shape=(H, W) to "
-                                 "view them as images")
-            x = x.reshape(x.shape[0], self.in_channels, *self.image_shape)
-        elif x.dim() == 3:
-            x = x.unsqueeze(1)
+        x = self._as_images(x)
         h = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.fc(self.pool(h).flatten(1))
 
 
-class ConvNet(nn.Module):
+class ConvNet(_PooledImageNet):
     """A small all-convolutional classifier with global pooling (VGG-style stages):
     ``depth`` stages of ``(conv3x3 -> BN -> ReLU) * 2 -> maxpool 2``, widths ``width, 2 width, 4
     width, ...``, then global average pooling and one Linear. Translation-equivariant up to the
@@ -220,21 +236,11 @@ class ConvNet(nn.Module):
 
     KEY_NAME = "distill.models.ConvNet"  # its name in run keys (distill.digest.key_name)
 
-    __jit_unused_properties__ = ["distill_factory"]
-
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, depth: int = 3,
                  image_shape=None):
         super().__init__()
-        in_channels, num_classes, width, depth = int(in_channels), int(num_classes), int(width), int(depth)
-        if in_channels < 1 or num_classes < 2 or width < 1 or depth < 1:
-            raise ValueError("ConvNet needs in_channels >= 1, num_classes >= 2, width >= 1 and depth >= 1, got "
-                             f"{in_channels}, {num_classes}, {width}, {depth}")
-        shape = None if image_shape is None else [int(s) for s in image_shape]
-        if shape is not None and (len(shape) != 2 or min(shape) < 1):
-            raise ValueError(f"image_shape must be (height, width), got {image_shape!r}")
-        self.arch = dict(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth,
-                         image_shape=shape)
-        self.in_channels, self.image_shape = in_channels, None if shape is None else tuple(shape)
+        self._set_arch(in_channels, num_classes, width, depth, image_shape)
+        in_channels, width, depth, shape = self.in_channels, self.arch["width"], self.arch["depth"], self.image_shape
         stages, cin = [], in_channels
         for i in range(depth):
             cout = width * 2 ** i
@@ -248,18 +254,8 @@ class ConvNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
 
-    @property
-    def distill_factory(self) -> tuple[str, dict]:
-        return "distill.models:ConvNet", dict(self.arch)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            if self.image_shape is None:
-                raise ValueError(f"ConvNet got flat inputs {tuple(x.shape)}; build it with image_shape=(H, W) to "
-                                 "view them as images")
-            x = x.reshape(x.shape[0], self.in_channels, *self.image_shape)
-        elif x.dim() == 3:
-            x = x.unsqueeze(1)
+        x = self._as_images(x)
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
