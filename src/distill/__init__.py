@@ -12,15 +12,15 @@ before it (``tests/core/test_layers.py`` parses every import and fails on an upw
     core         errors, checks (numbers, temperatures), digest, atomic (writes, the folder lock),
                  checkpoints, distributed, modelio (a model's inputs and outputs: tensors, dicts, .logits)
     losses/      functional (the formulas, pure) · objectives (what fit calls)
-    data/        sources (what fit accepts) · datasets, files, text (corpora, tokenizers, token blocks), augment,
-                 transfer sets
+    data/        sources (what fit accepts) · datasets, files, text (corpora, tokenizers, token blocks), prompts
+                 (prompt/completion rows), augment, transfer sets
     metrics      evaluation over a source
     models/      classifiers (MLP, CNN, ResNet) · segmentation (DeepLabV3, MobileNetSeg) · lm (GPT, generate) ·
                  hf (Hugging Face causal LMs from a config)
     teachers/    teacher (Teacher, Ensemble) · store (the soft-target store: knows nothing of Teacher) ·
-                 token_store (a language model's top-k store)
+                 token_store (a language model's top-k store) · sequence_kd (the teacher's own completions)
     train/       fit · config · recipes (the paper's) · rundir · divergence · augmenter · features (hooks,
-                 projectors) · logs (metrics.csv, TensorBoard, callbacks)
+                 projectors) · logs (metrics.csv, TensorBoard, callbacks) · onpolicy (the student's own samples)
     methods/     specialists · trees · tuning (held-out selection)
     tools/       bench · compare · export · plots · history (training curves)
     experiments/ the paper's experiments and the registry
@@ -51,9 +51,10 @@ from distill.teachers.teacher import Ensemble, Teacher  # noqa: E402
 from distill.train.fit import FitResult, fit  # noqa: E402
 from distill.train.config import TrainConfig, seed_everything
 from distill.train.divergence import TrainingDiverged
+from distill.train.onpolicy import OnPolicy
 
 __all__ = [
-    "fit", "TrainConfig", "FitResult", "TrainingDiverged", "seed_everything",
+    "fit", "TrainConfig", "FitResult", "TrainingDiverged", "seed_everything", "OnPolicy",
     "HardLabels", "Distillation", "LogitMatching", "TokenDistillation", "NextTokenLoss", "FeatureDistillation",
     "Teacher", "Ensemble",
     "as_source", "evaluate", "predict_logits",

@@ -359,3 +359,34 @@ def dense_evaluate(model, data, batch_size: int = 500, device=None, ignore_index
     if m is None:
         raise ValueError("no inputs to evaluate on")
     return _dense_result(m, nll_sum, n, ignored, background)
+
+
+# ---------------------------------------------------------------- generated text
+
+def _ngrams(seq, n: int) -> list[tuple]:
+    s = seq.tolist() if isinstance(seq, torch.Tensor) else list(seq)
+    return [tuple(s[i:i + n]) for i in range(len(s) - n + 1)]
+
+
+def _check_n(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    return n
+
+
+def distinct_n(sequences, n: int = 2) -> float:
+    """Distinct-n (Li et al. 2016): ``|{distinct n-grams over all sequences}| / (number of n-grams
+    over all sequences)``; 0.0 when the sequences hold no n-gram. Sequences are token-id lists or
+    1-D tensors."""
+    n = _check_n(n)
+    grams = [g for s in sequences for g in _ngrams(s, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_rate(sequences, n: int = 4) -> float:
+    """seq-rep-n (Welleck et al. 2019): per sequence ``1 - |unique n-grams| / |n-grams|``, averaged
+    over the sequences that hold at least one n-gram (0.0 when none does): 0 for text that never
+    repeats an n-gram, near 1 for a loop."""
+    n = _check_n(n)
+    rates = [1 - len(set(g)) / len(g) for g in (_ngrams(s, n) for s in sequences) if g]
+    return sum(rates) / len(rates) if rates else 0.0

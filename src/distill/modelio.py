@@ -34,3 +34,15 @@ def inputs_to(inputs, device):
     if isinstance(inputs, Mapping):
         return {k: v.to(device) for k, v in inputs.items()}
     return inputs.to(device)
+
+
+def context_length(model) -> int | None:
+    """The longest input a language model takes: its ``block_size`` (:class:`distill.models.GPT`),
+    else a Hugging Face config's ``n_positions`` / ``max_position_embeddings``; None when it does
+    not say."""
+    config = getattr(model, "config", None)
+    for v in (getattr(model, "block_size", None), getattr(config, "n_positions", None),
+              getattr(config, "max_position_embeddings", None)):
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None

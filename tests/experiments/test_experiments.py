@@ -247,3 +247,19 @@ def test_temperature_claims_logic():
     assert any("30 units" in x and "holds" in x and "not" not in x for x in c)
     recs2 = recs[:2] + [rec(30, 2.5, 300), rec(30, 20.0, 250)]
     assert any("30 units" in x and "does not hold" in x for x in temperature.claims(recs2))
+
+
+def test_onpolicy_summary_compares_each_row_with_the_off_policy_control():
+    from distill.experiments.lm import onpolicy_summary, onpolicy_table
+
+    def rec(model, nll, test, lr=3e-3):
+        return dict(model=model, lr=lr, test_nll=test, greedy_teacher_nll=nll, sampled_teacher_nll=nll,
+                    sampled_distinct_2=0.9, greedy_repetition_4=0.1)
+    recs = [rec("offpolicy-forward-kl", 4.0, 5.0), rec("offpolicy-forward-kl", 4.2, 5.2),
+            rec("onpolicy-1-reverse-kl", 3.0, 5.1), dict(model="onpolicy-1-jsd", lr=1e-3, test_nll=5.0)]
+    text = onpolicy_summary(recs)
+    # (3.0 / 4.1 - 1) = -26.8 %; test NLL 5.1 / 5.1 - 1 = +0.00 %; a row still training is left out
+    assert "onpolicy-1-reverse-kl: teacher NLL of sampled continuations -26.8 %" in text and "+0.00 %" in text
+    assert "jsd" not in text and "jsd" not in onpolicy_table(recs)
+    assert "| offpolicy-forward-kl | 2 |" in onpolicy_table(recs)
+    assert onpolicy_summary(recs[2:]) == ""  # no control: nothing to compare

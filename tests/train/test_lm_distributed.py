@@ -18,7 +18,9 @@ from safetensors.torch import load_file, save_file
 
 import distill
 from distill import distributed
+from distill.data.prompts import prompt_pairs
 from distill.data.text import padded
+from distill.train.onpolicy import OnPolicy
 from distill.models import GPT
 
 V = 40
@@ -66,12 +68,30 @@ def _hooks(tokens: list, bomb_at: int | None):
     return hook
 
 
+def _prompted(n=19, seed=0):
+    """``n`` prompts of 1..5 tokens with completions of 2..6 (EOS = 0 ends none of them)."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = [(torch.randint(1, V, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g),
+              torch.randint(1, V, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g)) for _ in range(n)]
+    return prompt_pairs(pairs, eos_id=0, pad_id=0, vocab_size=V)
+
+
 def _train(cfg, run_dir=None, bomb_at=None, tokens=None):
     torch.manual_seed(0)
     model = GPT(V, block_size=16, n_layer=2, n_head=2, n_embd=16)
     model.register_forward_pre_hook(_hooks(tokens if tokens is not None else [], bomb_at), with_kwargs=True)
     held = dict(val=_ragged(6, seed=1), test=_ragged(5, seed=2)) if cfg.select == "best" else {}
+    if cfg.on_policy is not None:  # the student's own completions, scored by a fixed teacher
+        torch.manual_seed(1)
+        teacher = GPT(V, block_size=16, n_layer=1, n_head=2, n_embd=16)
+        return distill.fit(model, _prompted(), cfg, teacher=teacher, progress=False, log=lambda *a: None)
     return distill.fit(model, _ragged(), cfg, run_dir=run_dir, progress=False, log=lambda *a: None, **held)
+
+
+def _on_policy():
+    """Greedy on-policy steps: each process's completions depend on the weights and its prompts only,
+    so the run must end where the single-process run does once the step's tokens are all-summed."""
+    return _cfg(objective=distill.TokenDistillation(), on_policy=OnPolicy(lam=1.0, max_new_tokens=4, temperature=0.0))
 
 
 def _scenarios(out: Path):
@@ -82,7 +102,8 @@ def _scenarios(out: Path):
             ("fsdp-sgd", _cfg(parallel="fsdp", accumulate=2), None, None),
             ("fsdp", fsdp, out / "fsdp", None),
             ("cut", fsdp, out / "cut", FORWARDS_PER_EPOCH + 1),  # the first forward of epoch 2
-            ("resumed", fsdp, out / "cut", None)]
+            ("resumed", fsdp, out / "cut", None),
+            ("onpolicy", _on_policy(), None, None)]
 
 
 def _worker(rank, world_size, rdv, out):
@@ -147,6 +168,17 @@ def test_ddp_lm_matches_one_process(ranks, accumulate):
     # the processes held different numbers of valid tokens: the step's count is all-summed
     assert sum(both[0]["tokens"][1:]) != sum(both[1]["tokens"][1:])
     assert len(both[0]["history"]) == 2 and both[1]["history"] == []  # process 0 evaluates
+
+
+def test_ddp_on_policy_samples_per_process_and_matches_one_process(ranks):
+    _, got = ranks
+    single = _train(_on_policy())
+    both = got["onpolicy"]
+    for r in both:
+        _close(r["weights"], single.model.state_dict(), 1e-5)
+    # every step rolled out (λ = 1) on both processes; the processes held different token counts
+    assert [h["on_policy_steps"] for h in both[0]["history"]] == [h["on_policy_steps"] for h in single.history] == [3, 3]
+    assert sum(both[0]["tokens"][1:]) != sum(both[1]["tokens"][1:])
 
 
 def test_fsdp_lm_matches_one_process(ranks):

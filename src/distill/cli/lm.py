@@ -7,22 +7,28 @@ corpus), tokenized by ``--tokenizer`` (``bpe:VOCAB`` trained on the training spl
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from distill import distributed
 from distill.checkpoints import load_checkpoint, load_tensors, stem_of
-from distill.cli.common import log, user_model, watch_settings
-from distill.data.text import TextTokenizer, load_text
+from distill.cli.common import defaults_of, log, user_model, watch_settings
+from distill.atomic import atomic_write_json
+from distill.data.prompts import PromptBlocks, load_prompts, read_jsonl, split_blocks, split_rows
+from distill.data.text import TextSplits, TextTokenizer, load_text, make_tokenizer
 from distill.errors import DistillError
 from distill.losses.objectives import TokenDistillation
 from distill.metrics import FIDELITY, lm_evaluate
 from distill.models.classifiers import count_params
 from distill.models.lm import GPT, generate as sample
 from distill.teachers.teacher import Teacher
+from distill.teachers.sequence_kd import teacher_completions
 from distill.teachers.token_store import get_token_store
-from distill.train.config import TrainConfig, seed_everything
+from distill.tools.generations import generation_report
+from distill.train.config import TrainConfig, resolve_device, seed_everything
+from distill.train.onpolicy import OnPolicy
 from distill.train.fit import fit
 
 #: the built-in language models of ``teacher`` and ``student`` (``--layers``, ``--heads``, ``--embd``)
@@ -37,6 +43,15 @@ BLOCK_SIZE = 128
 TOKENIZER = "bpe:4096"
 #: next tokens per position in a teacher's token store (6·k bytes per token with int32 ids, 4·k with uint16)
 TOP_K = 32
+#: on-policy and sequence-level KD on text: each block's first PROMPT_TOKENS are the prompt; JSONL
+#: completions are sampled up to NEW_TOKENS; the student's samples as OnPolicy draws them
+PROMPT_TOKENS = 64
+NEW_TOKENS = 64
+SAMPLING = {k: v for k, v in defaults_of(OnPolicy).items() if k in ("temperature", "top_p")}
+#: held-out prompts whose continuations judge a prompted run (teacher NLL, distinct-n, repetition)
+REPORT_PROMPTS = 64
+#: a JSONL file's held-out rows (seeded): validation and test fractions
+JSONL_HOLDOUT = dict(val=0.05, test=0.1)
 
 
 def tokenizer_beside(checkpoint) -> Path:
@@ -84,10 +99,21 @@ def train(args, teacher_mode: bool) -> None:
         beside = tokenizer_beside(teachers[0]) if teachers else None
         tok_spec = str(beside) if beside is not None and beside.is_file() else TOKENIZER
     config = _config(args, teacher_mode, bool(teachers))
-    if teachers and args.block_size is None:  # the teacher's context by default
+    jsonl = str(args.data or "").endswith(".jsonl")
+    if teachers and args.block_size is None and not jsonl:  # the teacher's blocks by default
         args.block_size = load_tensors(teachers[0])[1].get("block_size")
+    lam, seq_kd = getattr(args, "on_policy", None), getattr(args, "sequence_kd", False)
+    if (lam is not None or seq_kd) and not teachers:
+        raise DistillError(f"{'--on-policy' if lam is not None else '--sequence-kd'} needs --teacher")
     out.mkdir(parents=True, exist_ok=True)
-    splits = _text(args, tok_spec, out)
+    splits = _jsonl(args, tok_spec, out) if jsonl else _text(args, tok_spec, out)
+    train_src, held_out, new_tokens = splits.train, None, None
+    if jsonl or lam is not None or seq_kd:
+        train_src, held_out, new_tokens = _prompted(args, splits, jsonl)
+    if lam is not None:
+        config = replace(config, on_policy=OnPolicy(
+            lam=lam, max_new_tokens=new_tokens,
+            **{k: getattr(args, f"sample_{k}") for k in SAMPLING if getattr(args, f"sample_{k}") is not None}))
     teacher = None
     if teachers:
         _check_tokenizer(f"teacher {teachers[0]}", load_tensors(teachers[0])[1], splits.tokenizer)
@@ -97,10 +123,13 @@ def train(args, teacher_mode: bool) -> None:
     elif getattr(args, "store", None) is not None or getattr(args, "top_k", None) is not None:
         flag = "--store" if getattr(args, "store", None) is not None else "--top-k"
         raise DistillError(f"{flag} is a teacher's token store: give --teacher")
+    if seq_kd:  # the teacher's own greedy completions are the transfer set
+        train_src = teacher_completions(teacher.module, train_src, max_new_tokens=new_tokens,
+                                        root=out / "sequence-kd", device=resolve_device(args.device), log=log)
     seed_everything(args.seed)
     model, factory = _model(args, teacher_mode, splits)
     name = "teacher" if teacher_mode else ("student-distilled" if teacher is not None else "student-hard")
-    res = fit(model, splits.train, config, teacher=teacher, val=splits.val, test=splits.test, run_dir=out,
+    res = fit(model, train_src, config, teacher=teacher, val=splits.val, test=splits.test, run_dir=out,
               device=args.device, factory=factory,
               meta=dict(name=name, teacher_checkpoint=teachers or None, dataset=str(args.data or "gutenberg"),
                         config_toml=getattr(args, "config_toml", None)),
@@ -112,6 +141,75 @@ def train(args, teacher_mode: bool) -> None:
     print(f"{name}: test nll {m['nll']:.4f} (perplexity {m['perplexity']:.1f}), next-token accuracy "
           f"{100 * m['accuracy']:.1f}% over {m['n']:,} tokens{extra}, {res.wall_seconds:.0f}s -> "
           f"{out / 'model.safetensors'}")
+    if held_out is not None and teacher is not None:
+        _report(args, res.model, teacher.module, held_out, new_tokens, splits.tokenizer, out)
+
+
+def _jsonl(args, tok_spec, out: Path) -> TextSplits:
+    """A JSONL file of prompt/completion texts as train / val / test rows (a seeded
+    :data:`JSONL_HOLDOUT`), tokenized by ``tok_spec`` (a ``bpe:VOCAB`` trained on the texts of the
+    training rows only, saved in ``out``)."""
+    texts = read_jsonl(args.data)
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    held = max(1, round(JSONL_HOLDOUT["val"] * len(texts))) + max(1, round(JSONL_HOLDOUT["test"] * len(texts)))
+    train_texts = [texts[i][0] + texts[i][1] for i in order[held:]] or [p + c for p, c in texts]
+    tok = make_tokenizer(tok_spec, train_texts=train_texts)
+    tok.save(out)
+    rows = load_prompts(args.data, tok, max_prompt=getattr(args, "prompt_tokens", None) or PROMPT_TOKENS)
+    train_rows, val, test = split_rows(rows, seed=args.seed, **JSONL_HOLDOUT)
+    log(f"{args.data}: {rows.n} prompt/completion pairs: train {train_rows.n}, val {val.n}, test {test.n} "
+        f"({rows.completion_tokens:,} completion tokens)")
+    return TextSplits(train_rows, val, test, tok, documents=rows.n, replaced=0)
+
+
+def _context(args, splits) -> int:
+    """The built-in GPT's context: the text blocks' length; for prompt/completion rows at least
+    ``--block-size`` (default :data:`BLOCK_SIZE`), room for generating beyond the data's rows."""
+    if isinstance(splits.train, PromptBlocks):
+        return max(splits.train.block_size, args.block_size or BLOCK_SIZE)
+    return splits.train.block_size
+
+
+def _prompted(args, splits, jsonl: bool):
+    """``(training rows, held-out prompts, new tokens)`` of a prompted run: JSONL rows as they
+    are; text blocks cut after their first ``--prompt-tokens`` (the rest of the block the data's
+    completion); the held-out prompts the test split's, the tokens sampled per completion
+    ``--new-tokens`` (default: the block's room after the prompt; :data:`NEW_TOKENS` for JSONL)."""
+    tok = splits.tokenizer
+    asked_new, asked_prompt = getattr(args, "new_tokens", None), getattr(args, "prompt_tokens", None)
+    if jsonl:
+        new, context = asked_new or NEW_TOKENS, _context(args, splits)
+        if splits.train.longest_prompt + new > context:
+            raise DistillError(f"the longest prompt ({splits.train.longest_prompt} tokens) + --new-tokens {new} is "
+                               f"longer than the models' context ({context} tokens): lower --new-tokens or "
+                               "--prompt-tokens, or raise --block-size")
+        return splits.train, splits.test.head(REPORT_PROMPTS), new
+    block = splits.train.block_size
+    prompt = asked_prompt or min(PROMPT_TOKENS, block // 2)
+    if prompt >= block:
+        raise DistillError(f"--prompt-tokens {prompt} leaves no room for a completion in blocks of {block} tokens")
+    new = asked_new or block - prompt
+    if prompt + new > block:
+        raise DistillError(f"--prompt-tokens {prompt} + --new-tokens {new} is longer than the blocks ({block} tokens, "
+                           "the models' context); lower one of them")
+    cut = dict(eos_id=tok.eos_id, pad_id=tok.pad_id)
+    return (split_blocks(splits.train, prompt, block - prompt, **cut),
+            split_blocks(splits.test, prompt, new, **cut).head(REPORT_PROMPTS), new)
+
+
+def _report(args, student, teacher, prompts, new_tokens: int, tok, out: Path) -> None:
+    """The student's greedy and sampled continuations of held-out prompts, judged by the teacher
+    (its per-token NLL of them) and by their diversity; one line, and ``out/generations.json``."""
+    sampling = {k: getattr(args, f"sample_{k}", None) if getattr(args, f"sample_{k}", None) is not None else v
+                for k, v in SAMPLING.items()}
+    rep = generation_report(student, teacher, prompts.prompts(), max_new_tokens=new_tokens, seed=args.seed,
+                            eos_id=tok.eos_id, pad_id=tok.pad_id, tokenizer=tok, device=args.device, **sampling)
+    atomic_write_json(out / "generations.json", rep)
+    g, s = rep["greedy"], rep["sampled"]
+    print(f"continuations of {prompts.n} held-out prompts ({new_tokens} new tokens), teacher NLL per token: greedy "
+          f"{g['teacher_nll']:.3f}, sampled {s['teacher_nll']:.3f}; distinct-2 {g['distinct_2']:.3f} / "
+          f"{s['distinct_2']:.3f}, repetition {g['repetition_4']:.3f} / {s['repetition_4']:.3f} -> "
+          f"{out / 'generations.json'}")
 
 
 def _config(args, teacher_mode: bool, distilling: bool) -> TrainConfig:
@@ -141,7 +239,7 @@ def _model(args, teacher_mode: bool, splits):
     for flag, key in (("layers", "n_layer"), ("heads", "n_head"), ("embd", "n_embd")):
         if getattr(args, flag) is not None:
             size[key] = getattr(args, flag)
-    return GPT(splits.tokenizer.vocab_size, block_size=splits.train.block_size,
+    return GPT(splits.tokenizer.vocab_size, block_size=_context(args, splits),
                dropout=getattr(args, "dropout_hidden", None) or 0.0, **size), None
 
 

@@ -110,6 +110,25 @@ def _add_student(sub) -> None:
                    help="the teacher's top-k token store (built there by `distill targets --task lm`, or now)")
     add_number_flag(g, "--top-k", integer=True, minimum=1,
                     help=f"next tokens kept per position in --store (default {lm.TOP_K})")
+    g = s.add_argument_group("on-policy and sequence-level distillation (--task lm, with --teacher)")
+    add_number_flag(g, "--on-policy", minimum=0, maximum=1,
+                    help="with probability X per step the completions are the student's own samples, scored by "
+                         "the teacher (GKD; 0 = off-policy, 1 = always); prompts: --data FILE.jsonl, or the first "
+                         "--prompt-tokens of every text block")
+    g.add_argument("--sequence-kd", action="store_true",
+                   help="train on the teacher's own greedy completions of the prompts (Kim & Rush 2016), generated "
+                        "once and kept in OUT/sequence-kd")
+    add_number_flag(g, "--prompt-tokens", integer=True, minimum=1,
+                    help=f"text data: each block's first N tokens are the prompt, the rest the completion (default "
+                         f"{lm.PROMPT_TOKENS}); JSONL: prompts keep their last N tokens (default "
+                         f"{lm.PROMPT_TOKENS})")
+    add_number_flag(g, "--new-tokens", integer=True, minimum=1,
+                    help="tokens sampled per completion (default: the block's room after the prompt; "
+                         f"{lm.NEW_TOKENS} with JSONL)")
+    add_number_flag(g, "--sample-temperature", minimum=0,
+                    help=f"temperature of the student's samples, 0 = greedy (default {lm.SAMPLING['temperature']:g})")
+    add_number_flag(g, "--sample-top-p", positive=True, maximum=1,
+                    help=f"nucleus of the student's samples (default {lm.SAMPLING['top_p']:g})")
     s.add_argument("--cwd", action="store_true",
                    help="segmentation: channel-wise distillation (Shu et al. 2021) instead of pixel-wise; defaults "
                         f"T = {cwd['temperature']:g}, --soft-weight {cwd['soft_weight']:g}, --hard-weight "

@@ -10,7 +10,21 @@ from the preset's grid; the test split only reports.
 
 Every run sees the same blocks of 128 tokens of the training split (a prefix of them, shuffled
 per epoch), a byte-level BPE trained on that split, and the same held-out validation and test
-spans of every book (no test text is trained on)."""
+spans of every book (no test text is trained on).
+
+``--preset onpolicy`` compares on-policy distillation instead, with the same teacher as the quick
+preset and 2-layer students trained on prompt/completion rows cut from the training blocks (the
+first ``prompt_tokens`` the prompt, the rest the completion), at the same number of updates:
+
+* ``offpolicy-forward-kl``: λ = 0, forward KL on the data's completions (the control);
+* ``onpolicy-0.5-forward-kl``, ``onpolicy-1-forward-kl``: λ = 0.5 and 1 (GKD);
+* ``onpolicy-1-reverse-kl``, ``onpolicy-1-jsd``: pure on-policy with the reverse KL and JSD(0.5);
+* ``sequence-kd``: forward KL on the teacher's own greedy completions (Kim & Rush 2016).
+
+Besides the test NLL on held-out text, each student continues held-out prompts (the test split's
+blocks) greedily and by sampling, and the teacher scores those continuations (its per-token NLL:
+lower = the student writes what the teacher would); distinct-2 and the repetition rate show a
+collapse."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -20,15 +34,19 @@ import torch
 
 from distill.checkpoints import load_checkpoint
 from distill.checks import add_number_flag
+from distill.data.prompts import split_blocks
 from distill.data.text import TokenBlocks, load_text
 from distill.experiments.common import Runner, Stage, fmt_mean_std, mean_std
 from distill.losses.objectives import TokenDistillation
 from distill.models.lm import GPT, generate
 from distill.metrics import lm_evaluate
+from distill.teachers.sequence_kd import teacher_completions
 from distill.teachers.teacher import Teacher
 from distill.teachers.token_store import bytes_per_token
+from distill.tools.generations import generation_report
 from distill.tools.plots import plot_bars, plot_lines
 from distill.train.config import TrainConfig
+from distill.train.onpolicy import OnPolicy
 
 #: the students' objectives: the name in the table -> TokenDistillation settings (None: hard labels)
 DIVERGENCES = {
@@ -44,6 +62,21 @@ GOAL_GAP = 0.40
 GOAL_TOPK = 0.01
 #: prompts of the generated lines: the first tokens of test passages
 PROMPT_TOKENS = 12
+
+#: the on-policy rows (``--preset onpolicy``, see the module's docstring): row -> (TokenDistillation
+#: settings, λ or None for no sampling, trained on the teacher's completions)
+ONPOLICY_ROWS = {
+    "offpolicy-forward-kl": (dict(divergence="forward_kl"), 0.0, False),
+    "onpolicy-0.5-forward-kl": (dict(divergence="forward_kl"), 0.5, False),
+    "onpolicy-1-forward-kl": (dict(divergence="forward_kl"), 1.0, False),
+    "onpolicy-1-reverse-kl": (dict(divergence="reverse_kl"), 1.0, False),
+    "onpolicy-1-jsd": (dict(divergence="jsd", beta=0.5), 1.0, False),
+    "sequence-kd": (dict(divergence="forward_kl"), None, True),
+}
+#: the on-policy student's teacher NLL of its sampled continuations should be this much below the off-policy one's
+ONPOLICY_GOAL_NLL = 0.15
+#: held-out prompts each on-policy row's student continues
+REPORT_PROMPTS = 64
 
 
 @dataclass(frozen=True)
@@ -68,6 +101,8 @@ class LmPreset:
     students: tuple = tuple(DIVERGENCES)
     store_k: tuple = ()  # forward KL from the teacher's top-k token store at these k
     lr_grid: tuple = ()  # the students' learning rates tried on the validation split (() = student_lr)
+    onpolicy: tuple = ()  # rows of ONPOLICY_ROWS (on prompt/completion rows)
+    prompt_tokens: int = 64  # those rows' prompts: the first tokens of each block
 
 
 PRESETS = {
@@ -78,6 +113,14 @@ PRESETS = {
     # the issue's probe scale: a 4 x 256 teacher over the whole split (~1,560 steps per pass)
     "paper": LmPreset(teacher_epochs=2, student_epochs=1, train_blocks=None, eval_blocks=None, seeds=3,
                       store_k=(1, 8, 32, 128), lr_grid=(1e-3, 3e-3)),
+    # on-policy distillation (GKD) and sequence-level KD against off-policy, the quick preset's teacher,
+    # students of 200 steps (24 runs with the lr selection: estimated at about an hour on 2 cores)
+    "onpolicy": LmPreset(teacher=dict(n_layer=4, n_head=4, n_embd=192), train_blocks=9600, student_blocks=3200,
+                         teacher_epochs=1, teacher_lr=2e-3, student_lr=3e-3, eval_blocks=200, seeds=3,
+                         students=(), onpolicy=tuple(ONPOLICY_ROWS), lr_grid=(1e-3, 3e-3)),
+    "onpolicy-tiny": LmPreset(teacher=dict(n_layer=1, n_head=2, n_embd=32), student=dict(n_layer=1, n_head=1, n_embd=16),
+                              vocab=300, block_size=32, train_blocks=64, eval_blocks=8, seeds=1, warmup_steps=2,
+                              students=(), onpolicy=tuple(ONPOLICY_ROWS), prompt_tokens=16),
     # the same code path in seconds; used by the tests
     "tiny": LmPreset(teacher=dict(n_layer=1, n_head=2, n_embd=32), student=dict(n_layer=1, n_head=1, n_embd=16),
                      vocab=300, block_size=32, train_blocks=64, eval_blocks=8, seeds=1, warmup_steps=2,
@@ -115,7 +158,8 @@ def main(args) -> list[dict]:
     seeds = args.seeds or p.seeds
     log = (lambda *a: None) if args.no_progress else print
     runner = Runner(args.out, args.cache, progress=not args.no_progress, log=print,
-                    title=f"Language-model distillation on {args.data} (preset {args.preset})", table=table)
+                    title=f"Language-model distillation on {args.data} (preset {args.preset})",
+                    table=onpolicy_table if p.onpolicy else table)
     splits = load_text(args.data, tokenizer=f"bpe:{p.vocab}", block_size=p.block_size, data_dir=args.data_dir,
                        folder=runner.out, log=log)
     train = splits.train.head(p.train_blocks) if p.train_blocks else splits.train
@@ -127,6 +171,13 @@ def main(args) -> list[dict]:
     teacher = runner.train(train, teacher_stage, val=val, test=test)
     _tokens_per_s(runner.records[-1], train, p.teacher_epochs)
     runner.write(summary(runner.records))
+    if p.onpolicy:
+        run_onpolicy(runner, p, _config, student_train, val, test, teacher.model, splits.tokenizer, seeds,
+                        rows=p.onpolicy)
+        text = onpolicy_summary(runner.records)
+        runner.write(text)
+        print(onpolicy_table(runner.records) + "\n" + text)
+        return runner.records
     kinds = [(name, DIVERGENCES[name], None) for name in p.students]
     kinds += [(f"student-top{k}", DIVERGENCES["student-forward-kl"], k) for k in p.store_k]
     for name, settings, k in kinds:
@@ -271,3 +322,84 @@ def summary(records: list[dict]) -> str:
     closed = (hard - distilled[best]) / (hard - teacher)
     return (f"Gap closed by the best distilled student ({best}), (hard − distilled)/(hard − teacher) in test NLL: "
             f"**{100 * closed:.0f} %** (goal ≥ {100 * GOAL_GAP:.0f} %)" + topk)
+
+
+def run_onpolicy(runner, p, config, train, val, test, teacher, tokenizer, seeds: int, rows=tuple(ONPOLICY_ROWS)) -> None:
+    """Every row of :data:`ONPOLICY_ROWS` (``rows``), its lr chosen on ``val``, ``seeds`` seeds; records
+    get the generation report of held-out prompts."""
+    cut = dict(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    prompt, new = p.prompt_tokens, p.block_size - p.prompt_tokens
+    rows_train = split_blocks(train, prompt, new, **cut)
+    held_out = split_blocks(test, prompt, new, **cut).head(REPORT_PROMPTS)
+    seqkd = None
+    for name in rows:
+        settings, lam, on_teacher = ONPOLICY_ROWS[name]
+        data = rows_train
+        if on_teacher:
+            seqkd = seqkd or teacher_completions(teacher, rows_train, max_new_tokens=new,
+                                                 root=runner.cache / "sequence-kd", log=runner.log)
+            data = seqkd
+
+        def one(lr, seed, selecting=False):
+            cfg = config(p, epochs=p.student_epochs, lr=lr, seed=seed, objective=TokenDistillation(**settings))
+            if lam is not None:
+                cfg = replace(cfg, on_policy=OnPolicy(lam=lam, max_new_tokens=new))
+            stage = Stage(name, partial(GPT, tokenizer.vocab_size, block_size=p.block_size, **p.student), cfg,
+                          teacher=teacher, extra=dict(size=p.student, lr=lr, lam=lam, selecting=selecting))
+            return runner.train(data, stage, val=val, test=test)
+
+        scores = {}
+        for lr in p.lr_grid if len(p.lr_grid) > 1 else ():
+            one(lr, 0, selecting=True)
+            scores[lr] = runner.records.pop()["val_nll"]  # a selection run: not a row of the table
+        lr = min(scores, key=scores.get) if scores else (p.lr_grid or (p.student_lr,))[0]
+        if scores:
+            runner.log(f"[{name}] validation NLL by lr: " + ", ".join(f"{k:g}: {v:.4f}" for k, v in scores.items())
+                       + f" -> lr {lr:g}")
+        for seed in range(seeds):
+            res = one(lr, seed)
+            rep = generation_report(res.model, teacher, held_out.prompts(), max_new_tokens=new, seed=seed,
+                                    eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer)
+            rec = runner.records[-1]
+            for mode in ("greedy", "sampled"):
+                for k in ("teacher_nll", "distinct_2", "repetition_4"):
+                    rec[f"{mode}_{k}"] = rep[mode][k]
+            rec["samples"] = rep.get("samples", [])[:2]
+            runner.write(onpolicy_summary(runner.records))
+
+
+def onpolicy_table(records: list[dict]) -> str:
+    rows = ["| student | seeds | lr | test NLL | teacher NLL of its greedy continuations | … of its sampled ones "
+            "| distinct-2 (sampled) | repetition-4 (greedy) |", "|---|---|---|---|---|---|---|---|"]
+    done = [r for r in records if r["model"] in ONPOLICY_ROWS and "sampled_teacher_nll" in r]
+    for name in dict.fromkeys(r["model"] for r in done):
+        rs = [r for r in done if r["model"] == name]
+        rows.append(f"| {name} | {len(rs)} | {rs[0]['lr']:g} | {fmt_mean_std([r['test_nll'] for r in rs], 3)} "
+                    f"| {fmt_mean_std([r['greedy_teacher_nll'] for r in rs], 3)} "
+                    f"| {fmt_mean_std([r['sampled_teacher_nll'] for r in rs], 3)} "
+                    f"| {fmt_mean_std([r['sampled_distinct_2'] for r in rs], 3)} "
+                    f"| {fmt_mean_std([r['greedy_repetition_4'] for r in rs], 3)} |")
+    return "\n".join(rows) + "\n"
+
+
+def onpolicy_summary(records: list[dict]) -> str:
+    """The on-policy students' teacher NLL of their sampled continuations against the off-policy
+    student's, and their test NLL, against the goals."""
+    by = {}
+    for r in records:
+        if r["model"] in ONPOLICY_ROWS and "sampled_teacher_nll" in r:
+            by.setdefault(r["model"], []).append(r)
+    off = by.get("offpolicy-forward-kl")
+    if not off:
+        return ""
+    base = mean_std([r["sampled_teacher_nll"] for r in off])[0]
+    base_test = mean_std([r["test_nll"] for r in off])[0]
+    lines = []
+    for name, rs in by.items():
+        if name == "offpolicy-forward-kl":
+            continue
+        nll = mean_std([r["sampled_teacher_nll"] for r in rs])[0]
+        test = mean_std([r["test_nll"] for r in rs])[0]
+        lines.append(f"- {name}: teacher NLL of sampled continuations {100 * (nll / base - 1):+.1f} % against "
+                     f"off-policy (goal ≤ {-100 * ONPOLICY_GOAL_NLL:.0f} %), test NLL {100 * (test / base_test - 1):+.2f} %")
+    return "\n".join(lines) + "\n"

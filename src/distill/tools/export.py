@@ -56,7 +56,7 @@ from distill.errors import DistillError
 from distill.checkpoints import STANDARDIZE_FACTORY, load_checkpoint, stem_of
 from distill.data.files import load_files
 from distill.data.text import TextTokenizer, decode_text
-from distill.modelio import logits_of
+from distill.modelio import context_length, logits_of
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -476,12 +476,9 @@ def lm_block_size(model, side: dict) -> int | None:
     """The longest input a language model takes: its ``block_size`` (:class:`distill.models.GPT`),
     else a Hugging Face config's ``n_positions`` / ``max_position_embeddings``, else the sidecar's
     (the length of the blocks it was trained on)."""
-    config = getattr(model, "config", None)
-    for v in (getattr(model, "block_size", None), getattr(config, "n_positions", None),
-              getattr(config, "max_position_embeddings", None), side.get("block_size")):
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
+    n = context_length(model)
+    v = side.get("block_size")
+    return n if n is not None else v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
 def recorded_text(side: dict) -> Path | None:

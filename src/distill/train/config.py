@@ -14,6 +14,7 @@ from distill.data.augment import Augment
 from distill.losses.functional import DEFAULT_HARD_WEIGHT, DEFAULT_SOFT_WEIGHT
 from distill.losses.objectives import Distillation, HardLabels, NextTokenLoss, TokenDistillation, needs, \
     objective_spec
+from distill.train.onpolicy import OnPolicy
 
 SCHEDULES = ("constant", "cosine", "exponential")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -30,7 +31,8 @@ DEFAULT_DISTILL_LR = 0.03
 DEFAULT_ADAM_LR = 1e-3
 #: fields added after run keys existed: left out of :meth:`TrainConfig.to_dict` at these defaults, so
 #: that the runs keyed before them keep their keys
-LATER_FIELDS = dict(accumulate=1, warmup_steps=0, lr_per_step=False, parallel="ddp", log_every=50, tensorboard=False)
+LATER_FIELDS = dict(accumulate=1, warmup_steps=0, lr_per_step=False, parallel="ddp", log_every=50, tensorboard=False,
+                    on_policy=None)
 #: the fields that say how a run is watched, not what it computes: never part of a run key
 LOGGING_FIELDS = ("divergence", "log_every", "tensorboard")
 
@@ -73,6 +75,9 @@ class TrainConfig:
     steps, besides the row per epoch (0: epoch rows only); ``tensorboard``: also TensorBoard event
     files in the run folder (needs the ``tensorboard`` package and a ``run_dir``). Neither is part
     of the run key (see :mod:`distill.train.logs`).
+    ``on_policy``: an :class:`~distill.train.onpolicy.OnPolicy` (language models on prompt/completion
+    data): with probability λ per step the completions are the student's own samples, scored by the
+    teacher (see :mod:`distill.train.onpolicy`).
     """
 
     epochs: int = 10
@@ -99,6 +104,7 @@ class TrainConfig:
     parallel: str = "ddp"
     log_every: int = 50
     tensorboard: bool = False
+    on_policy: object = None
 
     def __post_init__(self):
         ints = dict(epochs=1, batch_size=1, jitter=0, seed=0, accumulate=1, warmup_steps=0, log_every=0)
@@ -136,6 +142,8 @@ class TrainConfig:
                 raise ValueError(f"{', '.join(changed)} are the shorthand for Hinton's loss; with an explicit "
                                  "objective, give them to the objective instead")
 
+        if self.on_policy is not None and not isinstance(self.on_policy, OnPolicy):
+            raise ValueError(f"on_policy must be a distill.OnPolicy, got {type(self.on_policy).__name__}")
         if self.augment is not None:
             if not isinstance(self.augment, Augment):
                 raise ValueError(f"augment must be a distill.data.augment.Augment, got {type(self.augment).__name__}")

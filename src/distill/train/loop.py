@@ -27,6 +27,7 @@ from distill.teachers.teacher import module_id
 from distill.train.augmenter import mixup_loss
 from distill.train.config import lr_at, make_optimizer
 from distill.train.logs import MetricsLog, TensorBoardLog
+from distill.train.onpolicy import on_policy_step, rollout, sampling_generator
 from distill.train.divergence import TrainingDiverged, chance_loss, collapse_note, divergence, label_entropy, stuck
 
 
@@ -216,6 +217,7 @@ class Loop:
         self.epoch_terms: list[dict] = []
         self.epoch_examples = 0
         self.teacher_held_out: dict = {}
+        self.epoch_rollouts, self.epoch_generate_s = 0, 0.0  # on-policy: steps that sampled, their seconds
         # the divergence guard: the losses so far, a constant prediction's cost, the class prior's cost
         # (the entropy of the training labels, counted over the first epoch trained here)
         self.epoch_losses = [h["train_loss"] for h in state.history]
@@ -262,6 +264,7 @@ class Loop:
         count = torch.zeros((), device=p.device)
         every, window, t_window = p.config.log_every, torch.zeros(3, device=p.device), t0
         self.epoch_terms, self.epoch_examples = [], 0
+        self.epoch_rollouts, self.epoch_generate_s = 0, 0.0
         for i, batch in enumerate(epoch_batches(p.source, p.config.batch_size, st.generator, p.augmenter, p.rank,
                                                 p.world_size, seen=check.update if check is not None else None)):
             if per_step and i:
@@ -272,6 +275,8 @@ class Loop:
             due = bool(every) and (self.global_step + 1) % every == 0
             if due:
                 self.terms = {}
+            if p.config.on_policy is not None:
+                batch = self.roll(batch)
             loss_sum, counted = self.step(batch, epoch, lr)
             total += loss_sum
             count += counted
@@ -308,6 +313,26 @@ class Loop:
         for sink in (self.metrics, self.board):
             if sink is not None:
                 sink.write(row)
+
+    def roll(self, batch: Batch) -> Batch:
+        """On-policy training: with the step's seeded draw (:func:`~distill.train.onpolicy.on_policy_step`),
+        this process's slice of the batch with the student's own completions of its prompts
+        (:func:`~distill.train.onpolicy.rollout`, from the step's generator; under bf16 autocast when
+        the run is bf16); else the batch as it is. A rolled-out batch has no example indices: the
+        teacher scores its tokens with a forward pass."""
+        p, pol = self.plan, self.plan.config.on_policy
+        if not on_policy_step(p.config.seed, self.global_step, pol.lam):
+            return batch
+        self.epoch_rollouts += 1
+        if not len(batch):
+            return Batch(batch.inputs, batch.labels, None, batch.size)
+        t0 = time.perf_counter()
+        with self.autocast:
+            x, y = rollout(p.model, inputs_to(batch.inputs, p.device), p.source.prompt_lengths[batch.index], pol,
+                           eos_id=p.source.eos_id, pad_id=p.source.pad_id,
+                           generator=sampling_generator(p.config.seed, self.global_step, p.rank))
+        self.epoch_generate_s += time.perf_counter() - t0
+        return Batch(x, y, None, batch.size)
 
     def counted(self, batch: Batch) -> int:
         """The positions of ``batch`` its loss averages over: its rows, or for next-token objectives
@@ -479,6 +504,9 @@ class Loop:
                 weights = gathered if gathered is not None else p.model.state_dict()
                 st.best = {k: v.detach().cpu().clone() for k, v in weights.items()}
                 st.best["epoch"] = torch.tensor(epoch + 1)
+        if p.config.on_policy is not None:  # how many steps sampled, and what sampling cost
+            rec.update(on_policy_steps=self.epoch_rollouts, generate_seconds=self.epoch_generate_s,
+                       generate_share=self.epoch_generate_s / max(t_train, 1e-9))
         rec.update(_mean_terms(self.epoch_terms), step=self.global_step,
                    examples_per_s=self.epoch_examples / max(t_train, 1e-9), seconds=time.perf_counter() - t0)
         st.history.append(rec)

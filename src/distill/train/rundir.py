@@ -36,11 +36,13 @@ from distill.models.hf import save_pretrained
 
 
 #: the files distill writes in a run folder (the model and its exports, the resume state, the logs,
-#: the config file, the lock, a language model's tokenizer) and its folders (TensorBoard's events,
-#: a Hugging Face model as ``save_pretrained`` writes it): all that :func:`clear_run_folder` removes
+#: the config file, the lock, a language model's tokenizer and sampled generations) and its folders
+#: (TensorBoard's events, a Hugging Face model as ``save_pretrained`` writes it, the teacher's
+#: cached completions): all that :func:`clear_run_folder` removes
 OWNED_FILES = frozenset({"model.safetensors", "model.json", "model.onnx", "model.pt", "state.safetensors",
-                         "state.json", "metrics.csv", "config.toml", "tokenizer.json", ".lock"})
-OWNED_FOLDERS = frozenset({"tensorboard", "hf"})
+                         "state.json", "metrics.csv", "config.toml", "tokenizer.json", "tokenizer_config.json",
+                         "generations.json", ".lock"})
+OWNED_FOLDERS = frozenset({"tensorboard", "hf", "sequence-kd"})
 #: ``distill export``'s scratch folders (:data:`distill.tools.export.SCRATCH_PREFIX`)
 _EXPORT_SCRATCH = ".distill-export."
 

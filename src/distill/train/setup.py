@@ -28,7 +28,7 @@ from distill.digest import model_signature
 from distill.losses.functional import DEFAULT_IGNORE_INDEX, LM_IGNORE_INDEX
 from distill.losses.objectives import Distillation, HardLabels, LogitMatching, Objective, as_objective, needs, \
     objective_spec
-from distill.modelio import inputs_to, logits_of, model_forward
+from distill.modelio import context_length, inputs_to, logits_of, model_forward
 from distill.teachers.teacher import Teacher, as_teacher
 from distill.train.augmenter import Augmenter
 from distill.train.config import LOGGING_FIELDS, TrainConfig, resolve_device
@@ -92,6 +92,8 @@ def make_plan(model, train, config=None, *, teacher=None, val=None, test=None, r
         num_classes, input_shape = probe_lm(model, source, home, teacher)
     else:
         num_classes, input_shape = probe(model, source, home, objective)
+    if config.on_policy is not None:
+        check_on_policy(config, tokens, teacher, source, model)
     features = plan_features(objective, model, teacher, source, config, home)  # FeatureDistillation's taps, projectors
     factory_spec = check_checkpointable(model, factory) if run_dir is not None else resolve_factory(model, factory)
     # (a Dataset's or DataLoader's fingerprint reads every example once, so only a run folder asks)
@@ -148,6 +150,34 @@ def _check_parts(config, objective, teacher, source, val_src, test_src) -> None:
     for split, src in (("val", val_src), ("test", test_src)):
         if src is not None and not src.labeled:
             raise ValueError(f"{split} needs labels")
+
+
+def check_on_policy(config, tokens: bool, teacher, source, model) -> None:
+    """On-policy training fits: next-token data with prompts, a teacher model to score the samples,
+    an EOS to stop them, room in both models' context for the longest prompt plus the samples, and
+    DDP or one process (FSDP2's collectives cannot follow generations that end at different steps)."""
+    pol = config.on_policy
+    if not tokens:
+        raise ValueError("on_policy samples completions from a language model; the training data are not token "
+                         "sequences")
+    if getattr(source, "prompt_lengths", None) is None:
+        raise ValueError("on_policy needs prompts: train on prompt/completion rows (distill.data.prompts: "
+                         "load_prompts for JSONL, split_blocks for text blocks, prompt_pairs for token ids)")
+    if teacher is None or teacher.module is None:
+        raise ValueError("on_policy has the teacher score the student's own samples, so it needs the teacher model, "
+                         "not stored outputs")
+    if getattr(source, "eos_id", None) is None:
+        raise ValueError("on_policy stops samples at EOS, and these prompts name no EOS token")
+    if distributed.world()[1] > 1 and config.parallel == "fsdp":
+        raise ValueError("on_policy runs on one process or under DDP (parallel='ddp'); FSDP2 cannot sample: its "
+                         "processes would stop generating at different steps")
+    need = source.longest_prompt + pol.max_new_tokens
+    for who, m in (("the student", model), ("the teacher", teacher.module)):
+        ctx = context_length(m)
+        if ctx is not None and need > ctx:
+            raise ValueError(f"the longest prompt ({source.longest_prompt} tokens) + max_new_tokens "
+                             f"({pol.max_new_tokens}) is {need} tokens, longer than {who}'s context ({ctx}); "
+                             "lower max_new_tokens or cut the prompts (max_prompt)")
 
 
 def probe_lm(model: nn.Module, source, dev, teacher=None) -> tuple[int, list]:
