@@ -89,6 +89,21 @@ def quiet(*_a):
     """A ``log=`` that prints nothing."""
 
 
+def leave_group_and_exit() -> None:
+    """The end of a spawned DDP test worker whose results are written: every process leaves the
+    gloo group together, then exits without interpreter finalization. A gloo worker thread still
+    holding tensors while Python tears down aborts the child ("terminate called without an active
+    exception", seen once in CI after a worker's results were complete); the test reads the files."""
+    import torch.distributed as dist
+
+    from distill import distributed
+
+    sys.stdout.flush(), sys.stderr.flush()
+    dist.barrier()
+    distributed.shutdown()
+    os._exit(0)
+
+
 #: classes of the generated file data sets below
 CLASSES = 4
 

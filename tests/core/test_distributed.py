@@ -13,6 +13,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from conftest import leave_group_and_exit
 from distill import distributed
 from distill.data import Dataset
 from distill.models.classifiers import MLP
@@ -112,6 +113,7 @@ def _worker(rank, world_size, rdv, out, other, dropout=0.0, bomb_at=None):
         save_file(res.model.state_dict(), f"{out}.rank{rank}.safetensors")
         Path(f"{out}.rank{rank}.json").write_text(json.dumps(dict(test=res.test, history=len(res.history),
                                                                   skipped=res.skipped, resumed_from=res.resumed_from)))
+        leave_group_and_exit()
     finally:
         distributed.shutdown()
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from distill import load_checkpoint, save_checkpoint
 from distill.digest import key_name
-from distill.models import GPT, generate, left_pad
+from distill.models import GPT, continuations, generate, left_pad
 
 V = 50
 
@@ -177,6 +177,13 @@ def test_eos_masks_and_fills_and_stops_early():
     assert comp[:, 2:].tolist() == [[True, True, False], [True, True, True]]
     seq, comp = generate(Counter(), ids([1]), max_new_tokens=0)
     assert seq.tolist() == [[1]] and comp.tolist() == [[False]]
+
+
+def test_continuations_are_the_generated_tokens_up_to_and_including_eos():
+    # prompts of different lengths: left padding must not leak into a row's continuation
+    out = continuations(Counter(), [[2, 3], [0], [7]], pad_id=49, max_new_tokens=4, temperature=0, eos_id=5)
+    assert out == [[4, 5], [1, 2, 3, 4], [8, 9, 10, 11]]
+    assert continuations(Counter(), [[1]], pad_id=0, max_new_tokens=0) == [[]]
 
 
 def test_left_pad_truncates_from_the_left():

@@ -18,7 +18,7 @@ from distill.models.classifiers import MLP
 from distill.data.sources import ArrayDataset
 from distill.train.config import TrainConfig, seed_everything
 from distill.train.fit import fit
-from conftest import make_toy
+from conftest import leave_group_and_exit, make_toy
 from conftest import quiet
 
 
@@ -143,6 +143,7 @@ def _build_worker(rank, world_size, rdv, out):
         res, asked = _student(Path(out).parent, ST.SoftTargetStore.open(f"{out}0"))
         save_file(res.model.state_dict(), f"{out}.rank{rank}.safetensors")
         Path(f"{out}.rank{rank}.json").write_text(json.dumps(asked))
+        leave_group_and_exit()
     finally:
         distributed.shutdown()
 

@@ -18,7 +18,7 @@ from distill.errors import DistillError
 from distill.modelio import model_forward
 from distill.teachers import token_store as TS
 from distill.teachers.store import LOCK_NAME, StaleStoreError, StoreError
-from conftest import quiet
+from conftest import leave_group_and_exit, quiet
 
 N, L, V = 12, 8, 50
 
@@ -292,6 +292,7 @@ def _build_worker(rank, world_size, rdv, root):
         store = _get(root, t)
         assert store.num_shards == world_size and len(store) == N
         Path(f"{root}.calls{rank}").write_text(str(t.calls))
+        leave_group_and_exit()
     finally:
         distributed.shutdown()
 

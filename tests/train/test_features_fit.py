@@ -22,7 +22,7 @@ from distill.train.config import TrainConfig, seed_everything
 from distill.train.features import FeatureTaps, Resize, feature_of, make_projector
 from distill.train.fit import fit
 from distill.train.setup import make_plan
-from conftest import quiet
+from conftest import leave_group_and_exit, quiet
 
 
 class Net(nn.Module):
@@ -327,6 +327,7 @@ def _ddp_worker(rank, world_size, rdv, out):
         res = _ddp_train(out if rank == 0 else None)
         save_file(res.model.state_dict(), f"{out}.rank{rank}.safetensors")
         Path(f"{out}.rank{rank}.json").write_text(json.dumps(dict(hooks=len(_hooks(res.model)))))
+        leave_group_and_exit()
     finally:
         distributed.shutdown()
 

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import distill
+from conftest import leave_group_and_exit
 from distill import distributed
 from distill.data.prompts import prompt_pairs
 from distill.data.text import padded
@@ -128,6 +129,7 @@ def _worker(rank, world_size, rdv, out):
             Path(out / f"{name}.rank{rank}.json").write_text(json.dumps(dict(
                 tokens=tokens, history=res.history, val=res.val, test=res.test, resumed_from=res.resumed_from,
                 epoch=res.epoch, params=[type(q).__name__ for q in res.model.parameters()])))
+        leave_group_and_exit()
     finally:
         distributed.shutdown()
 

@@ -419,3 +419,14 @@ def _decode(model, ids, mask, mask_given, max_new_tokens, temperature, top_p, to
     sequences = torch.cat([ids, torch.stack(tokens, 1)], dim=1)
     completion = torch.cat([torch.zeros_like(ids, dtype=torch.bool), torch.stack(live_steps, 1)], dim=1)
     return sequences, completion
+
+
+def continuations(model: nn.Module, prompts, *, pad_id: int, **sampling) -> list[list[int]]:
+    """Each of ``prompts`` (token-id lists) continued by ``model`` in one batch: :func:`left_pad`,
+    then :func:`generate` with ``sampling`` (``max_new_tokens``, ``temperature``, ``top_p``,
+    ``top_k``, ``eos_id``, ``generator``, ...); row ``i`` is its generated tokens up to and
+    including the first ``eos_id`` (where ``generate``'s completion mask is True)."""
+    ids, mask = left_pad(prompts, pad_id)
+    seq, completion = generate(model, ids, mask, pad_id=pad_id, **sampling)
+    seq, completion = seq.cpu(), completion.cpu()
+    return [seq[i][completion[i]].tolist() for i in range(seq.shape[0])]

@@ -21,7 +21,7 @@ import torch
 from distill.atomic import atomic_write_bytes
 from distill.data.prompts import PromptBlocks
 from distill.digest import json_digest
-from distill.models.lm import generate, left_pad
+from distill.models.lm import continuations
 from distill.teachers.teacher import module_id
 
 #: the cache file's format tag (bump when its layout changes)
@@ -90,14 +90,10 @@ def teacher_completions(teacher, prompts: PromptBlocks, *, max_new_tokens: int, 
     rows, out, t0 = prompts.prompts(), [], time.perf_counter()
     for b, start in enumerate(range(0, len(rows), batch_size)):
         batch = rows[start:start + batch_size]
-        ids, mask = left_pad(batch, prompts.pad_id)
         gen = torch.Generator(device=dev).manual_seed(int(json_digest(["sequence-kd", seed, b]), 16) & (2 ** 63 - 1))
-        seq, done = generate(model, ids.to(dev), mask.to(dev), max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_p=top_p, top_k=top_k, eos_id=prompts.eos_id,
-                             pad_id=prompts.pad_id, generator=gen)
-        seq, done = seq.cpu(), done.cpu()
-        w = ids.shape[1]
-        out.extend(seq[i, w:][done[i, w:]].tolist() for i in range(len(batch)))
+        out.extend(continuations(model, batch, pad_id=prompts.pad_id, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_p=top_p, top_k=top_k, eos_id=prompts.eos_id,
+                                 generator=gen))
     secs = time.perf_counter() - t0
     n_tok = sum(len(c) for c in out)
     log(f"[sequence-kd] {len(out):,} teacher completions, {n_tok:,} tokens in {secs:.1f}s "

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from distill.metrics import distinct_n, repetition_rate
 from distill.modelio import logits_of, model_forward
-from distill.models.lm import generate, left_pad
+from distill.models.lm import continuations
 
 
 def _device(model, device) -> torch.device:
@@ -96,16 +96,14 @@ def continuation_nll(scorer, prompts, completions, *, batch_size: int = 16, devi
     return (total / count if count else float("nan")), count
 
 
-def _continue(student, prompts, *, batch_size: int, device, pad_id: int, **sampling) -> tuple[list[list[int]], float]:
+def _continue(student, prompts, *, batch_size: int, pad_id: int, **sampling) -> tuple[list[list[int]], float]:
     """The student's completions of ``prompts`` (its generated tokens up to and including EOS,
     where ``completion_mask`` is True) and the generation speed in tokens per second."""
     out, tokens, t0 = [], 0, time.perf_counter()
     for i in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[i:i + batch_size], pad_id)
-        seq, comp = generate(student, ids.to(device), mask.to(device), pad_id=pad_id, **sampling)
-        seq, comp = seq.cpu(), comp.cpu()
-        out += [seq[j][comp[j]].tolist() for j in range(seq.shape[0])]
-        tokens += int(comp.sum())
+        batch = continuations(student, prompts[i:i + batch_size], pad_id=pad_id, **sampling)
+        out += batch
+        tokens += sum(len(c) for c in batch)
     return out, tokens / max(time.perf_counter() - t0, 1e-9)
 
 
@@ -148,7 +146,7 @@ def generation_report(student, teacher, prompts, *, max_new_tokens: int, tempera
     for mode, t in (("greedy", 0.0), ("sampled", temperature)):
         # a generator on the student's device (torch.multinomial draws with one of its own device's)
         gen = torch.Generator(device=dev).manual_seed(seed)
-        comps[mode], speed = _continue(student, prompts, batch_size=batch_size, device=dev, pad_id=pad_id,
+        comps[mode], speed = _continue(student, prompts, batch_size=batch_size, pad_id=pad_id,
                                        max_new_tokens=max_new_tokens, temperature=t, top_p=top_p, top_k=top_k,
                                        eos_id=eos_id, generator=gen)
         nll, n = continuation_nll(teacher, prompts, comps[mode], batch_size=batch_size, device=device)

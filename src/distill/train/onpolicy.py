@@ -22,7 +22,7 @@ import torch
 from distill.data.prompts import rows_of
 from distill.data.text import IGNORE
 from distill.digest import json_digest
-from distill.models.lm import generate, left_pad
+from distill.models.lm import continuations
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,10 @@ def rollout(model, inputs: dict, prompt_lengths: torch.Tensor, policy: OnPolicy,
     ids = inputs["input_ids"]
     lengths = prompt_lengths.tolist()
     prompts = [ids[i, :n].tolist() for i, n in enumerate(lengths)]
-    p_ids, p_mask = left_pad(prompts, pad_id)
-    seq, completion = generate(model, p_ids, p_mask, max_new_tokens=policy.max_new_tokens,
-                               temperature=policy.temperature, top_p=policy.top_p, top_k=policy.top_k,
-                               eos_id=eos_id, pad_id=pad_id, generator=generator)
-    seq, completion = seq.cpu(), completion.cpu()
-    width = p_ids.shape[1]
-    pairs = [(p, seq[i, width:][completion[i, width:]].tolist()) for i, p in enumerate(prompts)]
+    completions = continuations(model, prompts, pad_id=pad_id, max_new_tokens=policy.max_new_tokens,
+                                temperature=policy.temperature, top_p=policy.top_p, top_k=policy.top_k,
+                                eos_id=eos_id, generator=generator)
+    pairs = list(zip(prompts, completions))
     new_ids, new_mask, plen = rows_of(pairs, pad_id)
     labels = new_ids.masked_fill(new_mask == 0, IGNORE)
     labels = labels.masked_fill(torch.arange(new_ids.shape[1])[None, :] < plen[:, None], IGNORE)
