@@ -162,6 +162,29 @@ def test_masked_positions_change_neither_value_nor_gradient(topk):
         assert (b.grad[~mask] == 0).all() and torch.isfinite(b.grad).all()
 
 
+@pytest.mark.parametrize("wild", [None, 3e4, float("nan"), NEG])
+def test_dense_logits_scored_in_place_equal_the_counted_rows_copied_out(monkeypatch, wild):
+    """With most positions counted, dense logits are scored at every position and the uncounted
+    ones left out of the sum; that must equal copying the counted rows out (value and gradient),
+    also when an uncounted position holds wild, NaN or -inf logits (then the copying path runs)."""
+    s, v = _logits(3, 10, 6, seed=21), _logits(3, 10, 6, seed=22)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[:, -1] = False  # the causal shift's last position: 27 of 30 counted
+    if wild is not None:
+        s[1, -1, 2] = wild
+    results = {}
+    for share in (L.functional.UNINDEXED_SHARE, 2.0):  # 2.0: never in place
+        monkeypatch.setattr(L.functional, "UNINDEXED_SHARE", share)
+        for div in DIVS:
+            a = s.clone().requires_grad_(True)
+            val = L.token_divergence(a, v, mask, divergence=div, temperature=1.5)
+            val.backward()
+            results.setdefault(div, []).append((val.item(), a.grad))
+    for div, ((v1, g1), (v2, g2)) in results.items():
+        assert v1 == pytest.approx(v2, rel=1e-6, abs=1e-7), div
+        assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-8) and (g1[~mask] == 0).all(), div
+
+
 def test_minus_inf_student_logits_give_finite_values_and_gradients_for_every_divergence():
     s, v = _logits(2, 3, 6, seed=13), _logits(2, 3, 6, seed=14)
     s[..., 2] = NEG  # an entry the student masks out (the teacher keeps mass there)

@@ -37,6 +37,7 @@ from distill.checks import add_number_flag
 from distill.data.prompts import split_blocks
 from distill.data.text import TokenBlocks, load_text
 from distill.experiments.common import Runner, Stage, fmt_mean_std, mean_std
+from distill.losses.functional import TOKEN_TAILS
 from distill.losses.objectives import TokenDistillation
 from distill.models.lm import GPT, generate
 from distill.metrics import lm_evaluate
@@ -100,6 +101,7 @@ class LmPreset:
     seeds: int = 3
     students: tuple = tuple(DIVERGENCES)
     store_k: tuple = ()  # forward KL from the teacher's top-k token store at these k
+    store_tails: tuple = ("renormalize",)  # and with these treatments of the teacher's mass outside its top k
     lr_grid: tuple = ()  # the students' learning rates tried on the validation split (() = student_lr)
     onpolicy: tuple = ()  # rows of ONPOLICY_ROWS (on prompt/completion rows)
     prompt_tokens: int = 64  # those rows' prompts: the first tokens of each block
@@ -136,6 +138,10 @@ def add_arguments(p) -> None:
                    help="only these students (default: the preset's)")
     add_number_flag(p, "--store-k", nargs="+", integer=True, minimum=1,
                     help="students from the teacher's top-k store at these k (default: the preset's; 0 values: none)")
+    p.add_argument("--store-tail", nargs="+", choices=TOKEN_TAILS,
+                   help="the store students' treatment of the teacher's mass outside its top k: renormalize "
+                        "(the top k as the whole distribution) and/or bucket (the rest as one more category); "
+                        "default: the preset's")
     p.add_argument("--no-select", action="store_true",
                    help="train the students at the preset's lr instead of choosing it on the validation split")
     p.add_argument("--out", default="runs/lm", help="results folder (default runs/lm)")
@@ -152,7 +158,8 @@ def _config(p: LmPreset, *, epochs: int, lr: float, seed: int, objective=None) -
 
 def main(args) -> list[dict]:
     p = PRESETS[args.preset]
-    p = replace(p, **{k: tuple(v) for k, v in (("students", args.students), ("store_k", args.store_k)) if v})
+    p = replace(p, **{k: tuple(v) for k, v in (("students", args.students), ("store_k", args.store_k),
+                                                ("store_tails", getattr(args, "store_tail", None))) if v})
     if args.no_select:
         p = replace(p, lr_grid=())
     seeds = args.seeds or p.seeds
@@ -179,7 +186,9 @@ def main(args) -> list[dict]:
         print(onpolicy_table(runner.records) + "\n" + text)
         return runner.records
     kinds = [(name, DIVERGENCES[name], None) for name in p.students]
-    kinds += [(f"student-top{k}", DIVERGENCES["student-forward-kl"], k) for k in p.store_k]
+    kinds += [(store_name(k, tail), dict(DIVERGENCES["student-forward-kl"], **({} if tail == "renormalize" else
+                                                                             dict(tail=tail))), k)
+              for tail in p.store_tails for k in p.store_k]
     for name, settings, k in kinds:
         lr = choose_lr(runner, p, student_train, val, test, teacher.model, name, settings, k, vocab) if p.lr_grid \
             else p.student_lr
@@ -194,6 +203,11 @@ def main(args) -> list[dict]:
     return runner.records
 
 
+def store_name(k: int, tail: str) -> str:
+    """The table's name of the forward-KL student from the top-``k`` store with ``tail``."""
+    return f"student-top{k}" + ("" if tail == "renormalize" else f"-{tail}")
+
+
 def student(runner, p, train, val, test, teacher, name, settings, k, vocab, *, lr, seed, selecting=False):
     """Train (or reuse) one student; its record gets its lr, its store's bytes per token, tokens/s."""
     objective = None if settings is None else TokenDistillation(**settings)
@@ -201,7 +215,10 @@ def student(runner, p, train, val, test, teacher, name, settings, k, vocab, *, l
         Teacher(teacher, store=runner.cache / "stores", top_k=k)
     stage = Stage(name, partial(GPT, vocab, block_size=p.block_size, **p.student),
                   _config(p, epochs=p.student_epochs, lr=lr, seed=seed, objective=objective),
-                  teacher=teach, extra=dict(size=p.student, lr=lr, top_k=k, selecting=selecting))
+                  teacher=teach, extra=dict(size=p.student, lr=lr, top_k=k, selecting=selecting,
+                                            # the renormalised store students' keys predate the choice
+                                            **({} if settings is None or settings.get("tail", "renormalize")
+                                               == "renormalize" else dict(tail=settings["tail"]))))
     res = runner.train(train, stage, val=val, test=test)
     rec = runner.records[-1]
     _tokens_per_s(rec, train, p.student_epochs)
@@ -232,11 +249,14 @@ def _plot(runner) -> None:
     by = {}
     for r in runner.records:
         by.setdefault(r["model"], []).append(r["test_nll"])
-    series = {"top-k store (forward KL)": [(r["top_k"], mean_std(by[r["model"]])[0]) for r in runner.records
-                                           if r.get("top_k")]}
-    if series["top-k store (forward KL)"] and "student-forward-kl" in by:
+    series = {f"top-k store, {tail} (forward KL)": sorted({(r["top_k"], mean_std(by[r["model"]])[0])
+                                                           for r in runner.records
+                                                           if r.get("top_k") and r.get("tail", "renormalize") == tail})
+              for tail in TOKEN_TAILS}
+    series = {name: pts for name, pts in series.items() if pts}
+    if series and "student-forward-kl" in by:
         full = mean_std(by["student-forward-kl"])[0]
-        ks = [x for x, _ in series["top-k store (forward KL)"]]
+        ks = [x for pts in series.values() for x, _ in pts]
         series["full logits (forward KL)"] = [(min(ks), full), (max(ks), full)]
         if "student-hard" in by:
             hard = mean_std(by["student-hard"])[0]
@@ -312,10 +332,12 @@ def summary(records: list[dict]) -> str:
         return ""
     best = min(distilled, key=distilled.get)
     topk = ""
-    if "student-top32" in distilled and "student-forward-kl" in distilled:
-        rel = distilled["student-top32"] / distilled["student-forward-kl"] - 1
-        topk = (f"\n\nTop-32 store student against the full-logit student, test NLL: {100 * rel:+.2f} % "
-                f"(goal within {100 * GOAL_TOPK:.0f} %)")
+    for tail in TOKEN_TAILS:
+        name = store_name(32, tail)
+        if name in distilled and "student-forward-kl" in distilled:
+            rel = distilled[name] / distilled["student-forward-kl"] - 1
+            topk += (f"\n\nTop-32 store student ({tail}) against the full-logit student, test NLL: {100 * rel:+.2f} % "
+                     f"(goal within {100 * GOAL_TOPK:.0f} %)")
     if hard <= teacher:
         return (f"The teacher (test NLL {teacher:.3f}) is not better than the hard-label student ({hard:.3f}): "
                 "no gap to close at this budget." + topk)

@@ -10,6 +10,7 @@ examples of a per-example sum over classes: nothing is divided by ``N`` unless s
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -512,13 +513,16 @@ def _safe_log_softmax(x: torch.Tensor) -> torch.Tensor:
     return torch.where(empty, -_INF, torch.where(empty, 0.0, x) - torch.where(empty, 0.0, lse[..., None]))
 
 
-def _kl_rows(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+def _kl_rows(log_a: torch.Tensor, log_b: torch.Tensor, plain: bool = False) -> torch.Tensor:
     """``KL(a || b) = sum_j a_j (log a_j - log b_j)`` per row, from log-probabilities. A term with
     ``a_j = 0`` is 0 (``0 log 0 = 0``), and so is one with ``b_j = 0`` (``log b_j = -inf``: an entry
-    excluded from ``b``'s support) instead of making the sum +inf; both with zero gradient."""
+    excluded from ``b``'s support) instead of making the sum +inf; both with zero gradient.
+    ``plain``: the sum as written, NaN or inf in a row where an entry is -inf or NaN (for callers
+    that then decide)."""
+    rows = (log_a.exp() * (log_a - log_b)).sum(dim=-1)
+    if plain or bool(torch.isfinite(rows).all()):  # the usual case: every term finite, so no entry is excluded
+        return rows  # (a -inf on either side makes its row NaN or +inf)
     ok = (log_a > -_INF) & (log_b > -_INF)
-    if bool(ok.all()):  # the usual case: no excluded entry, no masks needed (fewer vocabulary-sized buffers)
-        return (log_a.exp() * (log_a - log_b)).sum(dim=-1)
     la, lb = torch.where(ok, log_a, 0.0), torch.where(ok, log_b, 0.0)
     return torch.where(ok, la.exp() * (la - lb), 0.0).sum(dim=-1)
 
@@ -539,20 +543,22 @@ def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, w: float) -> torch.Te
     return torch.where(both, -_INF, hi + torch.log1p(c * torch.expm1(d)))
 
 
-def _divergence_rows(log_p: torch.Tensor, log_q: torch.Tensor, divergence: str, beta: float, skew: float
-                     ) -> torch.Tensor:
-    """The per-row divergence between the teacher's ``p`` and the student's ``q`` (log-probabilities)."""
+def _divergence_rows(log_p: torch.Tensor, log_q: torch.Tensor, divergence: str, beta: float, skew: float,
+                     plain: bool = False) -> torch.Tensor:
+    """The per-row divergence between the teacher's ``p`` and the student's ``q`` (log-probabilities);
+    ``plain``: KL terms as written (see :func:`_kl_rows`), so a NaN or -inf entry shows in its row."""
+    kl = partial(_kl_rows, plain=plain)
     if divergence == "forward_kl":
-        return _kl_rows(log_p, log_q)
+        return kl(log_p, log_q)
     if divergence == "reverse_kl":
-        return _kl_rows(log_q, log_p)
+        return kl(log_q, log_p)
     if divergence == "jsd":
         log_m = _log_mixture(log_p, log_q, beta)
-        return beta * _kl_rows(log_p, log_m) + (1 - beta) * _kl_rows(log_q, log_m)
+        return beta * kl(log_p, log_m) + (1 - beta) * kl(log_q, log_m)
     if divergence == "skew_kl":
-        return _kl_rows(log_p, _log_mixture(log_p, log_q, skew))
+        return kl(log_p, _log_mixture(log_p, log_q, skew))
     if divergence == "skew_reverse_kl":
-        return _kl_rows(log_q, _log_mixture(log_q, log_p, skew))
+        return kl(log_q, _log_mixture(log_q, log_p, skew))
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)  # tvd
 
 
@@ -574,6 +580,32 @@ def _positions(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """``[..., C]`` -> ``[N, C]``: the rows of the positions ``keep`` (bool, flat) selects (all: None)."""
     rows = x.reshape(-1, x.shape[-1])
     return rows if keep is None else rows[keep]
+
+
+#: the share of counted positions above which dense logits are scored in place (every position,
+#: the uncounted ones then left out of the sum) instead of copying the counted rows out first
+UNINDEXED_SHARE = 0.9
+
+
+def _dense_unindexed(student_logits, teacher, keep, t: float, divergence: str, beta: float, skew: float):
+    """:func:`token_divergence` of dense logits computed at every position, without copying the
+    counted rows out: the mean of the per-position divergence over the positions ``keep`` (flat
+    bool, None: all) selects, as ``sum(where(keep, D, 0)) / |M|``. None when some position, counted
+    or not, has a non-finite divergence (NaN/inf logits, -inf entries, a row of -inf only): that
+    position's gradient would be NaN even with a zero weight, and the indexed path decides."""
+    z = student_logits.float()
+    v = teacher.detach().to(z.device).float()
+    log_q = F.log_softmax(z / t if t != 1 else z, dim=-1)
+    log_p = F.log_softmax(v / t if t != 1 else v, dim=-1)
+    rows = _divergence_rows(log_p, log_q, divergence, beta, skew, plain=True)
+    if not bool(torch.isfinite(rows).all()):
+        return None
+    if keep is None:
+        return rows.mean()
+    count = keep.sum()
+    if int(count) == 0:
+        return None
+    return torch.where(keep.view(rows.shape), rows, 0.0).sum() / count
 
 
 def token_divergence(student_logits: torch.Tensor, teacher, mask: torch.Tensor | None = None, *,
@@ -671,6 +703,10 @@ def token_divergence(student_logits: torch.Tensor, teacher, mask: torch.Tensor |
             raise ValueError(f"vocabulary sizes differ: student {v_s}, teacher {teacher.shape[-1]} "
                              "(TokenDistillation restricts both to the shared prefix)")
 
+    if not topk and (keep is None or int(keep.sum()) >= UNINDEXED_SHARE * keep.numel()):
+        fast = _dense_unindexed(student_logits, teacher, keep, t, divergence, beta, skew)
+        if fast is not None:
+            return fast
     z = _positions(student_logits, keep)
     if z.shape[0] == 0:
         return _zero_like_loss(student_logits)

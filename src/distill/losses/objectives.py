@@ -9,6 +9,8 @@ import hashlib
 import inspect
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 
+import torch.nn.functional as F
+
 from distill.digest import key_name
 from distill.checks import MAX_WEIGHT, check_number, check_temperature
 from distill.losses.functional import (
@@ -509,10 +511,14 @@ class TokenDistillation(Objective):
             if v is None:
                 raise ValueError("TokenDistillation needs the teacher's logits or its top-k pair (ids, logprobs); "
                                  "this batch has none")
-            zs, v = _shared_vocabulary(z, v)
+            if isinstance(v, (tuple, list)):
+                zs, m = z, valid
+            else:  # dense: the unshifted (contiguous) logits with the last position uncounted, no copies
+                zs, v = _shared_vocabulary(student_out, teacher_out)
+                m = F.pad(valid, (0, 1), value=False)
             t = self.temperature
             out["soft"] = self.soft_weight * (t * t) * token_divergence(
-                zs, v, valid, divergence=self.divergence, temperature=t, beta=self.beta, skew=self.skew,
+                zs, v, m, divergence=self.divergence, temperature=t, beta=self.beta, skew=self.skew,
                 tail=self.tail)
         if self.hard_weight > 0:
             out["hard"] = self.hard_weight * token_cross_entropy(z, y, valid)
