@@ -256,10 +256,13 @@ def test_onpolicy_summary_compares_each_row_with_the_off_policy_control():
         return dict(model=model, lr=lr, test_nll=test, greedy_teacher_nll=nll, sampled_teacher_nll=nll,
                     sampled_distinct_2=0.9, greedy_repetition_4=0.1)
     recs = [rec("offpolicy-forward-kl", 4.0, 5.0), rec("offpolicy-forward-kl", 4.2, 5.2),
-            rec("onpolicy-1-reverse-kl", 3.0, 5.1), dict(model="onpolicy-1-jsd", lr=1e-3, test_nll=5.0)]
+            rec("onpolicy-1-reverse-kl", 3.0, 5.1), dict(model="onpolicy-1-jsd", lr=1e-3, test_nll=5.0),
+            rec("onpolicy-1-forward-kl", 4.1, 5.12)]
     text = onpolicy_summary(recs)
-    # (3.0 / 4.1 - 1) = -26.8 %; test NLL 5.1 / 5.1 - 1 = +0.00 %; a row still training is left out
-    assert "onpolicy-1-reverse-kl: teacher NLL of sampled continuations -26.8 %" in text and "+0.00 %" in text
+    # (3.0 / 4.1 - 1) = -26.8 %; test perplexity exp(5.1 - 5.1) - 1 = +0.00 %, exp(5.12 - 5.1) - 1 = +2.02 %;
+    # a row still training is left out
+    assert "onpolicy-1-reverse-kl: teacher NLL of sampled continuations -26.8 %" in text
+    assert "test perplexity +0.00 %" in text and "test perplexity +2.02 %" in text
     assert "jsd" not in text and "jsd" not in onpolicy_table(recs)
     assert "| offpolicy-forward-kl | 2 |" in onpolicy_table(recs)
     assert onpolicy_summary(recs[2:]) == ""  # no control: nothing to compare

@@ -22,13 +22,16 @@ DEFAULT_CACHE = Path("runs") / "cache"
 @dataclass
 class Stage:
     """One model to train: a name for the tables, a builder, its config, its teacher (anything
-    :class:`distill.Teacher` accepts, or None) and extra fields for its record."""
+    :class:`distill.Teacher` accepts, or None), extra fields for its record, and the name of its
+    run folders when not ``name`` (a builder whose initial weights the run key does not see, such
+    as a warm start, must give its runs their own folders)."""
 
     name: str
     build: callable
     config: TrainConfig
     teacher: object = None
     extra: dict = field(default_factory=dict)
+    folder: str | None = None
 
 
 class Runner:
@@ -53,7 +56,7 @@ class Runner:
         self.log(f"[{stage.name}] seed {stage.config.seed}")
         t0 = time.perf_counter()
         res = fit(model, data, stage.config, teacher=stage.teacher, val=val, test=test,
-                  run_dir=self.cache / f"{stage.name}-{{key}}", meta=dict(name=stage.name, **stage.extra),
+                  run_dir=self.cache / f"{stage.folder or stage.name}-{{key}}", meta=dict(name=stage.name, **stage.extra),
                   progress=self.progress, log=self.log, wait=True)
         wall = res.wall_seconds if res.skipped else max(res.wall_seconds, time.perf_counter() - t0)
         objective = stage.config.objective_for(stage.teacher is not None)
