@@ -162,12 +162,17 @@ def test_masked_positions_change_neither_value_nor_gradient(topk):
         assert (b.grad[~mask] == 0).all() and torch.isfinite(b.grad).all()
 
 
+@pytest.mark.parametrize("teacher", ["dense", "renormalize", "bucket"])
 @pytest.mark.parametrize("wild", [None, 3e4, float("nan"), NEG])
-def test_dense_logits_scored_in_place_equal_the_counted_rows_copied_out(monkeypatch, wild):
-    """With most positions counted, dense logits are scored at every position and the uncounted
+def test_logits_scored_in_place_equal_the_counted_rows_copied_out(monkeypatch, wild, teacher):
+    """With most positions counted, the divergence is computed at every position and the uncounted
     ones left out of the sum; that must equal copying the counted rows out (value and gradient),
     also when an uncounted position holds wild, NaN or -inf logits (then the copying path runs)."""
     s, v = _logits(3, 10, 6, seed=21), _logits(3, 10, 6, seed=22)
+    tail = "renormalize" if teacher == "dense" else teacher
+    t = 1.0 if teacher == "bucket" else 1.5
+    if teacher != "dense":
+        v = _topk(v, 3)
     mask = torch.ones(3, 10, dtype=torch.bool)
     mask[:, -1] = False  # the causal shift's last position: 27 of 30 counted
     if wild is not None:
@@ -177,7 +182,7 @@ def test_dense_logits_scored_in_place_equal_the_counted_rows_copied_out(monkeypa
         monkeypatch.setattr(L.functional, "UNINDEXED_SHARE", share)
         for div in DIVS:
             a = s.clone().requires_grad_(True)
-            val = L.token_divergence(a, v, mask, divergence=div, temperature=1.5)
+            val = L.token_divergence(a, v, mask, divergence=div, temperature=t, tail=tail)
             val.backward()
             results.setdefault(div, []).append((val.item(), a.grad))
     for div, ((v1, g1), (v2, g2)) in results.items():

@@ -590,14 +590,20 @@ UNINDEXED_SHARE = 0.9
 def _dense_unindexed(student_logits, teacher, keep, t: float, divergence: str, beta: float, skew: float):
     """:func:`token_divergence` of dense logits computed at every position, without copying the
     counted rows out: the mean of the per-position divergence over the positions ``keep`` (flat
-    bool, None: all) selects, as ``sum(where(keep, D, 0)) / |M|``. None when some position, counted
-    or not, has a non-finite divergence (NaN/inf logits, -inf entries, a row of -inf only): that
-    position's gradient would be NaN even with a zero weight, and the indexed path decides."""
+    bool, None: all) selects, as ``sum(where(keep, D, 0)) / |M|`` (:func:`_masked_mean`: None when
+    some position, counted or not, has a non-finite divergence, from NaN/inf logits, -inf entries or
+    a row of -inf only, and the indexed path decides)."""
     z = student_logits.float()
     v = teacher.detach().to(z.device).float()
     log_q = F.log_softmax(z / t if t != 1 else z, dim=-1)
     log_p = F.log_softmax(v / t if t != 1 else v, dim=-1)
-    rows = _divergence_rows(log_p, log_q, divergence, beta, skew, plain=True)
+    return _masked_mean(_divergence_rows(log_p, log_q, divergence, beta, skew, plain=True), keep)
+
+
+def _masked_mean(rows: torch.Tensor, keep):
+    """The mean of ``rows`` over the positions ``keep`` (flat bool, None: all) selects; None when a
+    row is non-finite (counted or not: its gradient would be NaN even with a zero weight) or none
+    is counted, so that the indexed path decides."""
     if not bool(torch.isfinite(rows).all()):
         return None
     if keep is None:
@@ -606,6 +612,33 @@ def _dense_unindexed(student_logits, teacher, keep, t: float, divergence: str, b
     if int(count) == 0:
         return None
     return torch.where(keep.view(rows.shape), rows, 0.0).sum() / count
+
+
+def _topk_unindexed(student_logits, ids, logprobs, keep, t: float, tail: str, divergence: str, beta: float,
+                    skew: float):
+    """:func:`token_divergence` of a top-k teacher computed at every position (only the student's
+    logsumexp and its gather at the ids touch the vocabulary axis), masked as in
+    :func:`_dense_unindexed`. None, for the indexed path to decide (and raise), when an id at any
+    position is out of range, a stored row sums above one (``"bucket"``) or a row is non-finite."""
+    v_s = student_logits.shape[-1]
+    ids = ids.detach().to(student_logits.device)
+    if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= v_s:
+        return None
+    z = student_logits.float()
+    lp = logprobs.detach().to(z.device).float()
+    # log_softmax, then the gather: one fused pass over the vocabulary each way (a logsumexp and a
+    # gather of the logits take two more in the backward)
+    lq_k = F.log_softmax(z / t if t != 1 else z, dim=-1).gather(-1, ids.long())
+    if tail == "renormalize":
+        log_q = lq_k
+        log_p = _safe_log_softmax(lp / t if t != 1 else lp)
+    else:
+        x_p = _safe_logsumexp(lp)
+        if bool((x_p > math.log1p(TOPK_SUM_TOLERANCE)).any()):
+            return None
+        log_q = torch.cat([lq_k, _log_remainder(_safe_logsumexp(lq_k))[..., None]], dim=-1)
+        log_p = torch.cat([lp, _log_remainder(x_p)[..., None]], dim=-1)
+    return _masked_mean(_divergence_rows(log_p, log_q, divergence, beta, skew, plain=True), keep)
 
 
 def token_divergence(student_logits: torch.Tensor, teacher, mask: torch.Tensor | None = None, *,
@@ -703,8 +736,9 @@ def token_divergence(student_logits: torch.Tensor, teacher, mask: torch.Tensor |
             raise ValueError(f"vocabulary sizes differ: student {v_s}, teacher {teacher.shape[-1]} "
                              "(TokenDistillation restricts both to the shared prefix)")
 
-    if not topk and (keep is None or int(keep.sum()) >= UNINDEXED_SHARE * keep.numel()):
-        fast = _dense_unindexed(student_logits, teacher, keep, t, divergence, beta, skew)
+    if keep is None or int(keep.sum()) >= UNINDEXED_SHARE * keep.numel():
+        fast = _topk_unindexed(student_logits, ids, logprobs, keep, t, tail, divergence, beta, skew) if topk \
+            else _dense_unindexed(student_logits, teacher, keep, t, divergence, beta, skew)
         if fast is not None:
             return fast
     z = _positions(student_logits, keep)

@@ -511,11 +511,9 @@ class TokenDistillation(Objective):
             if v is None:
                 raise ValueError("TokenDistillation needs the teacher's logits or its top-k pair (ids, logprobs); "
                                  "this batch has none")
-            if isinstance(v, (tuple, list)):
-                zs, m = z, valid
-            else:  # dense: the unshifted (contiguous) logits with the last position uncounted, no copies
-                zs, v = _shared_vocabulary(student_out, teacher_out)
-                m = F.pad(valid, (0, 1), value=False)
+            # the unshifted (contiguous) logits with the last position uncounted: no copies
+            zs, v = _shared_vocabulary(student_out, teacher_out)
+            m = F.pad(valid, (0, 1), value=False)
             t = self.temperature
             out["soft"] = self.soft_weight * (t * t) * token_divergence(
                 zs, v, m, divergence=self.divergence, temperature=t, beta=self.beta, skew=self.skew,
