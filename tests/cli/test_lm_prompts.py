@@ -76,3 +76,26 @@ def test_bad_prompted_runs_are_one_line(prompted, lm_teacher, capsys, tmp_path):
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 3}\n')
     assert "bad.jsonl:2" in one_line_error(capsys, "teacher", "--task", "lm", "--data", bad, "--out", tmp_path / "y",
                                            "--tokenizer", "bpe:260", *SMALL)
+
+
+def test_init_starts_the_student_from_a_checkpoint_and_guards_its_folder(prompted, lm_teacher, capsys, tmp_path):
+    from distill.checkpoints import load_checkpoint
+    from distill.teachers.teacher import module_id
+
+    _, data = prompted
+    base = ["student", "--task", "lm", "--data", data, "--teacher", lm_teacher, "--epochs", "1", "--no-progress"]
+    assert run(capsys, *base, "--out", tmp_path / "warm", *SMALL[:-1])[0] == 0  # an off-policy warm start
+    warm = load_checkpoint(tmp_path / "warm" / "model")[0]
+    code, out, err = run(capsys, *base, "--init", tmp_path / "warm" / "model", "--on-policy", "1", "--new-tokens", "6",
+                         "--out", tmp_path / "op")
+    assert code == 0, err
+    side = json.loads((tmp_path / "op" / "model.json").read_text())
+    assert side["init_weights"] == module_id(warm)  # trained on from the warm start's weights
+    assert side["factory"]["kwargs"]["n_embd"] == 16  # its architecture, not the default student's
+    # another start into the same folder is refused: the run key does not cover initial weights
+    assert run(capsys, *base, "--out", tmp_path / "other", *SMALL[:-1], "--seed", "1")[0] == 0
+    err = one_line_error(capsys, *base, "--init", tmp_path / "other" / "model", "--on-policy", "1",
+                         "--new-tokens", "6", "--out", tmp_path / "op")
+    assert "started from other weights" in err
+    assert "brings its own architecture; drop --layers" in one_line_error(
+        capsys, *base, "--init", tmp_path / "warm" / "model", "--layers", "2", "--out", tmp_path / "x")

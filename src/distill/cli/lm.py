@@ -23,7 +23,7 @@ from distill.losses.objectives import TokenDistillation
 from distill.metrics import FIDELITY, lm_evaluate
 from distill.models.classifiers import count_params
 from distill.models.lm import GPT, generate as sample
-from distill.teachers.teacher import Teacher
+from distill.teachers.teacher import Teacher, module_id
 from distill.teachers.sequence_kd import teacher_completions
 from distill.teachers.token_store import get_token_store
 from distill.tools.generations import generation_report
@@ -80,9 +80,15 @@ def train(args, teacher_mode: bool) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DistillError(f"--out {out} is a file; give a folder")
+    init = getattr(args, "init", None)
+    given = [f for f in ("model", "layers", "heads", "embd") if init is not None and getattr(args, f, None) is not None]
+    if given:
+        raise DistillError(f"--init {init} brings its own architecture; drop --{given[0]}")
     if getattr(args, "_restart", False):  # --restart: what distill wrote there goes first (only that)
         from distill.train.rundir import clear_run_folder
         clear_run_folder(out, log=log)
+    if init is not None:
+        _check_same_start(args, out)
     teachers = [] if teacher_mode else list(args.teacher or [])
     if len(teachers) > 1:
         raise DistillError("a language model distils from one --teacher (ensembles of language models are not "
@@ -232,7 +238,14 @@ def _config(args, teacher_mode: bool, distilling: bool) -> TrainConfig:
 
 
 def _model(args, teacher_mode: bool, splits):
-    """``(model, factory)``: ``--model`` (any factory) or the built-in GPT at this task's sizes."""
+    """``(model, factory)``: ``--init`` (a language model's checkpoint: its weights and architecture),
+    ``--model`` (any factory) or the built-in GPT at this task's sizes."""
+    init = getattr(args, "init", None)
+    if init is not None:
+        model, side = load_checkpoint(init, trust_factory=args.trust_factory)
+        _check_tokenizer(f"--init {init}", side, splits.tokenizer)
+        spec = side.get("factory")  # the checkpoint's {"target", "kwargs"} rebuilds it
+        return model, (spec["target"], spec.get("kwargs", {})) if isinstance(spec, dict) else spec
     if args.model is not None:
         return user_model(args.model, args.model_args)
     size = dict(SIZES["teacher" if teacher_mode else "student"])
@@ -241,6 +254,22 @@ def _model(args, teacher_mode: bool, splits):
             size[key] = getattr(args, flag)
     return GPT(splits.tokenizer.vocab_size, block_size=_context(args, splits),
                dropout=getattr(args, "dropout_hidden", None) or 0.0, **size), None
+
+
+def _check_same_start(args, out: Path) -> None:
+    """``--init``, before any data is read: a run folder holding a run (finished or interrupted)
+    that started from other weights is refused (run keys do not cover initial weights, so it would
+    be reused)."""
+    init = args.init
+    here = module_id(load_checkpoint(init, trust_factory=args.trust_factory)[0])
+    for name in ("model.json", "state.json"):
+        try:
+            recorded = json.loads((out / name).read_text()).get("init_weights")
+        except (OSError, ValueError):
+            continue
+        if recorded not in (None, here):
+            raise DistillError(f"{out} holds a run that started from other weights than --init {init}; "
+                               "give another --out, or --restart to train this one there")
 
 
 def targets(args) -> None:

@@ -110,6 +110,9 @@ def _add_student(sub) -> None:
                    help="the teacher's top-k token store (built there by `distill targets --task lm`, or now)")
     add_number_flag(g, "--top-k", integer=True, minimum=1,
                     help=f"next tokens kept per position in --store (default {lm.TOP_K})")
+    g.add_argument("--init", metavar="CHECKPOINT",
+                   help="start the student from this language model's weights (its architecture; e.g. a student "
+                        "distilled off-policy before an on-policy run) instead of a new built-in GPT")
     g = s.add_argument_group("on-policy and sequence-level distillation (--task lm, with --teacher)")
     add_number_flag(g, "--on-policy", minimum=0, maximum=1,
                     help="with probability X per step the completions are the student's own samples, scored by "
