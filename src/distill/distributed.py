@@ -122,6 +122,17 @@ def transformer_blocks(module: nn.Module) -> nn.ModuleList | None:
     return best
 
 
+#: the oldest torch whose FSDP2 trains on the CPU (gloo) as one process does: 2.6 lacks the CPU
+#: stream's record_event that fully_shard's all-gather calls, and 2.7.1 trained, but to other weights
+#: than one process (the 2-process tests of tests/train/test_lm_distributed.py); 2.9.1 and 2.13 pass
+FSDP_CPU_MIN_TORCH = (2, 9)
+
+
+def _torch_release() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
 def fsdp_twin(model: nn.Module) -> nn.Module:
     """A copy of ``model`` sharded with FSDP2 over all processes (``fully_shard`` on each of its
     :func:`transformer_blocks`, then on the root), for training. The copy starts with the very
@@ -130,6 +141,12 @@ def fsdp_twin(model: nn.Module) -> nn.Module:
     holds only its shards. :func:`unshard_into` gives ``model`` the trained weights back."""
     from torch.distributed.fsdp import fully_shard
 
+    first = next(model.parameters(), None)
+    if first is not None and first.device.type == "cpu" and _torch_release() < FSDP_CPU_MIN_TORCH:
+        need = ".".join(map(str, FSDP_CPU_MIN_TORCH))
+        raise ValueError(f"parallel='fsdp' on the CPU needs torch >= {need} (FSDP2 over gloo fails or trains to "
+                         f"other weights than one process before it); this is torch {torch.__version__}: use "
+                         "parallel='ddp' or a newer torch")
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     try:
         twin = copy.deepcopy(model, shared)  # new modules over the same tensors: no copy of the weights

@@ -224,3 +224,11 @@ def test_a_surviving_rank_says_its_peer_stopped_in_one_line(monkeypatch, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "another process of this torchrun job failed or was killed" in err and "rerun the same command" in err
+
+
+def test_fsdp_on_the_cpu_refuses_a_torch_older_than_its_floor(monkeypatch):
+    model = MLP(4, [8], 3)
+    monkeypatch.setattr(distributed.torch, "__version__", "2.7.1+cpu")
+    with pytest.raises(ValueError, match=r"needs torch >= 2\.9.*this is torch 2\.7\.1\+cpu.*parallel='ddp'"):
+        distributed.fsdp_twin(model)
+    assert all(q.numel() for q in model.parameters())  # nothing was sharded or emptied
