@@ -320,3 +320,23 @@ def test_design_lists_the_layers_of_the_package_docstring():
     block = code_blocks(design, "")[0]
     assert [line.strip() for line in block.splitlines() if line.strip()] == \
         [line.replace("``", "`") for line in layers]
+
+
+def test_readme_feature_quick_start_runs_and_leaves_no_hooks(tmp_path, monkeypatch):
+    """The feature-distillation quick start on the user's own CNN: it runs as printed, prints what the
+    section says it prints (the teacher within 5 errors; the small student, whose training is less
+    stable across thread counts, within 25), and leaves no hook on either network."""
+    title = "Quick start: intermediate features of your own CNN"
+    body = section(README.read_text(encoding="utf-8"), title)
+    (block,) = code_blocks(body, "python")
+    quoted = re.search(r"prints `([^`]+)`", body).group(1)
+    monkeypatch.chdir(tmp_path)
+    ns, out = {"__name__": "__main__"}, io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, f"README {title}", "exec"), ns)
+    got = [int(n) for n in re.findall(r"\d+", out.getvalue().strip().splitlines()[-1])]
+    want = [int(n) for n in re.findall(r"\d+", quoted)]
+    assert len(got) == len(want) == 3 and got[2] == want[2] == 497, (out.getvalue(), quoted)
+    assert abs(got[0] - want[0]) <= 5 and abs(got[1] - want[1]) <= 25, (got, want)
+    for model in (ns["teacher"].model, ns["student"].model):
+        assert not any(m._forward_hooks for m in model.modules())

@@ -191,8 +191,9 @@ def test_relational_gradient_and_errors():
 
 def test_the_losses_are_public_and_named():
     assert L.FEATURE_LOSSES == {"hint": L.hint_loss, "attention": L.attention_transfer_loss,
-                                "relational": L.relational_loss}
-    for name in ("hint_loss", "attention_transfer_loss", "relational_loss", "FEATURE_LOSSES", "FeatureDistillation"):
+                                "relational": L.relational_loss, "channel_wise": L.channel_wise_feature_loss}
+    for name in ("hint_loss", "attention_transfer_loss", "relational_loss", "channel_wise_feature_loss",
+                 "FEATURE_LOSSES", "FeatureDistillation"):
         assert name in L.__all__ and getattr(L, name) is not None
     assert distill.FeatureDistillation is L.FeatureDistillation and "FeatureDistillation" in distill.__all__
     for fn in (L.hint_loss, L.attention_transfer_loss, L.relational_loss):
@@ -254,3 +255,33 @@ def test_feature_distillation_is_keyed_by_its_pairs_and_checks_them():
             L.FeatureDistillation(L.HardLabels(), pairs)
     with pytest.raises(ValueError, match="another FeatureDistillation"):
         L.FeatureDistillation(a, [("a", "b", "hint", 1.0)])
+
+
+# ---------------------------------------------------------------- channel-wise, as a feature pair
+
+def channel_wise_ref(s, t, T=4.0):
+    """T^2/(B*C) * sum_b,c KL(softmax_s(t_bc/T) || softmax_s(s_bc/T)), in loops."""
+    s, t = s.numpy(), t.numpy()
+    b, c = s.shape[:2]
+    total = 0.0
+    for i in range(b):
+        for j in range(c):
+            zs, zt = s[i, j].ravel() / T, t[i, j].ravel() / T
+            ls = zs - zs.max() - math.log(np.exp(zs - zs.max()).sum())
+            lt = zt - zt.max() - math.log(np.exp(zt - zt.max()).sum())
+            total += float((np.exp(lt) * (lt - ls)).sum())
+    return T * T * total / (b * c)
+
+
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_channel_wise_feature_loss_against_the_formula_and_its_gradient(T):
+    s, t = _rand(3, 4, 5, 5, seed=1, scale=3), _rand(3, 4, 5, 5, seed=2, scale=3)
+    assert math.isclose(float(L.channel_wise_feature_loss(s, t, T)), channel_wise_ref(s, t, T), rel_tol=1e-9)
+    assert float(L.channel_wise_feature_loss(t, t)) == pytest.approx(0.0, abs=1e-12)
+    assert torch.autograd.gradcheck(lambda x: L.channel_wise_feature_loss(x, t, T), (s.clone().requires_grad_(),))
+    assert L.FEATURE_LOSSES["channel_wise"] is L.channel_wise_feature_loss
+    with pytest.raises(ValueError, match="one shape") as e:
+        L.channel_wise_feature_loss(s, t[:, :2])
+    assert _one_line(e)
+    with pytest.raises(ValueError, match="channels"):
+        L.channel_wise_feature_loss(s.flatten(1), t.flatten(1))

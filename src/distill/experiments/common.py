@@ -121,6 +121,47 @@ def fmt_mean_std(values: list[float], digits: int = 1) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
 
 
+def versus(errs: list[float], ref: list[float]) -> str:
+    """The difference of the means of ``errs`` and ``ref`` with a verdict: "better"/"worse" when it
+    exceeds the larger of the two standard deviations, else "within the spread"."""
+    d = mean_std(errs)[0] - mean_std(ref)[0]
+    spread = max(mean_std(errs)[1], mean_std(ref)[1])
+    verdict = "better" if d < -spread else ("worse" if d > spread else "within the spread")
+    return f"{d:+.1f} ({verdict})"
+
+
+#: the note under a table of :func:`versus` verdicts
+VERSUS_NOTE = ("\n\"better\"/\"worse\": the difference of means exceeds the larger of the two standard deviations; "
+               "otherwise \"within the spread\".\n")
+
+
+def choices_table(select: list[dict], final: list[dict], key: str, labels: dict, name: str) -> str:
+    """The validation choices: every candidate record of ``select`` (seed 0) with its validation
+    errors, ticked where a ``final`` record of the same ``key`` (method, row) has its setting."""
+    chosen = {(r[key], r["setting"]) for r in final}
+    lines = [f"| {name} | candidate (seed 0) | validation errors | chosen |", "|---|---|---|---|"]
+    for r in select:
+        v = "diverged" if r.get("diverged") else r.get("val_errors")
+        lines.append(f"| {labels[r[key]]} | {r['setting']} | {v} | {'✓' if (r[key], r['setting']) in chosen else ''} |")
+    return "\nValidation choices (held-out training examples):\n\n" + "\n".join(lines) + "\n"
+
+
+def add_image_experiment_arguments(p, presets, out: str, files: str) -> None:
+    """The flags the MNIST-family experiments share: ``--dataset mnist|fashion-mnist``, ``--preset``
+    (one of ``presets``), ``--seeds`` (the reported seeds 1..N), ``--out`` (default ``out``, holding
+    ``files``), ``--cache``, ``--data-dir``, ``--no-progress``."""
+    from distill.checks import add_number_flag
+
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    p.add_argument("--preset", choices=sorted(presets), default="quick")
+    add_number_flag(p, "--seeds", help="number of reported seeds (default: the preset's, 1..3)", integer=True,
+                    minimum=1)
+    p.add_argument("--out", default=out, help=f"folder for {files}")
+    p.add_argument("--cache", help="folder of trained stages, shared between experiments (default OUT/stages)")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def gap_closed(teacher: float, hard: float, distilled: float) -> float:
     """Fraction of the teacher-student gap that distillation closes: (hard - distilled)/(hard - teacher)."""
     if hard == teacher:

@@ -142,8 +142,9 @@ def add_arguments(p) -> None:
     add_number_flag(p, "--seeds", integer=True, minimum=1, help="number of student seeds (default: the preset's)")
     p.add_argument("--students", nargs="+", choices=list(DIVERGENCES),
                    help="only these students (default: the preset's)")
-    add_number_flag(p, "--store-k", nargs="+", integer=True, minimum=1,
-                    help="students from the teacher's top-k store at these k (default: the preset's; 0 values: none)")
+    add_number_flag(p, "--store-k", nargs="*", integer=True, minimum=1,
+                    help="students from the teacher's top-k store at these k (default: the preset's; "
+                         "the flag alone: no store students)")
     p.add_argument("--store-tail", nargs="+", choices=TOKEN_TAILS,
                    help="the store students' treatment of the teacher's mass outside its top k: renormalize "
                         "(the top k as the whole distribution) and/or bucket (the rest as one more category); "
@@ -165,7 +166,8 @@ def _config(p: LmPreset, *, epochs: int, lr: float, seed: int, objective=None) -
 def main(args) -> list[dict]:
     p = PRESETS[args.preset]
     p = replace(p, **{k: tuple(v) for k, v in (("students", args.students), ("store_k", args.store_k),
-                                                ("store_tails", getattr(args, "store_tail", None))) if v})
+                                                ("store_tails", getattr(args, "store_tail", None)))
+                      if v or (k == "store_k" and v is not None)})
     if args.no_select:
         p = replace(p, lr_grid=())
     seeds = args.seeds or p.seeds

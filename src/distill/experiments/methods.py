@@ -28,8 +28,9 @@ from dataclasses import dataclass, field, replace
 
 from distill import data as D
 from distill.data.augment import Augment
-from distill.experiments.common import Runner, Stage, fmt_mean_std, mean_std, soft_teacher
-from distill.checks import add_number_flag, check_number
+from distill.experiments.common import VERSUS_NOTE, Runner, Stage, add_image_experiment_arguments, choices_table, \
+    fmt_mean_std, mean_std, soft_teacher, versus
+from distill.checks import check_number
 from distill.losses.objectives import DKD, Distillation, Standardized
 from distill.models.classifiers import MLP
 from distill.train.config import TrainConfig
@@ -149,12 +150,7 @@ def summarize(records: list[dict]) -> str:
         if not rs:
             continue
         errs = [r["test_errors"] for r in rs]
-        delta = ""
-        if hard and m != "hard":
-            d = mean_std(errs)[0] - mean_std(hard)[0]
-            spread = max(mean_std(errs)[1], mean_std(hard)[1])
-            verdict = "better" if d < -spread else ("worse" if d > spread else "within the spread")
-            delta = f"{d:+.1f} ({verdict})"
+        delta = versus(errs, hard) if hard and m != "hard" else ""
         lines.append(f"| {LABELS[m]} | {rs[0]['setting']} | {fmt_mean_std(errs)} | "
                      f"{','.join(str(r['seed']) for r in rs)} | {' / '.join(map(str, errs))} | {delta} | "
                      f"{mean_std([r['wall_seconds'] for r in rs])[0]:.0f} |")
@@ -162,15 +158,9 @@ def summarize(records: list[dict]) -> str:
         t = teacher[0]
         out.append(f"Teacher: {t['test_errors']} test errors, {t['wall_seconds']:.0f} s.\n")
     out.append("\n".join(lines) + "\n")
-    out.append("\n\"better\"/\"worse\": the difference of means exceeds the larger of the two standard "
-               "deviations; otherwise \"within the spread\".\n")
+    out.append(VERSUS_NOTE)
     if select:
-        sl = ["| method | candidate (seed 0) | validation errors | chosen |", "|---|---|---|---|"]
-        chosen = {(r["method"], r["setting"]) for r in final}
-        for r in select:
-            v = "diverged" if r.get("diverged") else r.get("val_errors")
-            sl.append(f"| {LABELS[r['method']]} | {r['setting']} | {v} | {'✓' if (r['method'], r['setting']) in chosen else ''} |")
-        out.append("\nValidation choices (held-out training examples):\n\n" + "\n".join(sl) + "\n")
+        out.append(choices_table(select, final, "method", LABELS, "method"))
     return "\n".join(out)
 
 
@@ -263,14 +253,7 @@ def run(dataset: str = "mnist", preset: str = "quick", *, out="runs/methods", ca
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    add_number_flag(p, "--seeds", help="number of reported seeds (default: the preset's, 1..3)", integer=True,
-                    minimum=1)
-    p.add_argument("--out", default="runs/methods", help="folder for results.json / results.md / methods.png")
-    p.add_argument("--cache", help="folder of trained stages, shared between experiments (default OUT/stages)")
-    p.add_argument("--data-dir")
-    p.add_argument("--no-progress", action="store_true")
+    add_image_experiment_arguments(p, PRESETS, "runs/methods", "results.json / results.md / methods.png")
 
 
 def main(args) -> list[dict]:

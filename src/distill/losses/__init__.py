@@ -14,6 +14,7 @@ from distill.losses.functional import (
     attention_map,
     attention_transfer_loss,
     channel_wise_distillation_loss,
+    channel_wise_feature_loss,
     dense_hard_cross_entropy,
     distillation_loss,
     dkd_loss,
@@ -52,7 +53,7 @@ from distill.losses.objectives import (
 __all__ = [
     "DEFAULT_HARD_WEIGHT", "DEFAULT_IGNORE_INDEX", "DEFAULT_SOFT_WEIGHT", "FEATURE_LOSSES", "LM_IGNORE_INDEX",
     "TEACHER_KINDS", "TOKEN_DIVERGENCES", "TOKEN_TAILS",
-    "attention_map", "attention_transfer_loss", "channel_wise_distillation_loss", "dense_hard_cross_entropy",
+    "attention_map", "attention_transfer_loss", "channel_wise_distillation_loss", "channel_wise_feature_loss", "dense_hard_cross_entropy",
     "distillation_loss", "dkd_loss", "dkd_terms", "hard_cross_entropy", "hint_loss", "logit_matching_loss",
     "next_token_pairs", "pixelwise_distillation_loss", "relational_loss", "soft_cross_entropy", "soften",
     "standardize_logits", "teacher_distribution", "token_cross_entropy", "token_divergence", "valid_token_count",

@@ -988,5 +988,25 @@ def relational_loss(student: torch.Tensor, teacher: torch.Tensor, distance_weigh
             + angle_weight * F.smooth_l1_loss(cs, ct, reduction="mean"))
 
 
+#: the temperature of :func:`channel_wise_feature_loss` (Shu et al.'s)
+CWD_FEATURE_TEMPERATURE = 4.0
+
+
+def channel_wise_feature_loss(student: torch.Tensor, teacher: torch.Tensor,
+                              temperature: float = CWD_FEATURE_TEMPERATURE) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al. 2021) between feature maps ``[B, C, *S]`` of one shape
+    (project the student's first): :func:`channel_wise_distillation_loss` with the maps in place of
+    dense logits, each channel a distribution over the positions at temperature T,
+
+    ``L = T**2 / (B * C) * sum_b sum_c KL(phi(t)_bc || phi(s)_bc)``, ``phi(x)_bcs = softmax_s(x_bcs / T)``."""
+    _check_features("student features", student)
+    _check_features("teacher features", teacher)
+    if student.dim() < 3 or student.shape != teacher.shape:
+        raise ValueError(f"channel-wise distillation needs feature maps (batch, channels, *positions) of one shape: "
+                         f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)} (project the student's)")
+    return channel_wise_distillation_loss(student, teacher, temperature)
+
+
 #: the feature losses by the names :class:`~distill.losses.objectives.FeatureDistillation` pairs use
-FEATURE_LOSSES = {"hint": hint_loss, "attention": attention_transfer_loss, "relational": relational_loss}
+FEATURE_LOSSES = {"hint": hint_loss, "attention": attention_transfer_loss, "relational": relational_loss,
+                  "channel_wise": channel_wise_feature_loss}

@@ -584,7 +584,8 @@ class FeatureDistillation(Objective):
     ``student.get_submodule(student_path)``, ``t_k`` the teacher's at ``teacher_path``, ``loss_k``
     one of :data:`~distill.losses.functional.FEATURE_LOSSES` (``"hint"``: :func:`hint_loss`,
     ``"attention"``: :func:`attention_transfer_loss`, ``"relational"``: :func:`relational_loss`,
-    each at its defaults) and ``P_k`` the pair's learned projector (identity when it needs none).
+    ``"channel_wise"``: :func:`channel_wise_feature_loss`, each at its defaults) and ``P_k`` the
+    pair's learned projector (identity when it needs none).
 
     This class is the loss alone: ``fit`` (:mod:`distill.train.features`) captures the features with
     forward hooks, runs the teacher module on every batch, learns the projectors and adds

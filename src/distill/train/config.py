@@ -51,7 +51,7 @@ class TrainConfig:
     teacher's per-batch forward pass run under ``torch.autocast(device, bfloat16)``, with float32
     master weights, optimiser state and loss (the logits are cast to float32 before the objective);
     evaluation and teacher outputs computed once stay float32.
-    ``augment``: an :class:`~distill.data.augment.Augment` (mixup, shift, crop, flip; fixed views),
+    ``augment``: an :class:`~distill.data.augment.Augment` (mixup, shift, crop, flip, rotation, scaling; fixed views),
     applied once per batch, the same augmented batch going to the teacher (consistent teaching);
     ``jitter=s`` is its shorthand for the paper's translations (give one or the other).
     ``divergence``: the divergence guard, ``"stop"`` (default): a non-finite loss, or one that rises
@@ -180,6 +180,8 @@ class TrainConfig:
         d["objective"] = None if self.objective is None else objective_spec(self.objective)
         if self.augment is None:  # absent, not None: runs keyed before augment existed keep their keys
             del d["augment"]
+        else:
+            d["augment"] = self.augment.to_dict()
         for k, v in LATER_FIELDS.items():
             if d[k] == v:
                 del d[k]

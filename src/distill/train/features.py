@@ -208,9 +208,9 @@ def make_projector(student_shape, teacher_shape, *, learned: bool = True) -> nn.
                      "outputs have such shapes")
 
 
-#: which projector each feature loss needs: a learned one (hint), a resize only (attention: the
-#: channel counts may differ), none (relational: any widths)
-PROJECTION = {"hint": "learned", "attention": "resize", "relational": None}
+#: which projector each feature loss needs: a learned one (hint, channel-wise), a resize only
+#: (attention: the channel counts may differ), none (relational: any widths)
+PROJECTION = {"hint": "learned", "attention": "resize", "relational": None, "channel_wise": "learned"}
 
 
 class FeatureRun:

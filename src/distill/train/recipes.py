@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from distill.data.augment import Augment
 from distill.losses.functional import DEFAULT_HARD_WEIGHT, DEFAULT_SOFT_WEIGHT
+from distill.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,22 @@ def data_defaults(n_train: int, num_features: int, image: bool, batch_size: int,
             w = min(w, recipe.small_width)
         out.update(teacher_hidden=[w, w], student_hidden=[max(8, w // recipe.student_share)] * 2)
     return out
+
+
+@dataclass(frozen=True)
+class CnnTeacherRecipe:
+    """A teacher much stronger than the paper's MLP, for the experiments where the teacher must add
+    knowledge: ``members`` residual CNNs with global pooling (:class:`distill.models.ResNet` of
+    ``width`` and ``depth``), each trained with SGD (momentum 0.9), weight decay
+    5e-4 and a cosine schedule on shifts of up to 2 pixels, rotations of up to 10 degrees and
+    scalings of up to 10 % (``Augment(shift=2, rotate=10, scale=0.1)``), then combined by the
+    arithmetic mean of their distributions (:class:`distill.teachers.teacher.Ensemble`)."""
+
+    width: int = 16
+    depth: int = 1
+    members: int = 5
+    config: TrainConfig = TrainConfig(epochs=30, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                                      augment=Augment(shift=2, rotate=10.0, scale=0.1))
+
+
+CNN_TEACHER = CnnTeacherRecipe()
