@@ -52,3 +52,24 @@ def test_store_students_of_both_tails_are_separate_runs(capsys, tmp_path, corpus
     plain, bucket = recs["student-top4"], recs["student-top4-bucket"]
     assert plain["checkpoint"] != bucket["checkpoint"] and bucket["tail"] == "bucket" and "tail" not in plain
     assert plain["test_nll"] != bucket["test_nll"]
+
+
+def test_store_k_alone_trains_no_store_student(capsys, tmp_path, corpus):
+    code, out, err = run(capsys, "reproduce", "lm", "--preset", "tiny", "--data", corpus, "--no-select",
+                         "--students", "student-hard", "--store-k", "--out", tmp_path / "o", "--no-progress")
+    assert code == 0, err
+    assert {r["model"] for r in _records(tmp_path / "o")} == {"teacher", "student-hard"}
+
+
+def test_the_gap_is_reported_per_seed_with_the_spread():
+    from distill.experiments.lm import seed_spread, summary
+
+    recs = [dict(model="teacher", seed=0, test_nll=4.0)]
+    recs += [dict(model="student-hard", seed=s, test_nll=n) for s, n in enumerate((5.0, 5.2, 5.1))]
+    recs += [dict(model="student-forward-kl", seed=s, test_nll=n) for s, n in enumerate((4.5, 4.6, 4.9))]
+    text = summary(recs)
+    # gaps (5.0-4.5)/1.0, (5.2-4.6)/1.2, (5.1-4.9)/1.1: 50, 50, 18 %; the means differ by 0.433 > std 0.208
+    assert "per seed (0, 1, 2): 50 / 50 / 18 %" in text and "beyond the larger seed spread (0.208)" in text
+    close = recs[:4] + [dict(model="student-forward-kl", seed=s, test_nll=n) for s, n in enumerate((4.8, 5.4, 4.9))]
+    assert "within the larger seed spread (0.321)" in summary(close)  # 5.1 - 5.033 = 0.067
+    assert seed_spread(recs[:3] + recs[4:5], "student-forward-kl", 4.0) == ""  # fewer than two paired seeds

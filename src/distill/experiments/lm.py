@@ -351,7 +351,27 @@ def summary(records: list[dict]) -> str:
                 "no gap to close at this budget." + topk)
     closed = (hard - distilled[best]) / (hard - teacher)
     return (f"Gap closed by the best distilled student ({best}), (hard − distilled)/(hard − teacher) in test NLL: "
-            f"**{100 * closed:.0f} %** (goal ≥ {100 * GOAL_GAP:.0f} %)" + topk)
+            f"**{100 * closed:.0f} %** (goal ≥ {100 * GOAL_GAP:.0f} %)" + seed_spread(records, best, teacher) + topk)
+
+
+def seed_spread(records: list[dict], best: str, teacher: float) -> str:
+    """The gap closed per seed (``best`` against the hard-label student of the same seed) and whether
+    the two students' test NLLs differ by more than the larger of their standard deviations."""
+    by_seed = {}
+    for r in records:
+        if r["model"] in ("student-hard", best):
+            by_seed.setdefault(r["seed"], {})[r["model"]] = r["test_nll"]
+    paired = sorted((s, v["student-hard"], v[best]) for s, v in by_seed.items() if len(v) == 2)
+    if len(paired) < 2:
+        return ""
+    gaps = [100 * (h - d) / (h - teacher) for _, h, d in paired]
+    hard, dist = [h for _, h, _ in paired], [d for _, _, d in paired]
+    spread = max(mean_std(hard)[1], mean_std(dist)[1])
+    beyond = mean_std(hard)[0] - mean_std(dist)[0] > spread
+    return (f"; per seed ({', '.join(str(s) for s, _, _ in paired)}): {' / '.join(f'{g:.0f}' for g in gaps)} %, "
+            f"{fmt_mean_std(gaps)} %; the distilled students' NLL is {mean_std(hard)[0] - mean_std(dist)[0]:.3f} "
+            f"below the hard-label students', {'beyond' if beyond else 'within'} the larger seed spread "
+            f"({spread:.3f})")
 
 
 def _warm_gpt(state: dict, vocab: int, **kw) -> GPT:

@@ -93,10 +93,10 @@ class Augmenter:
         if not isinstance(augment, Augment):
             raise ValueError(f"augment must be a distill.data.augment.Augment, got {type(augment).__name__}")
         if augment.geometric and source.image_shape is None:
-            raise ValueError("augmentation (shift, crop, flip) needs image data: examples of shape (H, W) or "
+            raise ValueError("augmentation (shift, crop, flip, rotate, scale) needs image data: examples of shape (H, W) or "
                              "(C, H, W), or a distill Dataset with an image_shape")
         if augment.geometric and getattr(source, "y", None) is not None and source.y.dim() > 1:
-            raise ValueError("shift, crop and flip move the images but not their label masks; use mixup only, or no "
+            raise ValueError("shift, crop, flip, rotate and scale move the images but not their label masks; use mixup only, or no "
                              "augmentation, with dense labels")
         self.augment, self.source, self.objective = augment, source, objective
         self.mixed_labels = bool(augment.mixup) and losses.needs(objective, "labels")
