@@ -72,4 +72,7 @@ def test_the_gap_is_reported_per_seed_with_the_spread():
     assert "per seed (0, 1, 2): 50 / 50 / 18 %" in text and "beyond the larger seed spread (0.208)" in text
     close = recs[:4] + [dict(model="student-forward-kl", seed=s, test_nll=n) for s, n in enumerate((4.8, 5.4, 4.9))]
     assert "within the larger seed spread (0.321)" in summary(close)  # 5.1 - 5.033 = 0.067
-    assert seed_spread(recs[:3] + recs[4:5], "student-forward-kl", 4.0) == ""  # fewer than two paired seeds
+    assert seed_spread(recs[:3] + recs[4:5], "student-forward-kl", 4.0) == ""
+    # a distilled seed that did not finish: the headline pairs the seeds both students have
+    two = recs[:4] + recs[4:6]
+    assert "**50 %**" in summary(two) and "per seed (0, 1): 50 / 50 %" in summary(two)  # fewer than two paired seeds

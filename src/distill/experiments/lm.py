@@ -339,6 +339,10 @@ def summary(records: list[dict]) -> str:
     if not distilled:
         return ""
     best = min(distilled, key=distilled.get)
+    seeds = {r["seed"] for r in records if r["model"] == best}
+    paired = [r["test_nll"] for r in records if r["model"] == "student-hard" and r["seed"] in seeds]
+    if paired:  # the hard-label students of the seeds the best one has (an unfinished seed would bias the gap)
+        hard = mean_std(paired)[0]
     topk = ""
     for tail in TOKEN_TAILS:
         name = store_name(32, tail)

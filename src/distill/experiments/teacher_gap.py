@@ -111,8 +111,10 @@ PRESETS = {
     # the scale: 5 members of 30 epochs on 55,000 images, 60-epoch students on all of them
     # (consistent teaching 120); many hours on 2 CPU cores, not run here
     "paper": Preset(),
-    # under an hour on 2 cores: 3 members of 6 epochs on 55,000 images, students of 10 epochs (15 for
-    # consistent teaching) on a 10,000-image subset
+    # 3 members of 6 epochs on 55,000 images, students of 10 epochs (15 for consistent teaching) on a
+    # 10,000-image subset: measured at one thread per process, about 7.5 minutes a member, 0.6 (MLP) to 2
+    # (CNN) minutes a hard-label student and 4-6.5 a student with the teacher on every batch: about 2.3
+    # hours of one core in all (two processes sharing a --cache split it, e.g. --rows of the MLP and the CNN)
     "quick": Preset(members=3, teacher=replace(CNN_TEACHER.config, epochs=6),
                     student=TrainConfig(epochs=10, lr=0.1, momentum=0.9, schedule="cosine", augment=Augment(shift=2)),
                     consistent_epochs=15, student_train_size=10000),
