@@ -446,10 +446,11 @@ def test_methods_experiment_tiny(toy, tmp_path):
 
 
 def test_methods_validation_split_is_unseen(toy):
-    from distill.experiments.methods import PRESETS, method_config, split
+    from distill.experiments.common import holdout_sets
+    from distill.experiments.methods import PRESETS, method_config
 
     p = PRESETS["tiny"]
-    rest, (xv, yv), students = split(toy, p)
+    rest, (xv, yv), students = holdout_sets(toy, p)
     assert len(yv) == p.val_size and len(rest.y_train) == len(toy.y_train) - p.val_size
     rows = lambda x: {tuple(r) for r in x.tolist()}  # noqa: E731
     assert not rows(xv) & rows(rest.x_train) and torch.equal(rest.x_test, toy.x_test)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from distill.data.augment import Augment
+from distill.methods.tuning import holdout_split
 from distill.atomic import atomic_write_bytes, atomic_write_json
 from distill.data import load_mnist
 from distill.models.classifiers import MLP, count_params
@@ -160,6 +161,21 @@ def add_image_experiment_arguments(p, presets, out: str, files: str) -> None:
     p.add_argument("--cache", help="folder of trained stages, shared between experiments (default OUT/stages)")
     p.add_argument("--data-dir")
     p.add_argument("--no-progress", action="store_true")
+
+
+def holdout_sets(full, p):
+    """``(rest, val, students)`` of a distill Dataset ``full`` under a preset ``p`` (its ``train_size``,
+    ``val_size``, ``split_seed``, ``student_train_size``): the training set without ``val_size``
+    held-out examples (:func:`distill.methods.tuning.holdout_split`, seeded; for the teacher), the
+    held-out ``(x, y)`` (validation), and the students' training set (``rest`` or its stratified subset)."""
+    if p.train_size:
+        full = full.subset(train=p.train_size, test=None)
+    fit_idx, held, _ = holdout_split(full, p.val_size, p.split_seed)
+    rest = replace(full, x_train=full.x_train[fit_idx], y_train=full.y_train[fit_idx],
+                   fingerprint=f"{full.fingerprint}:minus-val{p.val_size}/s{p.split_seed}")
+    val = (full.x_train[held], full.y_train[held])
+    students = rest.subset(train=p.student_train_size) if p.student_train_size else rest
+    return rest, val, students
 
 
 def gap_closed(teacher: float, hard: float, distilled: float) -> float:

@@ -29,13 +29,12 @@ from dataclasses import dataclass, field, replace
 from distill import data as D
 from distill.data.augment import Augment
 from distill.experiments.common import VERSUS_NOTE, Runner, Stage, add_image_experiment_arguments, choices_table, \
-    fmt_mean_std, mean_std, soft_teacher, versus
+    fmt_mean_std, holdout_sets, mean_std, soft_teacher, versus
 from distill.checks import check_number
 from distill.losses.objectives import DKD, Distillation, Standardized
 from distill.models.classifiers import MLP
 from distill.train.config import TrainConfig
 from distill.train.divergence import TrainingDiverged
-from distill.methods.tuning import holdout_split
 from distill.tools.plots import pyplot, save_figure
 
 METHODS = ("hard", "kd", "dkd", "std-kd", "consistent", "hard-aug")
@@ -120,19 +119,6 @@ def method_config(p: Preset, method: str, s: dict, flip: bool = False) -> TrainC
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
-def split(full, p: Preset):
-    """``(rest, val, students)``: the training set without the held-out examples (teacher), the
-    held-out ``(x, y)`` (validation), and the students' training set (``rest`` or its subset)."""
-    if p.train_size:
-        full = full.subset(train=p.train_size, test=None)
-    fit_idx, held, _ = holdout_split(full, p.val_size, p.split_seed)
-    rest = replace(full, x_train=full.x_train[fit_idx], y_train=full.y_train[fit_idx],
-                   fingerprint=f"{full.fingerprint}:minus-val{p.val_size}/s{p.split_seed}")
-    val = (full.x_train[held], full.y_train[held])
-    students = rest.subset(train=p.student_train_size) if p.student_train_size else rest
-    return rest, val, students
-
-
 def summarize(records: list[dict]) -> str:
     """The methods table (final seeds), the teacher, and the validation choices."""
     teacher = [r for r in records if r.get("role") == "teacher"]
@@ -198,7 +184,7 @@ def run(dataset: str = "mnist", preset: str = "quick", *, out="runs/methods", ca
     flip = dataset == "fashion-mnist"  # mirrored clothes are clothes; mirrored digits are not digits
     runner = Runner(out, cache, progress=progress, log=log,
                     title=f"Methods beyond the paper, {full.name} (preset {preset})", table=summarize)
-    rest, val, students = split(full, p)
+    rest, val, students = holdout_sets(full, p)
     log(f"[methods] {len(val[1])} validation examples held out of the training set; teacher on {len(rest.y_train)}, "
         f"students on {len(students.y_train)}")
 

@@ -37,8 +37,7 @@ from distill import data as D
 from distill.checks import check_number
 from distill.data.augment import Augment
 from distill.experiments.common import VERSUS_NOTE, Runner, Stage, add_image_experiment_arguments, choices_table, \
-    fmt_mean_std, mean_std, versus
-from distill.experiments.methods import split
+    fmt_mean_std, holdout_sets, mean_std, versus
 from distill.losses.objectives import Distillation, FeatureDistillation
 from distill.metrics import classification_metrics, predict_logits
 from distill.models.classifiers import MLP, ResNet, count_params
@@ -242,7 +241,7 @@ def run(dataset: str = "mnist", preset: str = "quick", *, out="runs/teacher-gap"
     flip = dataset == "fashion-mnist"  # mirrored clothes are clothes; mirrored digits are not digits
     runner = Runner(out, cache, progress=progress, log=log,
                     title=f"A teacher that adds knowledge, {full.name} (preset {preset})", table=summarize)
-    rest, val, students = split(full, p)
+    rest, val, students = holdout_sets(full, p)
     log(f"[teacher-gap] {len(val[1])} validation examples held out of the training set; teacher members on "
         f"{len(rest.y_train)}, students on {len(students.y_train)}")
     shape = tuple(full.image_shape[-2:])
