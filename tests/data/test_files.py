@@ -119,6 +119,35 @@ def test_tables_round_trip(tmp_path, monkeypatch, fmt, lazy):
     assert single.train.fingerprint == data.train.fingerprint
 
 
+def test_a_table_without_a_header_is_read_as_data_with_numbered_columns(tmp_path):
+    from distill.data.files import has_header
+
+    df = table(30, 0)
+    values = df[["fruit", "f1", "f2", "f3", "count"]]
+    values.to_csv(tmp_path / "bare.csv", index=False, header=False)  # UCI style: no header row
+    values.to_csv(tmp_path / "bare.tsv", index=False, header=False, sep="\t")
+    said = []
+    for name in ("bare.csv", "bare.tsv"):
+        data = load_files(tmp_path / name, target="0", log=said.append)
+        assert data.features == ("1", "2", "3", "4") and data.classes == ("apple", "banana", "cherry")
+        x, y, _ = next(iter(data.train.ordered(1000)))
+        assert x.shape == (30, 4)  # the first line is an example, not lost as a header
+        assert torch.allclose(x, torch.tensor(df[["f1", "f2", "f3", "count"]].to_numpy(), dtype=torch.float32))
+    assert len(said) == 2 and all("has no header" in s and "numbered 0-4" in s for s in said)
+    # numbers in the first line make a header only when they are pandas' positional names 0..N-1
+    numeric = df[["f1", "f2", "f3", "count"]].assign(label=np.arange(30) % 2)
+    numeric.columns = range(5)
+    numeric.to_csv(tmp_path / "positional.csv", index=False)
+    assert has_header(tmp_path / "positional.csv")
+    data = load_files(tmp_path / "positional.csv", target="4", log=said.append)
+    assert data.train.n == 30 and len(said) == 2
+    for text, header in (("a,b,1.5\n1,2,3\n", True), ("id,2019,label\n1,2,x\n", True), ("1,2,3\n", True),
+                         ("1,inf,x\n1,2,y\n", True), ("5.1,3.5,Iris-setosa\n4.9,3.0,Iris-setosa\n", False),
+                         ("1,,x\n2,3,y\n", False)):
+        (tmp_path / "h.csv").write_text(text)
+        assert has_header(tmp_path / "h.csv") is header, text
+
+
 # ---------------------------------------------------------------- bad input: one line, exit 2, no MNIST
 
 def _bad_inputs(tmp_path):

@@ -18,9 +18,12 @@ Layouts (``path`` is a file or a folder):
   ``train/`` is a training split alone. All images must have one size; grey-scale images give
   examples ``(H, W)``, any colour image makes every example ``(3, H, W)``; pixel values are
   scaled to [0, 1].
-* a table ``X.csv`` / ``X.parquet`` with ``target`` naming the label column (every other column
-  is a numeric feature), or a folder holding ``train.csv`` (or ``.parquet``) and optionally
-  ``val.*`` and ``test.*``. The classes are the sorted distinct values of the training split's
+* a table ``X.csv`` / ``X.tsv`` / ``X.parquet`` with ``target`` naming the label column (every
+  other column is a numeric feature), or a folder holding ``train.csv`` (or ``.tsv``,
+  ``.parquet``) and optionally ``val.*`` and ``test.*``. A CSV/TSV file whose first line is a
+  row of numbers has no header: that line is data and the columns are named by position
+  (``"0"``, ``"1"``, ...; a first line of exactly ``0,1,...,N-1`` is the header pandas writes for
+  such names, and is read as one). The classes are the sorted distinct values of the training split's
   target column (numbers or strings); validation and test values must be among them.
 
 Anything else (no usable file, a missing column, mixed image sizes, labels outside the class
@@ -69,7 +72,9 @@ from distill.data.dataset import stratified_indices
 from distill.data.fetch import cache_root
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+#: the field separator of each delimited-text kind
+SEPARATORS = {"csv": ",", "tsv": "\t"}
 SPLITS = ("train", "val", "test")
 MEMORY_ENV = "DISTILL_DATA_MEMORY"
 MAX_ARRAY_ENV = "DISTILL_MAX_ARRAY_BYTES"
@@ -78,8 +83,8 @@ TABLE_CHUNK = 65536
 GREY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 
 EXPECTED = ("a .npz archive (x_train, y_train, optional x_val/y_val/x_test/y_test), a folder of images "
-            "(train/<class>/*.png|jpg, optional val/ and test/), or a CSV/Parquet table with --target COLUMN "
-            "(or a folder with train.csv|train.parquet, optional val.* and test.*)")
+            "(train/<class>/*.png|jpg, optional val/ and test/), or a CSV/TSV/Parquet table with --target COLUMN "
+            "(or a folder with train.csv|train.tsv|train.parquet, optional val.* and test.*)")
 
 
 # ---------------------------------------------------------------- the result
@@ -715,16 +720,58 @@ def _need(module: str, what: str):
         raise DistillError(f"reading {what} needs {module.split('.')[0]}: pip install 'distill[tables]'") from None
 
 
-def _chunks(path: Path, kind: str):
-    """The table as pandas DataFrames of up to TABLE_CHUNK rows."""
-    pd = _need("pandas", "CSV and Parquet tables")
-    if kind == "csv":
+def has_header(path: Path, sep: str = ",") -> bool:
+    """Whether the first line of a delimited text table names its columns, judged against the
+    second line: no header when some column holds a finite number on both lines and no column holds
+    a number on the second line under a non-number on the first (a name), except that first-line
+    fields of exactly ``0, 1, ..., N-1`` are the header of positional names. Empty fields vote
+    neither way; a file of one line has a header."""
+    import csv
+
+    with open(path, "rb") as f:
+        lines = [f.readline(1 << 20).decode("utf-8", errors="replace") for _ in range(2)]
+    rows = list(csv.reader([lines[0].lstrip("\ufeff"), lines[1]], delimiter=sep))
+    if len(rows) < 2 or not rows[1]:
+        return True
+    first, second = ([c.strip() for c in r] for r in rows)
+    if first == [str(i) for i in range(len(first))]:
+        return True
+
+    def number(c: str) -> bool:
         try:
-            reader = pd.read_csv(path, chunksize=TABLE_CHUNK)
-            yield from reader
+            return math.isfinite(float(c))
+        except ValueError:
+            return False
+
+    both = False
+    for a, b in zip(first, second):
+        if not a or not b or not number(b):
+            continue
+        if not number(a):
+            return True  # a name above a number
+        both = True
+    return not both
+
+
+def _chunks(path: Path, kind: str, log=None):
+    """The table as pandas DataFrames of up to TABLE_CHUNK rows; a delimited file without a header
+    (:func:`has_header`) gets the columns ``"0"``, ``"1"``, ... (said once through ``log``)."""
+    pd = _need("pandas", "CSV and Parquet tables")
+    if kind in SEPARATORS:
+        try:
+            header = has_header(path, SEPARATORS[kind])
+            reader = pd.read_csv(path, sep=SEPARATORS[kind], header=0 if header else None, chunksize=TABLE_CHUNK)
+            for i, chunk in enumerate(reader):
+                if not header:
+                    chunk.columns = [str(c) for c in range(chunk.shape[1])]
+                    if i == 0 and log is not None:
+                        log(f"[data] {path}: the first line is a row of numbers, so the file has no header: it is "
+                            f"read as data and the columns are numbered 0-{chunk.shape[1] - 1} (--target 0 is the "
+                            "first)")
+                yield chunk
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DistillError(f"{path} is not a readable CSV table ({first})") from None
+            raise DistillError(f"{path} is not a readable {kind.upper()} table ({first})") from None
         return
     pq = _need("pyarrow.parquet", "Parquet tables")
     try:
@@ -810,7 +857,7 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
     kind = TABLE_SUFFIXES[path.suffix.lower()]
     held, raw, n, spill, tmp, known = [], [], 0, None, None, None
     try:
-        for chunk in _chunks(path, kind):
+        for chunk in _chunks(path, kind, log):
             cols = [str(c) for c in chunk.columns]
             chunk.columns = cols
             if target not in cols:
