@@ -239,6 +239,10 @@ def check_sidecar(sidecar: dict, where, fix: str) -> None:
     source = sidecar.get("data_source")
     if source is not None and not all(isinstance(source.get(k), (str, type(None))) for k in ("path", "target")):
         raise DistillError(f"{where}: the sidecar's data_source is malformed; {fix}")
+    size = (source or {}).get("image_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(_is_int(v) and 0 < v <= 1 << 16 for v in size)):
+        raise DistillError(f"{where}: the sidecar's data_source.image_size is not two positive integers; {fix}")
 
 
 # ---------------------------------------------------------------- factories

@@ -92,6 +92,62 @@ def test_colour_jpg_folder_and_unlabeled_images(tmp_path):
     assert load_files(flat, log=lambda *a: None).classes == ("c0", "c1", "c2", "c3")
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_images_of_mixed_sizes_are_resized_to_the_most_common_or_the_given_size(tmp_path, lazy):
+    from PIL import Image
+
+    root = write_folder(tmp_path / "mixed", splits=(("train", 24), ("test", 8)))
+    big = (np.random.default_rng(5).random((12, 10)) * 255).astype(np.uint8)  # 10 wide, 12 high
+    Image.fromarray(big).save(root / "train" / "c1" / "zz-odd.png")
+    said = []
+    data = load_files(root, memory_limit=1 if lazy else None, log=said.append)
+    assert data.lazy is lazy and data.input_shape == (8, 8) and data.train.n == 25
+    assert any("1 of 33 images resized to 8x8 (H x W, the most common of their 2 sizes" in s for s in said), said
+    x, y, _ = next(iter(data.train.ordered(100)))
+    want = np.asarray(Image.fromarray(big).resize((8, 8), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+    odd = int(np.flatnonzero(y.numpy() == 1)[-1])  # the last file of class c1
+    assert torch.allclose(x[odd], torch.from_numpy(want), atol=1e-6)
+    # the size asked for: every image, H x W, and a size joins the examples' identity
+    tall = load_files(root, image_size=(12, 10), memory_limit=1 if lazy else None, log=said.append)
+    assert tall.input_shape == (12, 10) and tall.image_shape == (12, 10)
+    xt, yt, _ = next(iter(tall.train.ordered(100)))
+    assert torch.allclose(xt[odd], torch.from_numpy(big.astype(np.float32) / 255), atol=1e-6)  # its own size
+    assert tall.fingerprint != data.fingerprint
+    assert load_files(root, image_size=8, log=said.append).input_shape == (8, 8)
+    plain = write_folder(tmp_path / "plain", splits=(("train", 8),))
+    same = load_files(plain, image_size=(8, 8), log=said.append)  # nothing resized: the folder's own identity
+    assert same.fingerprint == load_files(plain, log=said.append).fingerprint
+    table(30, 0).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DistillError, match="is not an image folder"):
+        load_files(tmp_path / "t.csv", target="fruit", image_size=8)
+    for bad in (0, (4, 4, 4), (2.5, 3), True):
+        with pytest.raises(DistillError, match="--image-size takes one or two"):
+            load_files(plain, image_size=bad)
+
+
+def test_a_checkpoint_reads_other_images_at_the_size_it_was_trained_on(tmp_path, capsys):
+    from PIL import Image
+
+    root = write_folder(tmp_path / "mixed", splits=(("train", 24), ("test", 8)))
+    Image.fromarray(np.zeros((12, 10), np.uint8)).save(root / "train" / "c1" / "zz-odd.png")
+    out = tmp_path / "runs" / "t"
+    code, o, e = run(capsys, "teacher", "--data", root, "--image-size", "6", "7", "--epochs", "1", "--out", out,
+                     "--no-progress")
+    assert code == 0, e
+    side = json.loads((out / "model.json").read_text())
+    assert side["data_source"]["image_size"] == [6, 7] and side["input_shape"] == [6, 7]
+    other = write_folder(tmp_path / "other", splits=(("train", 8), ("test", 8)))  # 8x8 images: read at 6x7
+    code, o, e = run(capsys, "evaluate", out / "model", "--data", other)
+    assert code == 0, e
+    assert "16 of 16 images resized to 6x7 (H x W, the size given)" in o + e
+    code, o, e = run(capsys, "student", "--data", root, "--teacher", out / "model", "--epochs", "1", "--out",
+                     tmp_path / "runs" / "s", "--no-progress")
+    err = e.strip().splitlines()[-1]  # after the [data] line on the resized image
+    assert code == 2 and err.startswith("distill: error: ") and "Traceback" not in e
+    assert "takes inputs of shape (6, 7)" in err and "--image-size 6 7 reads the images at its size" in err
+    assert one_line_error(capsys, "evaluate", out / "model", "--dataset", "mnist", "--image-size", "6")
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 @pytest.mark.parametrize("lazy", [False, True])
 def test_tables_round_trip(tmp_path, monkeypatch, fmt, lazy):
@@ -171,9 +227,10 @@ def _bad_inputs(tmp_path):
     cases.append(("npz shapes differ", tmp_path / "shapes.npz", [], "x_test holds examples of shape (9, 9)"))
     write_npz(tmp_path / "t.npz")
     cases.append(("--target on npz", tmp_path / "t.npz", ["--target", "y"], "--target names a column"))
-    root = write_folder(tmp_path / "mixed", splits=(("train", 8),))
-    Image.fromarray(np.zeros((9, 8), np.uint8)).save(root / "train" / "c1" / "odd.png")
-    cases.append(("mixed image sizes", root, [], "mixed image sizes"))
+    write_folder(tmp_path / "sized", splits=(("train", 8),))
+    cases.append(("--image-size of zero", tmp_path / "sized", ["--image-size", "0"], "--image-size takes one or two"))
+    cases.append(("--image-size of three numbers", tmp_path / "sized", ["--image-size", "4", "4", "4"],
+                  "--image-size takes one or two"))
     root = write_folder(tmp_path / "valclass", splits=(("train", 8), ("val", 4)))
     (root / "val" / "c1").rename(root / "val" / "zebra")
     cases.append(("val class outside the training classes", root, [], "class 'zebra' is not one of the training "
@@ -209,7 +266,7 @@ def test_every_bad_input_is_one_line_naming_the_path(tmp_path, capsys):
         out = tmp_path / "runs" / name.replace(" ", "-")
         err = one_line_error(capsys, "teacher", "--data", path, *extra, "--epochs", "1", "--out", out, "--no-progress")
         assert expected in err, (name, err)
-        assert str(path) in err or name.startswith("--target"), (name, err)
+        assert str(path) in err or name.startswith(("--target", "--image-size")), (name, err)
         assert "mnist" not in err.lower(), (name, err)
         assert not out.exists(), name  # nothing trained, nothing silently read instead
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from distill import data as D
 from distill.checkpoints import import_factory, safe_json_loads
-from distill.data.files import IMAGE_SUFFIXES, TABLE_SUFFIXES, FileData, load_files
+from distill.data.files import IMAGE_SUFFIXES, TABLE_SUFFIXES, FileData, check_image_size, is_image_folder, load_files
 from distill.data.mnist import FASHION_MNIST, MNIST
 from distill.data.segmentation import is_mask_npz, load_segmentation_npz
 from distill.errors import DistillError
@@ -91,7 +91,7 @@ def load_any(args, recorded: dict | None = None, training: bool = False, notes: 
         return FileData.from_dataset(ds)
     if is_mask_npz(path):  # images and label masks
         return _segmentation_files(path, train_size, test_size)
-    data = load_files(path, target=target, log=log)
+    data = load_files(path, target=target, image_size=_image_size(args, recorded, path), log=log)
     data = _held_out(args, data, path, recorded, training, log if notes is None else notes.append)
     for flag, n, src, split in (("--train-size", train_size, data.train, "training"),
                                 ("--test-size", test_size, data.test, "test")):
@@ -102,6 +102,22 @@ def load_any(args, recorded: dict | None = None, training: bool = False, notes: 
     if train_size or test_size:
         data = data.subset(train=train_size, test=test_size)
     return data
+
+
+def _image_size(args, recorded: dict | None, path) -> tuple[int, int] | None:
+    """The size images are read at: ``--image-size``, else, for an image folder, the size the
+    checkpoint's images were trained at (``data_source.image_size`` of its sidecar; the folder says
+    in one line when it resizes), else None (the folder's own size, or the most common of mixed
+    sizes)."""
+    asked = getattr(args, "image_size", None)
+    if asked is not None:
+        if args.data is None:
+            raise DistillError("--image-size resizes the images of a --data folder")
+        return check_image_size(asked)
+    size = ((recorded or {}).get("data_source") or {}).get("image_size")
+    if size is None or not is_image_folder(path):
+        return None
+    return check_image_size(size)
 
 
 def _held_out(args, data: FileData, path, recorded: dict | None, training: bool, note=log) -> FileData:
@@ -173,7 +189,10 @@ def check_fits(what: str, side: dict, data) -> None:
     shape, classes = side.get("input_shape"), side.get("num_classes")
     have = list(data.input_shape) if hasattr(data, "input_shape") else list(data.x_train.shape[1:])
     if shape is not None and list(shape) != have:
-        raise DistillError(f"{what} takes inputs of shape {tuple(shape)}, but {data.name}'s are {tuple(have)}")
+        hint = ""
+        if getattr(data, "image_shape", None) and len(shape) == len(have) >= 2 and shape[:-2] == have[:-2]:
+            hint = f" (--image-size {shape[-2]} {shape[-1]} reads the images at its size)"
+        raise DistillError(f"{what} takes inputs of shape {tuple(shape)}, but {data.name}'s are {tuple(have)}{hint}")
     inferred = getattr(data, "classes_inferred", False)  # labels 0..max seen: a model may know more classes
     if classes is not None and data.num_classes and classes != data.num_classes and not (
             inferred and classes > data.num_classes):

@@ -411,6 +411,10 @@ def _data_flags(p, train_size: bool = True) -> None:
                         "first line of numbers means no header: columns 0, 1, ...)")
     p.add_argument("--target", metavar="COLUMN", help="the label column of a --data table (its position, 0 for the first, in a "
                    "file without a header)")
+    p.add_argument("--image-size", metavar="N", type=int, nargs="+",
+                   help="resize every image of a --data folder to H W pixels (one N: a square); default: images of "
+                        "mixed sizes are resized to the most common one, a checkpoint's data to the size it was "
+                        "trained on")
     if train_size:
         add_number_flag(p, "--train-size", help="use a stratified subset of this many training examples",
                         integer=True, minimum=1)

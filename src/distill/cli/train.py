@@ -18,7 +18,7 @@ from distill.checkpoints import load_tensors
 from distill.cli import lm
 from distill.cli.common import (check_fits, defaults_of, dense_line, is_dense, load_any, log, run_on, user_model,
                                 watch_settings)
-from distill.data.files import first_inputs
+from distill.data.files import first_inputs, is_image_folder
 from distill.data.sources import as_source
 from distill.errors import DistillError
 from distill.losses import objectives
@@ -423,6 +423,8 @@ def _data_meta(args, data) -> dict:
               else dict(dataset=data.name))
     if data.holdout_spec:
         source["holdout"] = dict(data.holdout_spec)
+    if args.data is not None and data.image_shape is not None and is_image_folder(args.data):
+        source["image_size"] = list(data.image_shape)  # what evaluate resizes another folder's images to
     out = dict(dataset=data.name, data_source=source, classes=[str(c) for c in data.classes])
     if data.features:
         out["features"] = list(data.features)

@@ -15,9 +15,10 @@ Layouts (``path`` is a file or a folder):
 * a folder ``train/<class>/*.png|jpg`` (optional ``val/<class>/``, ``test/<class>/``), read with
   Pillow. The classes are the sorted names of ``train``'s sub-folders; images directly in
   ``train/`` (no sub-folders) are an unlabeled transfer set; a folder of class folders with no
-  ``train/`` is a training split alone. All images must have one size; grey-scale images give
-  examples ``(H, W)``, any colour image makes every example ``(3, H, W)``; pixel values are
-  scaled to [0, 1].
+  ``train/`` is a training split alone. Images of mixed sizes are resized (Pillow's antialiased
+  bilinear filter) to the most common size, or every image to ``image_size`` ``(H, W)`` when it is
+  given; grey-scale images give examples ``(H, W)``, any colour image makes every example
+  ``(3, H, W)``; pixel values are scaled to [0, 1].
 * a table ``X.csv`` / ``X.tsv`` / ``X.parquet`` with ``target`` naming the label column (every
   other column is a numeric feature), or a folder holding ``train.csv`` (or ``.tsv``,
   ``.parquet``) and optionally ``val.*`` and ``test.*``. A CSV/TSV file whose first line is a
@@ -26,7 +27,7 @@ Layouts (``path`` is a file or a folder):
   such names, and is read as one). The classes are the sorted distinct values of the training split's
   target column (numbers or strings); validation and test values must be among them.
 
-Anything else (no usable file, a missing column, mixed image sizes, labels outside the class
+Anything else (no usable file, a missing column, labels outside the class
 list, non-numeric features, NaN) is a one-line :class:`~distill.errors.DistillError` naming the
 path and what was expected.
 
@@ -277,12 +278,18 @@ def memory_budget(memory_limit: int | None = None) -> int:
     return max(avail // 4, 64 << 20)
 
 
-def load_files(path, *, target: str | None = None, memory_limit: int | None = None, log=print) -> FileData:
+def load_files(path, *, target: str | None = None, image_size: tuple[int, int] | None = None,
+               memory_limit: int | None = None, log=print) -> FileData:
     """Read the data set at ``path`` (module docstring: ``.npz``, image folder, CSV/Parquet with
-    ``target``). Bad input is a one-line :class:`DistillError` naming the path."""
+    ``target``; ``image_size`` ``(H, W)`` resizes every image of a folder). Bad input is a one-line
+    :class:`DistillError` naming the path."""
     p = Path(path)
     if not p.exists():
         raise DistillError(f"--data {p} does not exist; expected {EXPECTED}")
+    if image_size is not None:
+        image_size = check_image_size(image_size)
+        if not is_image_folder(p):
+            raise DistillError(f"--image-size resizes the images of a folder; {p} is not an image folder")
     budget = memory_budget(memory_limit)
     suffix = p.suffix.lower()
     if p.is_file():
@@ -301,15 +308,35 @@ def load_files(path, *, target: str | None = None, memory_limit: int | None = No
         if "train" in tables:
             raise DistillError(f"{p} holds both a train/ folder and {tables['train'].name}; keep one")
         _no_target(target, p)
-        return _read_images(p, {s: p / s for s in SPLITS if (p / s).is_dir()}, budget, log)
+        return _read_images(p, {s: p / s for s in SPLITS if (p / s).is_dir()}, budget, log, image_size)
     if "train" in tables:
         return _read_tables(p, tables, target, budget, log)
     if any(d.is_dir() and _images_in(d) for d in _subdirs(p)):
         _no_target(target, p)
         log(f"[data] {p} has no train/ folder: its class folders are the training split (held-out splits: "
             "--val-fraction, --test-fraction)")
-        return _read_images(p, {"train": p}, budget, log)
+        return _read_images(p, {"train": p}, budget, log, image_size)
     raise DistillError(f"{p} holds no usable data; expected {EXPECTED}")
+
+
+#: the largest side ``image_size`` may ask for
+MAX_IMAGE_SIDE = 8192
+
+
+def check_image_size(size) -> tuple[int, int]:
+    """``size`` as ``(H, W)``: one positive integer (a square) or two, each at most MAX_IMAGE_SIDE."""
+    vals = [size] if isinstance(size, int) else list(size)
+    if not 1 <= len(vals) <= 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMAGE_SIDE
+                                          for v in vals):
+        raise DistillError(f"--image-size takes one or two whole numbers of pixels in 1..{MAX_IMAGE_SIDE} (H W, or "
+                           f"one for a square), got {size!r}")
+    return (vals[0], vals[-1])
+
+
+def is_image_folder(path) -> bool:
+    """Whether :func:`load_files` reads ``path`` as a folder of images (a folder without tables)."""
+    p = Path(path)
+    return p.is_dir() and not any(_table_files(p, s) for s in SPLITS)
 
 
 def _no_target(target, p):
@@ -554,14 +581,15 @@ class ImageFiles(TorchDataset):
     """Image files read when asked for: items ``(x, label)`` (``(x,)`` unlabeled), ``x`` float32
     in [0, 1] of shape ``(H, W)`` (``channels`` 1) or ``(3, H, W)``."""
 
-    def __init__(self, files: list[Path], labels: torch.Tensor | None, channels: int):
-        self.files, self.labels, self.channels = files, labels, channels
+    def __init__(self, files: list[Path], labels: torch.Tensor | None, channels: int,
+                 size: tuple[int, int] | None = None):
+        self.files, self.labels, self.channels, self.size = files, labels, channels, size
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
-        x = torch.from_numpy(_decode(self.files[i].read_bytes(), self.channels, self.files[i]))
+        x = torch.from_numpy(_decode(self.files[i].read_bytes(), self.channels, self.files[i], self.size))
         return (x,) if self.labels is None else (x, int(self.labels[i]))
 
 
@@ -593,16 +621,26 @@ def _open_image(source, where):
     return img
 
 
-def _decode(data: bytes, channels: int, where) -> np.ndarray:
+def _decode(data: bytes, channels: int, where, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The image as float32 ``(H, W)`` or ``(3, H, W)`` in [0, 1]; resized first to ``size``
+    ``(W, H)`` (Pillow's order) when it has another size."""
+    from PIL import Image
+
     img = _open_image(io.BytesIO(data), where)
     try:
         img.load()
+        if size is not None and img.size != tuple(size):
+            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+                img = img.convert("I")  # 16-bit modes resize as 32-bit integers
+            elif img.mode in ("1", "P", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("RGB" if channels == 3 else "L")
+            img = img.resize(tuple(size), Image.Resampling.BILINEAR)
     except _IMAGE_ERRORS as e:
         raise DistillError(f"{where}: not a readable image ({e})") from None
     if channels == 3:
         return np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        return np.asarray(img, dtype=np.float32) / 65535.0
+        return np.asarray(img, dtype=np.float32) / 65535.0  # (a 16-bit image resized is mode I)
     if img.mode == "F":
         return np.asarray(img, dtype=np.float32)
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
@@ -644,7 +682,7 @@ def _list_split(root: Path, split: str, classes: tuple[str, ...] | None, log) ->
     return files, labels, classes
 
 
-def _read_images(p: Path, roots: dict[str, Path], budget: int, log) -> FileData:
+def _read_images(p: Path, roots: dict[str, Path], budget: int, log, image_size=None) -> FileData:
     listed = {}
     files, labels, classes = _list_split(roots["train"], "train", None, log)
     listed["train"] = (files, labels)
@@ -654,22 +692,27 @@ def _read_images(p: Path, roots: dict[str, Path], budget: int, log) -> FileData:
         if split in roots:
             f, y, _ = _list_split(roots[split], split, classes, log)
             listed[split] = (f, y)
-    # headers only: one size for all, and grey or colour
-    size, first, colour = None, None, False
+    # headers only: the sizes, and grey or colour
+    sizes, colour = {}, False
     for split, (flist, _) in listed.items():
         for f in flist:
             with _open_image(f, f) as img:
                 s, mode = img.size, img.mode
-            if size is None:
-                size, first = s, f
-            elif s != size:
-                raise DistillError(f"mixed image sizes in {p}: {f} is {s[0]}x{s[1]} but {first} is "
-                                   f"{size[0]}x{size[1]}; resize them to one size first")
+            sizes[s] = sizes.get(s, 0) + 1
             colour = colour or mode not in GREY_MODES
     channels = 3 if colour else 1
+    total = sum(sizes.values())
+    if image_size is not None:
+        size, how = (image_size[1], image_size[0]), ", the size given"
+    else:  # the most common size (on a tie the smaller one, then the wider), else one size for all
+        size = max(sizes, key=lambda s: (sizes[s], -s[0] * s[1], s[0]))
+        how = f", the most common of their {len(sizes)} sizes; --image-size H W for another"
+    resized = total - sizes.get(size, 0)
     w, h = size
+    if resized:
+        log(f"[data] {p}: {resized:,} of {total:,} images resized to {h}x{w} (H x W{how})")
+    target = size if resized else None
     shape = (3, h, w) if colour else (h, w)
-    total = sum(len(fl) for fl, _ in listed.values())
     lazy = total * channels * h * w * 4 > budget
     if lazy:
         log(f"[data] {p}: {total:,} images of {'x'.join(map(str, shape))} exceed the memory budget "
@@ -677,18 +720,19 @@ def _read_images(p: Path, roots: dict[str, Path], budget: int, log) -> FileData:
     sources, prints = {}, {}
     for split, (flist, ylist) in listed.items():
         y = None if ylist is None else torch.tensor(ylist, dtype=torch.int64)
-        h_ = hashlib.sha256(f"{len(flist)}|{channels}|".encode())
+        # resized examples are other examples: the size joins their identity
+        h_ = hashlib.sha256(f"{len(flist)}|{channels}|{f'{h}x{w}|' if target else ''}".encode())
         xs = None if lazy else torch.empty((len(flist), *shape), dtype=torch.float32)
         for i, f in enumerate(flist):
             data = f.read_bytes()
             h_.update(f"{-1 if y is None else int(y[i])}|{len(data)}|".encode())
             h_.update(data)
             if xs is not None:
-                xs[i] = torch.from_numpy(_decode(data, channels, f))
+                xs[i] = torch.from_numpy(_decode(data, channels, f, target))
         fp = "sha256:" + h_.hexdigest()[:16]
         prints[split] = fp
         if lazy:
-            sources[split] = MapSource(ImageFiles(flist, y, channels), fingerprint=fp, name=split)
+            sources[split] = MapSource(ImageFiles(flist, y, channels, target), fingerprint=fp, name=split)
         else:
             sources[split] = TensorSource(xs, y, fingerprint=fp, image_shape=(h, w), name=split)
     return FileData(name=str(p), train=sources["train"], val=sources.get("val"), test=sources.get("test"),

@@ -166,7 +166,9 @@ def training_inputs(side: dict, input_shape, n: int) -> tuple[torch.Tensor | Non
     if not path.exists():
         return None, f"its training data {path} is not there"
     try:
-        data = load_files(path, target=(side.get("data_source") or {}).get("target"), log=lambda *a, **k: None)
+        source = side.get("data_source") or {}
+        data = load_files(path, target=source.get("target"), image_size=source.get("image_size"),
+                          log=lambda *a, **k: None)
         x = sample_inputs(data.train, n)
     except Exception as e:  # noqa: BLE001 - any unreadable data only means checking on random inputs
         return None, f"its training data {path} cannot be read ({_first_line(e)})"
