@@ -123,6 +123,14 @@ def test_images_of_mixed_sizes_are_resized_to_the_most_common_or_the_given_size(
     for bad in (0, (4, 4, 4), (2.5, 3), True):
         with pytest.raises(DistillError, match="--image-size takes one or two"):
             load_files(plain, image_size=bad)
+    # a longest side: the size scaled down, aspect kept; a size given is not capped
+    from distill.data.files import capped_size
+
+    assert capped_size((128, 96), 64) == (64, 48) and capped_size((30, 40), 64) == (30, 40)
+    assert capped_size((1000, 3), 64) == (64, 1)
+    small = load_files(root, max_side=4, log=said.append)
+    assert small.input_shape == (4, 4) and "images are read at 4x4 (H x W), not the most common" in said[-1]
+    assert load_files(root, image_size=(12, 10), max_side=4, log=said.append).input_shape == (12, 10)
 
 
 def test_a_checkpoint_reads_other_images_at_the_size_it_was_trained_on(tmp_path, capsys):
@@ -146,6 +154,26 @@ def test_a_checkpoint_reads_other_images_at_the_size_it_was_trained_on(tmp_path,
     assert code == 2 and err.startswith("distill: error: ") and "Traceback" not in e
     assert "takes inputs of shape (6, 7)" in err and "--image-size 6 7 reads the images at its size" in err
     assert one_line_error(capsys, "evaluate", out / "model", "--dataset", "mnist", "--image-size", "6")
+
+
+def test_large_images_are_read_downscaled_by_default(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    import distill.cli.common as common
+
+    monkeypatch.setattr(common, "DATA_RECIPE", replace(common.DATA_RECIPE, image_side=4))
+    root = write_folder(tmp_path / "imgs", splits=(("train", 24), ("test", 8)))  # 8x8 > 4
+    out = tmp_path / "runs" / "t"
+    code, o, e = run(capsys, "teacher", "--data", root, "--epochs", "1", "--out", out, "--no-progress")
+    assert code == 0, e
+    assert "images are read at 4x4 (H x W), not their 8x8: a side is at most 4 pixels by default" in o + e
+    side = json.loads((out / "model.json").read_text())
+    assert side["data_source"]["image_size"] == [4, 4] and side["input_shape"] == [4, 4]
+    code, o, e = run(capsys, "evaluate", out / "model")  # the recorded size, not a cap (evaluate has none)
+    assert code == 0 and "resized to 4x4 (H x W, the size given)" in o + e
+    code, o, e = run(capsys, "teacher", "--data", root, "--image-size", "8", "--epochs", "1", "--out",
+                     tmp_path / "runs" / "full", "--no-progress")
+    assert code == 0 and json.loads((tmp_path / "runs" / "full" / "model.json").read_text())["input_shape"] == [8, 8]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

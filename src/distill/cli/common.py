@@ -17,6 +17,7 @@ from distill.data.mnist import FASHION_MNIST, MNIST
 from distill.data.segmentation import is_mask_npz, load_segmentation_npz
 from distill.errors import DistillError
 from distill.train.config import TrainConfig
+from distill.train.recipes import DATA_RECIPE
 
 #: the built-in data set read when neither ``--dataset`` nor ``--data`` is given (nor recorded)
 DEFAULT_DATASET = "mnist"
@@ -91,7 +92,9 @@ def load_any(args, recorded: dict | None = None, training: bool = False, notes: 
         return FileData.from_dataset(ds)
     if is_mask_npz(path):  # images and label masks
         return _segmentation_files(path, train_size, test_size)
-    data = load_files(path, target=target, image_size=_image_size(args, recorded, path), log=log)
+    size = _image_size(args, recorded, path)
+    data = load_files(path, target=target, image_size=size, max_side=DATA_RECIPE.image_side if training else None,
+                      log=log)
     data = _held_out(args, data, path, recorded, training, log if notes is None else notes.append)
     for flag, n, src, split in (("--train-size", train_size, data.train, "training"),
                                 ("--test-size", test_size, data.test, "test")):

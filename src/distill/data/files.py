@@ -279,10 +279,11 @@ def memory_budget(memory_limit: int | None = None) -> int:
 
 
 def load_files(path, *, target: str | None = None, image_size: tuple[int, int] | None = None,
-               memory_limit: int | None = None, log=print) -> FileData:
+               max_side: int | None = None, memory_limit: int | None = None, log=print) -> FileData:
     """Read the data set at ``path`` (module docstring: ``.npz``, image folder, CSV/Parquet with
-    ``target``; ``image_size`` ``(H, W)`` resizes every image of a folder). Bad input is a one-line
-    :class:`DistillError` naming the path."""
+    ``target``; ``image_size`` ``(H, W)`` resizes every image of a folder; without it, ``max_side``
+    scales the folder's size down, aspect kept, until neither side exceeds it). Bad input is a
+    one-line :class:`DistillError` naming the path."""
     p = Path(path)
     if not p.exists():
         raise DistillError(f"--data {p} does not exist; expected {EXPECTED}")
@@ -308,14 +309,14 @@ def load_files(path, *, target: str | None = None, image_size: tuple[int, int] |
         if "train" in tables:
             raise DistillError(f"{p} holds both a train/ folder and {tables['train'].name}; keep one")
         _no_target(target, p)
-        return _read_images(p, {s: p / s for s in SPLITS if (p / s).is_dir()}, budget, log, image_size)
+        return _read_images(p, {s: p / s for s in SPLITS if (p / s).is_dir()}, budget, log, image_size, max_side)
     if "train" in tables:
         return _read_tables(p, tables, target, budget, log)
     if any(d.is_dir() and _images_in(d) for d in _subdirs(p)):
         _no_target(target, p)
         log(f"[data] {p} has no train/ folder: its class folders are the training split (held-out splits: "
             "--val-fraction, --test-fraction)")
-        return _read_images(p, {"train": p}, budget, log, image_size)
+        return _read_images(p, {"train": p}, budget, log, image_size, max_side)
     raise DistillError(f"{p} holds no usable data; expected {EXPECTED}")
 
 
@@ -682,7 +683,16 @@ def _list_split(root: Path, split: str, classes: tuple[str, ...] | None, log) ->
     return files, labels, classes
 
 
-def _read_images(p: Path, roots: dict[str, Path], budget: int, log, image_size=None) -> FileData:
+def capped_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` (either order) scaled by ``max_side / max(size)`` when its longer side exceeds
+    ``max_side``, each side rounded and at least 1; else ``size`` itself."""
+    longest = max(size)
+    if longest <= max_side:
+        return tuple(size)
+    return tuple(max(1, round(v * max_side / longest)) for v in size)
+
+
+def _read_images(p: Path, roots: dict[str, Path], budget: int, log, image_size=None, max_side=None) -> FileData:
     listed = {}
     files, labels, classes = _list_split(roots["train"], "train", None, log)
     listed["train"] = (files, labels)
@@ -707,9 +717,16 @@ def _read_images(p: Path, roots: dict[str, Path], budget: int, log, image_size=N
     else:  # the most common size (on a tie the smaller one, then the wider), else one size for all
         size = max(sizes, key=lambda s: (sizes[s], -s[0] * s[1], s[0]))
         how = f", the most common of their {len(sizes)} sizes; --image-size H W for another"
+        if max_side is not None and max(size) > max_side:
+            capped = capped_size(size, max_side)
+            own = "their" if len(sizes) == 1 else f"the most common of their {len(sizes)} sizes,"
+            log(f"[defaults] {p}: images are read at {capped[1]}x{capped[0]} (H x W), not {own} {size[1]}x{size[0]}: "
+                f"a side is at most {max_side} pixels by default, to keep training quick (--image-size {size[1]} "
+                f"{size[0]} keeps it)")
+            size, how = capped, None
     resized = total - sizes.get(size, 0)
     w, h = size
-    if resized:
+    if resized and how is not None:
         log(f"[data] {p}: {resized:,} of {total:,} images resized to {h}x{w} (H x W{how})")
     target = size if resized else None
     shape = (3, h, w) if colour else (h, w)

@@ -49,6 +49,7 @@ class DataRecipe:
     student_share: int = 4  # a student's width: the teacher's / this
     table_dropout: float = 0.2  # a table teacher's dropout on its hidden units (none on the inputs)
     image_width: int = 32  # the ConvNet teacher's first width (a student's: half of it)
+    image_side: int = 64  # larger images are read downscaled to this longest side (a CPU epoch stays short)
     temperature: float = 4.0  # on others' data: T = 20 flattens the soft targets of a few classes
 
 
