@@ -28,6 +28,9 @@ def test_teacher_gap_experiment_tiny(toy, tmp_path):
     assert all(r["temperature"] == kd_T for r in final if r["row"] in teacher_gap.ON_KD)
     consistent = next(r for r in final if r["row"] == "mlp-consistent")
     assert consistent["epochs"] == teacher_gap.PRESETS["tiny"].consistent_epochs
+    long = next(r for r in final if r["row"] == "mlp-hard-long")  # the control at (c)'s epochs
+    assert long["epochs"] == consistent["epochs"] and long["temperature"] is None
+    assert "vs (a'), the same epochs" in (out / "results.md").read_text()
     assert all(len(r["test_curve"]) == r["epochs"] for r in final)
     md = (out / "results.md").read_text()
     assert "ensemble" in md and "(f) small CNN, logit KD + features" in md and "Validation choices" in md
@@ -54,3 +57,12 @@ def test_a_student_larger_than_a_tenth_of_a_member_is_refused():
 
     with pytest.raises(ValueError, match="at most a tenth"):
         replace(teacher_gap.PRESETS["quick"], cnn_width=8).check()
+
+
+def test_paired_differences_and_their_standard_error():
+    from distill.experiments.common import paired, versus
+
+    # differences -41, -15, 31, 1, -15: mean -7.8, sample sd 26.405..., s.e. sd / sqrt(5) = 11.81
+    assert paired([164, 174, 209, 220, 164], [205, 189, 178, 219, 179]) == "paired -7.8 ± 11.8 (s.e., 5 seeds)"
+    assert paired([1, 2], [1, 2, 3]) == "" and paired([1], [2]) == ""
+    assert versus([10, 12], [20, 22]) == "-10.0 (better)" and versus([10, 30], [20, 22]) == "-1.0 (within the spread)"

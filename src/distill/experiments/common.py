@@ -131,6 +131,16 @@ def versus(errs: list[float], ref: list[float]) -> str:
     return f"{d:+.1f} ({verdict})"
 
 
+def paired(errs: list[float], ref: list[float]) -> str:
+    """The mean of the per-seed differences ``errs[i] - ref[i]`` (the same seeds, in one order) and
+    its standard error ``sd / sqrt(n)``; empty when the lists differ in length or hold one seed."""
+    if len(errs) != len(ref) or len(errs) < 2:
+        return ""
+    d = [a - b for a, b in zip(errs, ref)]
+    m, sd = mean_std(d)
+    return f"paired {m:+.1f} ± {sd / len(d) ** 0.5:.1f} (s.e., {len(d)} seeds)"
+
+
 #: the note under a table of :func:`versus` verdicts
 VERSUS_NOTE = ("\n\"better\"/\"worse\": the difference of means exceeds the larger of the two standard deviations; "
                "otherwise \"within the spread\".\n")

@@ -8,6 +8,8 @@ Rows (each student sees the same training subset, epochs, batch size and augment
 * ``mlp-kd``          (b) the MLP, Hinton KD from the CNN ensemble (``Distillation(T, hard_weight=0.1)``);
 * ``mlp-consistent``  (c) the MLP, consistent teaching (function matching: pure KL at T = 1 on the
                       same augmented batch) with a patient schedule (``consistent_epochs``);
+* ``mlp-hard-long``   (a') the control at (c)'s epochs: how much of (c)'s gain the longer schedule
+                      alone gives;
 * ``cnn-hard-aug``    (d) a small ResNet student (at most a tenth of a teacher member's parameters)
                       on hard labels + the augmentation;
 * ``cnn-kd``          (e) the same student, logit KD;
@@ -37,7 +39,7 @@ from distill import data as D
 from distill.checks import check_number
 from distill.data.augment import Augment
 from distill.experiments.common import VERSUS_NOTE, Runner, Stage, add_image_experiment_arguments, choices_table, \
-    fmt_mean_std, holdout_sets, mean_std, versus
+    fmt_mean_std, holdout_sets, mean_std, paired, versus
 from distill.losses.objectives import Distillation, FeatureDistillation
 from distill.metrics import classification_metrics, predict_logits
 from distill.models.classifiers import MLP, ResNet, count_params
@@ -47,19 +49,21 @@ from distill.train.config import TrainConfig
 from distill.train.divergence import TrainingDiverged
 from distill.train.recipes import CNN_TEACHER
 
-ROWS = ("mlp-hard-aug", "mlp-kd", "mlp-consistent", "cnn-hard-aug", "cnn-kd", "cnn-kd-features", "cnn-relational")
+ROWS = ("mlp-hard-aug", "mlp-kd", "mlp-consistent", "mlp-hard-long", "cnn-hard-aug", "cnn-kd", "cnn-kd-features", "cnn-relational")
 LABELS = {"mlp-hard-aug": "(a) MLP, hard labels + augmentation (control)",
           "mlp-kd": "(b) MLP, Hinton KD from the CNN ensemble",
           "mlp-consistent": "(c) MLP, consistent teaching (patient)",
+          "mlp-hard-long": "(a') MLP, hard labels + augmentation, (c)'s epochs",
           "cnn-hard-aug": "(d) small CNN, hard labels + augmentation",
           "cnn-kd": "(e) small CNN, logit KD",
           "cnn-kd-features": "(f) small CNN, logit KD + features",
           "cnn-relational": "(g) small CNN, logit KD + relational KD"}
 SHORT = {"mlp-hard-aug": "(a) MLP\nhard+aug", "mlp-kd": "(b) MLP\nKD", "mlp-consistent": "(c) MLP\nconsistent",
+         "mlp-hard-long": "(a') MLP\nhard, (c)'s epochs",
          "cnn-hard-aug": "(d) CNN\nhard+aug", "cnn-kd": "(e) CNN\nKD", "cnn-kd-features": "(f) CNN\nKD+feat.",
          "cnn-relational": "(g) CNN\nKD+RKD"}
 #: the rows without a teacher, and the rows that reuse (e)'s logit setting
-HARD = ("mlp-hard-aug", "cnn-hard-aug")
+HARD = ("mlp-hard-aug", "mlp-hard-long", "cnn-hard-aug")
 ON_KD = ("cnn-kd-features", "cnn-relational")
 #: goals of the issue: the MLP distilled from the CNN ensemble makes at most this many MNIST test errors,
 #: and the teacher (a member / the ensemble) at most these
@@ -91,6 +95,7 @@ class Preset:
         "mlp-hard-aug": [dict(lr=0.1), dict(lr=0.03)],
         "mlp-kd": [dict(T=2.0), dict(T=4.0)],
         "mlp-consistent": [dict(T=1.0, lr=0.1)],
+        "mlp-hard-long": [dict(lr=0.1), dict(lr=0.03)],
         "cnn-hard-aug": [dict(lr=0.1), dict(lr=0.03)],
         "cnn-kd": [dict(T=2.0), dict(T=4.0)],
         "cnn-kd-features": [dict(loss="hint", weight=1.0), dict(loss="attention", weight=100.0)],
@@ -122,7 +127,8 @@ PRESETS = {
                    cnn_width=2, student=TrainConfig(epochs=2, lr=0.1, augment=Augment(shift=1)), consistent_epochs=3,
                    val_size=100, seeds=(1,),
                    grids={"mlp-hard-aug": [dict(lr=0.1)], "mlp-kd": [dict(T=2.0), dict(T=4.0)],
-                          "mlp-consistent": [dict(T=1.0, lr=0.1)], "cnn-hard-aug": [dict(lr=0.1)],
+                          "mlp-consistent": [dict(T=1.0, lr=0.1)], "mlp-hard-long": [dict(lr=0.1)],
+                          "cnn-hard-aug": [dict(lr=0.1)],
                           "cnn-kd": [dict(T=2.0)],
                           "cnn-kd-features": [dict(loss="hint", weight=1.0), dict(loss="attention", weight=100.0)],
                           "cnn-relational": [dict(loss="relational", weight=1.0)]}),
@@ -143,7 +149,7 @@ def row_config(p: Preset, row: str, s: dict, kd: dict | None = None, flip: bool 
     which the feature rows build (see the module docstring)."""
     base = p.student if not flip else replace(p.student, augment=replace(p.student.augment, flip=True))
     if row in HARD:
-        return replace(base, lr=s["lr"])
+        return replace(base, lr=s["lr"], epochs=p.consistent_epochs if row == "mlp-hard-long" else base.epochs)
     if row in ("mlp-kd", "cnn-kd"):
         return replace(base, lr=p.kd_lr, objective=Distillation(s["T"], hard_weight=0.1))
     if row == "mlp-consistent":
@@ -177,6 +183,7 @@ def summarize(records: list[dict]) -> str:
     control = {"mlp": [r["test_errors"] for r in by.get("mlp-hard-aug", [])],
                "cnn": [r["test_errors"] for r in by.get("cnn-hard-aug", [])]}
     logit = [r["test_errors"] for r in by.get("cnn-kd", [])]
+    long = [r["test_errors"] for r in by.get("mlp-hard-long", [])]
     lines = ["| row | setting (chosen on validation) | params | epochs | test errors, mean ± std | per seed | "
              "vs its control | wall s / run |", "|---|---|---:|---:|---|---|---|---:|"]
     for row in ROWS:
@@ -185,9 +192,12 @@ def summarize(records: list[dict]) -> str:
             continue
         errs = [r["test_errors"] for r in rs]
         ref = control[row.split("-")[0]]
-        delta = "" if row in HARD or not ref else versus(errs, ref)
+        parts = [] if row in HARD or not ref else [versus(errs, ref)]
         if row in ON_KD and logit:
-            delta += f"; vs (e): {versus(errs, logit)}"
+            parts.append(f"vs (e): {versus(errs, logit)}, {paired(errs, logit)}".rstrip(", "))
+        if row == "mlp-consistent" and long:
+            parts.append(f"vs (a'), the same epochs: {versus(errs, long)}, {paired(errs, long)}".rstrip(", "))
+        delta = "; ".join(parts)
         lines.append(f"| {LABELS[row]} | {rs[0]['setting']} | {rs[0]['params']:,} | {rs[0]['epochs']} | "
                      f"{fmt_mean_std(errs)} | {' / '.join(map(str, errs))} | {delta} | "
                      f"{mean_std([r['wall_seconds'] for r in rs])[0]:.0f} |")
@@ -322,7 +332,7 @@ def run(dataset: str = "mnist", preset: str = "quick", *, out="runs/teacher-gap"
 
 def add_arguments(p) -> None:
     add_image_experiment_arguments(p, PRESETS, "runs/teacher-gap", "results.json / results.md / teacher_gap.png")
-    p.add_argument("--rows", nargs="+", choices=ROWS, help="only these rows (default: all seven)")
+    p.add_argument("--rows", nargs="+", choices=ROWS, help=f"only these rows (default: all {len(ROWS)})")
 
 
 def main(args) -> list[dict]:
