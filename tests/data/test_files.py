@@ -227,9 +227,31 @@ def test_a_table_without_a_header_is_read_as_data_with_numbered_columns(tmp_path
     assert data.train.n == 30 and len(said) == 2
     for text, header in (("a,b,1.5\n1,2,3\n", True), ("id,2019,label\n1,2,x\n", True), ("1,2,3\n", True),
                          ("1,inf,x\n1,2,y\n", True), ("5.1,3.5,Iris-setosa\n4.9,3.0,Iris-setosa\n", False),
-                         ("1,,x\n2,3,y\n", False)):
+                         ("1,,x\n2,3,y\n", True), (",0,1\n0,2.5,3\n", True), ("1,2,x\n2,,y\n", False)):
         (tmp_path / "h.csv").write_text(text)
         assert has_header(tmp_path / "h.csv") is header, text
+
+
+
+def test_the_row_index_pandas_writes_is_not_a_feature(tmp_path):
+    df = table(30, 0)
+    folder = tmp_path / "t"
+    folder.mkdir()
+    df.to_csv(folder / "train.csv")  # index=True by default: an unnamed first column 0..29
+    df.sample(frac=1.0, random_state=0).iloc[:12].to_csv(folder / "test.csv")  # a shuffled subset of the index
+    said = []
+    data = load_files(folder, target="fruit", log=said.append)
+    assert data.features == ("f1", "f2", "f3", "count")
+    assert any("is the row index pandas writes" in s for s in said)
+    x, _, _ = next(iter(data.train.ordered(100)))
+    assert torch.allclose(x, torch.tensor(df[["f1", "f2", "f3", "count"]].to_numpy(), dtype=torch.float32))
+    assert data.test.n == 12
+    # a shuffled index in the training table is an index too; an unnamed column of repeated values is a feature
+    df.sample(frac=1.0, random_state=1).to_csv(tmp_path / "shuffled.csv")
+    assert load_files(tmp_path / "shuffled.csv", target="fruit", log=said.append).features == ("f1", "f2", "f3", "count")
+    odd = df.assign(**{"": np.arange(30) % 3})[["", "f1", "f2", "f3", "count", "fruit"]]
+    odd.to_csv(tmp_path / "unnamed.csv", index=False)
+    assert load_files(tmp_path / "unnamed.csv", target="fruit", log=said.append).features[0] == "Unnamed: 0"
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2, no MNIST

@@ -784,9 +784,9 @@ def _need(module: str, what: str):
 def has_header(path: Path, sep: str = ",") -> bool:
     """Whether the first line of a delimited text table names its columns, judged against the
     second line: no header when some column holds a finite number on both lines and no column holds
-    a number on the second line under a non-number on the first (a name), except that first-line
-    fields of exactly ``0, 1, ..., N-1`` are the header of positional names. Empty fields vote
-    neither way; a file of one line has a header."""
+    a number on the second line under a non-number or an empty field on the first (a name, or the
+    unnamed index column pandas writes), except that first-line fields of exactly ``0, 1, ..., N-1``
+    are the header of positional names. A file of one line has a header."""
     import csv
 
     with open(path, "rb") as f:
@@ -806,10 +806,10 @@ def has_header(path: Path, sep: str = ",") -> bool:
 
     both = False
     for a, b in zip(first, second):
-        if not a or not b or not number(b):
+        if not b or not number(b):
             continue
-        if not number(a):
-            return True  # a name above a number
+        if not a or not number(a):
+            return True  # a name (or the empty name of a written index) above a number
         both = True
     return not both
 
@@ -842,6 +842,17 @@ def _chunks(path: Path, kind: str, log=None):
     except (OSError, ValueError) as e:  # pyarrow's errors derive from these
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DistillError(f"{path} is not a readable Parquet file ({first})") from None
+
+
+#: the name pandas gives an unnamed first column: the row index ``DataFrame.to_csv`` writes by default
+INDEX_COLUMN = "Unnamed: 0"
+
+
+def _is_row_index(col) -> bool:
+    """Whether a column holds distinct whole numbers, none negative: a written row index (0, 1, 2,
+    ..., or the rows a split or a shuffle kept, which still encode the original order)."""
+    a = col.to_numpy()
+    return a.dtype.kind in "iu" and bool((a >= 0).all()) and len(np.unique(a)) == len(a)
 
 
 def _class_key(v):
@@ -927,8 +938,15 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
                                    "the label column" + (f": did you mean {guess!r}?" if guess else ""))
             if features is None:
                 features = [c for c in cols if c != target]
+                if features and features[0] == INDEX_COLUMN and cols[0] == INDEX_COLUMN and _is_row_index(chunk[cols[0]]):
+                    features = features[1:]
+                    log(f"[data] {path}: the first column, unnamed and holding distinct whole numbers, is the row index "
+                        "pandas writes (DataFrame.to_csv without index=False): it is left out of the features")
                 if not features:
                     raise DistillError(f"{path} has no feature columns besides the target {target!r}")
+            if cols[0] == INDEX_COLUMN and INDEX_COLUMN not in features and target != INDEX_COLUMN:
+                chunk = chunk.drop(columns=INDEX_COLUMN)  # the row index, left out as in the training table
+                cols = cols[1:]
             # sets and a dict: membership tests on lists made wide tables quadratic in their columns
             if known is None:
                 known = set(features)
