@@ -249,6 +249,10 @@ def test_the_row_index_pandas_writes_is_not_a_feature(tmp_path):
     # a shuffled index in the training table is an index too; an unnamed column of repeated values is a feature
     df.sample(frac=1.0, random_state=1).to_csv(tmp_path / "shuffled.csv")
     assert load_files(tmp_path / "shuffled.csv", target="fruit", log=said.append).features == ("f1", "f2", "f3", "count")
+    # a named identifier stays a feature, with a warning
+    df.assign(Id=np.arange(1, 31)).to_csv(tmp_path / "ids.csv", index=False)
+    assert "Id" in load_files(tmp_path / "ids.csv", target="fruit", log=said.append).features
+    assert "column 'Id' holds a different whole number on every row" in said[-1]
     odd = df.assign(**{"": np.arange(30) % 3})[["", "f1", "f2", "f3", "count", "fruit"]]
     odd.to_csv(tmp_path / "unnamed.csv", index=False)
     assert load_files(tmp_path / "unnamed.csv", target="fruit", log=said.append).features[0] == "Unnamed: 0"

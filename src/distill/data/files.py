@@ -846,6 +846,9 @@ def _chunks(path: Path, kind: str, log=None):
 
 #: the name pandas gives an unnamed first column: the row index ``DataFrame.to_csv`` writes by default
 INDEX_COLUMN = "Unnamed: 0"
+#: column names (lower case, without "_" and spaces) that usually identify rows: a warning when their
+#: values are distinct whole numbers
+ID_NAMES = frozenset({"id", "idx", "index", "rowid", "rownumber", "recordid", "sampleid", "no"})
 
 
 def _is_row_index(col) -> bool:
@@ -944,6 +947,11 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
                         "pandas writes (DataFrame.to_csv without index=False): it is left out of the features")
                 if not features:
                     raise DistillError(f"{path} has no feature columns besides the target {target!r}")
+                for c in features:
+                    if c.strip().lower().replace("_", "").replace(" ", "") in ID_NAMES and _is_row_index(chunk[c]):
+                        log(f"[data] {path}: column {c!r} holds a different whole number on every row: if it identifies "
+                            "rows rather than measuring them, drop it (it is kept as a feature, and a table sorted by "
+                            "class would hand the model its label)")
             if cols[0] == INDEX_COLUMN and INDEX_COLUMN not in features and target != INDEX_COLUMN:
                 chunk = chunk.drop(columns=INDEX_COLUMN)  # the row index, left out as in the training table
                 cols = cols[1:]
