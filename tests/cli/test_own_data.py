@@ -155,3 +155,21 @@ def test_nearly_uniform_soft_targets_are_warned_about(capsys, tmp_path):
     code, out, err = run(capsys, "student", *base, "--teacher", tmp_path / "t" / "model", "--temperature", "200",
                          "--out", tmp_path / "s")
     assert code == 0 and "soft targets are nearly uniform" in err, err
+
+
+def test_a_store_of_a_single_file_covers_the_training_split_a_student_trains_on(capsys, tmp_path):
+    """`distill targets` on a file without a test split holds out the same 20 % as `distill student`
+    does, so the store and the student's training set are the same examples."""
+    data = tmp_path / "t.csv"
+    _raw_table(data, n=150)
+    teacher = tmp_path / "runs" / "t"
+    assert run(capsys, "teacher", "--data", data, "--target", "kind", "--epochs", "2", "--out", teacher,
+               "--no-progress")[0] == 0
+    code, o, e = run(capsys, "targets", "--data", data, "--target", "kind", "--teacher", teacher / "model",
+                     "--out", tmp_path / "store")
+    assert code == 0, e
+    assert "120 x 3 float32 logits" in o + e  # the 150 rows less the held-out 30
+    code, o, e = run(capsys, "student", "--data", data, "--target", "kind", "--teacher", tmp_path / "store",
+                     "--epochs", "1", "--out", tmp_path / "runs" / "s", "--no-progress")
+    assert code == 0, e
+    assert "test errors / 30" in o + e

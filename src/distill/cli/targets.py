@@ -26,7 +26,7 @@ def targets(args) -> None:
         raise DistillError(f"--{'tokenizer' if args.tokenizer is not None else 'block-size'} is for language models: "
                            "add --task lm")
     dev = resolve_device(args.device)
-    data = load_any(args)
+    data = load_any(args, training=True)  # the splits and image size a student run on the same file trains on
     for path in args.teacher:
         check_fits(f"teacher {path}", load_tensors(path)[1], data)
     teacher = Teacher(args.teacher, combine=args.combine, temperature=args.temperature,
