@@ -21,10 +21,11 @@ Layouts (``path`` is a file or a folder):
   ``(3, H, W)``; pixel values are scaled to [0, 1].
 * a table ``X.csv`` / ``X.tsv`` / ``X.parquet`` with ``target`` naming the label column (every
   other column is a numeric feature), or a folder holding ``train.csv`` (or ``.tsv``,
-  ``.parquet``) and optionally ``val.*`` and ``test.*``. A CSV/TSV file whose first line is a
-  row of numbers has no header: that line is data and the columns are named by position
-  (``"0"``, ``"1"``, ...; a first line of exactly ``0,1,...,N-1`` is the header pandas writes for
-  such names, and is read as one). The classes are the sorted distinct values of the training split's
+  ``.parquet``) and optionally ``val.*`` and ``test.*``. A CSV/TSV file whose first line holds
+  numbers where the second does (:func:`has_header`) has no header: that line is data and the
+  columns are named by position (``"0"``, ``"1"``, ...). An unnamed first column of distinct
+  whole numbers is the row index pandas writes, and is not a feature. The classes are the sorted
+  distinct values of the training split's
   target column (numbers or strings); validation and test values must be among them.
 
 Anything else (no usable file, a missing column, labels outside the class
