@@ -50,8 +50,9 @@ def _targets_setup(root: Path) -> list[str]:
     np.savez(root / "data.npz", x_train=x.numpy(), y_train=x[:, :5].argmax(1).numpy())
     assert main(["teacher", "--data", str(root / "data.npz"), "--hidden", "16", "--epochs", "1", "--out",
                  str(root / "t"), "--no-progress"]) == 0
+    # --test-fraction 0: the store covers all 20,000 rows (a file without a test split is cut as for training)
     return ["targets", "--teacher", str(root / "t" / "model"), "--data", str(root / "data.npz"), "--batch-size",
-            "100", "--no-progress"]
+            "100", "--test-fraction", "0", "--no-progress"]
 
 
 def _check_store(folder: Path, root: Path):

@@ -26,13 +26,17 @@ def targets(args) -> None:
         raise DistillError(f"--{'tokenizer' if args.tokenizer is not None else 'block-size'} is for language models: "
                            "add --task lm")
     dev = resolve_device(args.device)
-    data = load_any(args, training=True)  # the splits and image size a student run on the same file trains on
+    notes: list[str] = []  # the [defaults] lines, printed once the checks pass (as a training run does)
+    # the splits and image size a student run on the same file trains on
+    data = load_any(args, training=True, notes=notes)
     for path in args.teacher:
         check_fits(f"teacher {path}", load_tensors(path)[1], data)
     teacher = Teacher(args.teacher, combine=args.combine, temperature=args.temperature,
                       trust_factory=args.trust_factory)
     run_on("the teacher" if len(args.teacher) == 1 else "the teacher ensemble", teacher.forward,
            first_inputs(data.train), data)
+    for line in notes:
+        log(line)
     store = build_store(out, teacher, data.train, dtype=args.dtype, top_k=args.top_k, shards=args.shards,
                         batch_size=args.batch_size, device=dev, progress=not args.no_progress, log=log)
     if distributed.world()[0] or store is None:
