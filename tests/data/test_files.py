@@ -154,6 +154,8 @@ def test_a_checkpoint_reads_other_images_at_the_size_it_was_trained_on(tmp_path,
     assert code == 2 and err.startswith("distill: error: ") and "Traceback" not in e
     assert "takes inputs of shape (6, 7)" in err and "--image-size 6 7 reads the images at its size" in err
     assert one_line_error(capsys, "evaluate", out / "model", "--dataset", "mnist", "--image-size", "6")
+    assert "--image-size resizes the images of a --data folder" in one_line_error(
+        capsys, "teacher", "--image-size", "8", "--out", tmp_path / "runs" / "m")  # not MNIST trained silently
 
 
 def test_large_images_are_read_downscaled_by_default(tmp_path, capsys, monkeypatch):

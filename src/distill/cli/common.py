@@ -12,7 +12,7 @@ from torch import nn
 
 from distill import data as D
 from distill.checkpoints import import_factory, safe_json_loads
-from distill.data.files import IMAGE_SUFFIXES, TABLE_SUFFIXES, FileData, check_image_size, is_image_folder, load_files
+from distill.data.files import IMAGE_SUFFIXES, TABLE_SUFFIXES, FileData, is_image_folder, load_files
 from distill.data.mnist import FASHION_MNIST, MNIST
 from distill.data.segmentation import is_mask_npz, load_segmentation_npz
 from distill.errors import DistillError
@@ -74,6 +74,8 @@ def load_any(args, recorded: dict | None = None, training: bool = False, notes: 
         raise DistillError("--data-dir locates the idx files of --dataset; --data names your own files")
     if args.target is not None and args.data is None:
         raise DistillError("--target names the label column of a --data table (CSV or Parquet)")
+    if getattr(args, "image_size", None) is not None and args.data is None:
+        raise DistillError("--image-size resizes the images of a --data folder")
     path, target, name = args.data, args.target, args.dataset
     if path is None and name is None and recorded:
         source = recorded.get("data_source") or {}
@@ -113,14 +115,10 @@ def _image_size(args, recorded: dict | None, path) -> tuple[int, int] | None:
     in one line when it resizes), else None (the folder's own size, or the most common of mixed
     sizes)."""
     asked = getattr(args, "image_size", None)
-    if asked is not None:
-        if args.data is None:
-            raise DistillError("--image-size resizes the images of a --data folder")
-        return check_image_size(asked)
-    size = ((recorded or {}).get("data_source") or {}).get("image_size")
-    if size is None or not is_image_folder(path):
-        return None
-    return check_image_size(size)
+    if asked is not None:  # load_files checks it (and load_any that --data is given)
+        return asked
+    size = ((recorded or {}).get("data_source") or {}).get("image_size")  # checked with the sidecar
+    return size if size is not None and is_image_folder(path) else None
 
 
 def _held_out(args, data: FileData, path, recorded: dict | None, training: bool, note=log) -> FileData:

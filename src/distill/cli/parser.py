@@ -408,7 +408,7 @@ def _data_flags(p, train_size: bool = True) -> None:
                    help="your own data instead of --dataset: an .npz (x_train, y_train, optional x_val/y_val/x_test/"
                         "y_test), a folder of images (train/<class>/*.png|jpg, optional val/ and test/), or a "
                         "CSV/TSV/Parquet table with --target (or a folder with train.csv, optional val.csv, test.csv; a "
-                        "first line of numbers means no header: columns 0, 1, ...)")
+                        "first line of numbers above numbers means no header: columns 0, 1, ...)")
     p.add_argument("--target", metavar="COLUMN", help="the label column of a --data table (its position, 0 for the first, in a "
                    "file without a header)")
     p.add_argument("--image-size", metavar="N", type=int, nargs="+",
