@@ -4,7 +4,9 @@ ships and Pillow draws, into a folder:
     python benchmarks/own_data_files.py OUT
 
 OUT/wine.csv, OUT/iris.csv, OUT/cancer.csv and their .parquet twins (the features as scikit-learn
-gives them, unscaled, and a `label` column), and OUT/shapes/<circle|square|triangle>/*.png: 300
+gives them, unscaled, and a `label` column), OUT/digits.csv (its 8x8 images as 64 columns),
+OUT/wide.csv and OUT/narrow.csv (:func:`synthetic`), OUT/mixed.csv (:func:`mixed`: text columns
+and empty cells), and OUT/shapes/<circle|square|triangle>/*.png: 300
 32x32 RGB images of one filled shape each, random size, position and colours (seed 0).
 """
 from __future__ import annotations
@@ -15,10 +17,45 @@ from pathlib import Path
 import numpy as np
 
 
+#: scikit-learn's make_classification(rows, features, n_informative=...) tables, random_state 0
+SYNTHETIC = {"wide": (300, 500, 10),  # more features than rows
+             "narrow": (400, 20, 5)}
+
+
+def synthetic(name: str):
+    """The synthetic table ``name`` of :data:`SYNTHETIC` as a DataFrame: columns f0, f1, ... and label."""
+    import pandas as pd
+    from sklearn.datasets import make_classification
+
+    rows, cols, informative = SYNTHETIC[name]
+    x, y = make_classification(rows, cols, n_informative=informative, random_state=0)
+    df = pd.DataFrame(x, columns=[f"f{j}" for j in range(cols)])
+    df["label"] = y
+    return df
+
+
+def mixed(n: int = 400, seed: int = 0):
+    """A penguin-like table: three species told by an island (a text column, 20 % of rows on a
+    random one), a body mass and a bill length (numbers), and a sex (text, uninformative); 5 % of
+    the masses and of the sexes are empty."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    islands = np.array(["Biscoe", "Dream", "Torgersen"])
+    island = np.where(rng.random(n) < 0.8, islands[y], islands[rng.integers(0, 3, n)])
+    df = pd.DataFrame(dict(island=island, mass=3000 + 800 * y + rng.normal(0, 300, n),
+                           bill=40 + 3 * (y == 1) + rng.normal(0, 2, n), sex=rng.choice(["male", "female"], n),
+                           label=np.array(["Adelie", "Chinstrap", "Gentoo"])[y]))
+    df.loc[rng.random(n) < 0.05, "mass"] = np.nan
+    df.loc[rng.random(n) < 0.05, "sex"] = np.nan
+    return df
+
+
 def main(out: Path) -> None:
     import pandas as pd
     from PIL import Image, ImageDraw
-    from sklearn.datasets import load_breast_cancer, load_iris, load_wine
+    from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
 
     out.mkdir(parents=True, exist_ok=True)
     for name, loader in (("wine", load_wine), ("iris", load_iris), ("cancer", load_breast_cancer)):
@@ -27,6 +64,10 @@ def main(out: Path) -> None:
         df["label"] = d.target
         df.to_csv(out / f"{name}.csv", index=False)
         df.to_parquet(out / f"{name}.parquet")
+    load_digits(as_frame=True).frame.rename(columns={"target": "label"}).to_csv(out / "digits.csv", index=False)
+    for name in SYNTHETIC:
+        synthetic(name).to_csv(out / f"{name}.csv", index=False)
+    mixed().to_csv(out / "mixed.csv", index=False)
     rng = np.random.default_rng(0)
     names = ("circle", "square", "triangle")
     for i in range(300):
@@ -45,7 +86,7 @@ def main(out: Path) -> None:
         folder = out / "shapes" / names[k]
         folder.mkdir(parents=True, exist_ok=True)
         img.save(folder / f"{i:03d}.png")
-    print(f"wrote {out}/wine|iris|cancer.csv|.parquet and {out}/shapes/")
+    print(f"wrote {out}/wine|iris|cancer.csv|.parquet, {out}/digits|wide|narrow|mixed.csv and {out}/shapes/")
 
 
 if __name__ == "__main__":

@@ -243,6 +243,11 @@ def check_sidecar(sidecar: dict, where, fix: str) -> None:
     if size is not None and not (isinstance(size, list) and len(size) == 2
                                  and all(_is_int(v) and 0 < v <= 1 << 16 for v in size)):
         raise DistillError(f"{where}: the sidecar's data_source.image_size is not two positive integers; {fix}")
+    cats = sidecar.get("categories")
+    if cats is not None and not (isinstance(cats, dict) and all(
+            isinstance(k, str) and isinstance(v, list) and v and all(isinstance(t, str) for t in v)
+            for k, v in cats.items())):
+        raise DistillError(f"{where}: the sidecar's categories is not a map of column names to lists of texts; {fix}")
 
 
 # ---------------------------------------------------------------- factories

@@ -101,9 +101,10 @@ def test_a_raw_csv_trains_with_default_flags_and_its_onnx_export_takes_raw_value
 def test_no_standardize_and_flags_override_the_defaults(capsys, tmp_path):
     _raw_table(tmp_path / "raw.csv")
     code, out, err = run(capsys, "teacher", "--data", tmp_path / "raw.csv", "--target", "kind", "--no-standardize",
-                         "--hidden", "16", "--batch-size", "32", "--epochs", "2", "--test-fraction", "0.25",
-                         "--lr", "1e-6", "--out", tmp_path / "t", "--no-progress")
+                         "--hidden", "16", "--weight-decay", "0", "--batch-size", "32", "--epochs", "2",
+                         "--test-fraction", "0.25", "--lr", "1e-6", "--out", tmp_path / "t", "--no-progress")
     assert code == 0, err
+    assert "cross-validat" not in err  # --hidden and --weight-decay both given: nothing left to choose
     side = json.loads((tmp_path / "t" / "model.json").read_text())
     assert side["factory"]["target"] == "distill.models:MLP" and side["factory"]["kwargs"]["hidden"] == [16]
     assert side["config"]["batch_size"] == 32 and side["config"]["epochs"] == 2 and side["test"]["n"] == 75
@@ -173,3 +174,183 @@ def test_a_store_of_a_single_file_covers_the_training_split_a_student_trains_on(
                      "--epochs", "1", "--out", tmp_path / "runs" / "s", "--no-progress")
     assert code == 0, e
     assert "test errors / 30" in o + e
+
+
+def test_a_small_tables_model_is_chosen_by_cross_validation_on_the_training_split_alone(capsys, tmp_path):
+    df = _raw_table(tmp_path / "all.csv", n=200)
+    (tmp_path / "a").mkdir()
+    df.iloc[:150].to_csv(tmp_path / "a" / "train.csv", index=False)
+    (tmp_path / "b").mkdir()
+    df.iloc[:150].to_csv(tmp_path / "b" / "train.csv", index=False)
+    test = df.iloc[150:].copy()
+    test.to_csv(tmp_path / "a" / "test.csv", index=False)
+    test["kind"] = test["kind"].map({"a": "b", "b": "c", "c": "a"})  # other test labels: the choice must not move
+    test.to_csv(tmp_path / "b" / "test.csv", index=False)
+    sides = []
+    for d in ("a", "b"):
+        code, out, err = run(capsys, "teacher", "--data", tmp_path / d, "--target", "kind", "--epochs", "3",
+                             "--out", tmp_path / f"t{d}", "--no-progress")
+        assert code == 0, err
+        sides.append(json.loads((tmp_path / f"t{d}" / "model.json").read_text()))
+    sel = sides[0]["model_selection"]
+    assert sel == sides[1]["model_selection"] and sides[0]["test"]["errors"] != sides[1]["test"]["errors"]
+    assert sel["folds"] == DATA_RECIPE.cv_folds and len(sel["candidates"]) == 2 * len(DATA_RECIPE.table_weight_decays)
+    scores = sel["candidates"]
+    finite = {k: v for k, v in scores.items() if v["nll"] is not None}
+    top = min(finite, key=lambda k: (finite[k]["nll"], finite[k]["errors"]))
+    assert sel["default"] == "MLP 32-32, weight decay 0" and sel["chosen"] in (top, sel["default"])
+    assert all(v["n"] == 150 for v in scores.values())
+    # the sidecar's model and config are the chosen candidate's
+    wd = float(sel["chosen"].split("weight decay ")[1])
+    assert sides[0]["config"]["weight_decay"] == pytest.approx(wd)
+    hidden = sides[0]["factory"]["kwargs"]["model"]["kwargs"]["hidden"]
+    assert hidden == ([] if sel["chosen"].startswith("linear") else [32, 32])
+    assert f"[defaults] {sel['chosen']}, by 5-fold cross-validation on the training split (" in err
+    # a flag pins its part: --hidden leaves the weight decay to choose
+    code, out, err = run(capsys, "teacher", "--data", tmp_path / "a", "--target", "kind", "--epochs", "2",
+                         "--hidden", "16", "--out", tmp_path / "h", "--no-progress")
+    assert code == 0, err
+    sel = json.loads((tmp_path / "h" / "model.json").read_text())["model_selection"]
+    assert sorted(sel["candidates"]) == sorted(f"MLP 16, weight decay {w:g}" for w in DATA_RECIPE.table_weight_decays)
+    # a distilled student chooses among its own candidates, with the teacher on every fold
+    code, out, err = run(capsys, "student", "--data", tmp_path / "a", "--target", "kind", "--epochs", "2",
+                         "--teacher", tmp_path / "ta" / "model", "--out", tmp_path / "s", "--no-progress")
+    assert code == 0, err
+    sel = json.loads((tmp_path / "s" / "model.json").read_text())["model_selection"]
+    assert "MLP 8-8, weight decay 0" in sel["candidates"] and "linear, weight decay 0.1" in sel["candidates"]
+    assert "must be >= 0" in one_line_error(capsys, "teacher", "--data", tmp_path / "a", "--target", "kind",
+                                            "--weight-decay", "-1", "--out", tmp_path / "x")
+
+
+def _mixed_table(path, n=240, seed=0):
+    """Three classes told apart by a text column (three values, 10 % noise) and a number; 5 % of the
+    numbers and of a second text column are empty."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    place = np.where(rng.random(n) < 0.9, y, rng.integers(0, 3, n))
+    df = pd.DataFrame(dict(place=np.array(["north", "east", "south"])[place],
+                           size=1000.0 + 300 * y + rng.normal(0, 100, n),
+                           colour=rng.choice(["red", "blue"], n), kind=np.array(["a", "b", "c"])[y]))
+    df.loc[rng.random(n) < 0.05, "size"] = np.nan
+    df.loc[rng.random(n) < 0.05, "colour"] = np.nan
+    df.to_csv(path, index=False)
+    return df
+
+
+def test_feature_stats_skip_missing_values_and_standardize_fills_and_one_hot_encodes():
+    x = torch.tensor([[1.0, 0.0, 4.0], [3.0, float("nan"), 8.0], [float("nan"), 2.0, 6.0]])
+    mean, std = feature_stats(x)
+    want_mean = np.nanmean(x.numpy(), 0)
+    assert np.allclose(mean.numpy(), want_mean) and np.allclose(std.numpy(), np.nanstd(x.numpy(), 0))
+    assert feature_stats(torch.full((3, 1), float("nan"))) == (torch.zeros(1), torch.ones(1))  # missing everywhere
+    # features: a number, a text column of 3 codes, a number, a text column of 2 codes
+    net = Standardize(MLP(2 + 3 + 2, [5], 2), mean=[1.0, 0, 5, 0], std=[2.0, 1, 1, 1], categories=[0, 3, 0, 2])
+    seen = {}
+    net.model.register_forward_pre_hook(lambda m, a: seen.update(x=a[0]))
+    nan = float("nan")
+    net(torch.tensor([[3.0, 2, nan, 0], [nan, nan, 6, 5]]))
+    # z = (3 - 1) / 2, a missing number -> 0 (the mean); code 2 of 3; code 0 of 2; missing and unknown codes -> zeros
+    assert seen["x"].tolist() == [[1, 0, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0, 0]]
+    assert Standardize.encoded_features(4, [0, 3, 0, 2]) == 7 and Standardize.encoded_features(4) == 4
+    assert net.distill_factory[1]["categories"] == [0, 3, 0, 2]
+    assert "categories" not in Standardize(MLP(2, [3], 2), features=2).distill_factory[1]  # numeric: as before
+    with pytest.raises(ValueError, match="a count >= 0 for each"):
+        Standardize(MLP(2, [3], 2), features=2, categories=[1])
+
+
+def test_text_columns_and_missing_values_train_and_travel_with_the_model(capsys, tmp_path):
+    df = _mixed_table(tmp_path / "mixed.csv")
+    code, out, err = run(capsys, "teacher", "--data", tmp_path / "mixed.csv", "--target", "kind", "--out",
+                         tmp_path / "t", "--no-progress")
+    assert code == 0, err
+    assert "text columns one-hot encoded in the model: place (3 values), colour (2 values)" in err
+    assert "missing value(s) in the training split" in err
+    errors = int(out.split(" test errors / ")[0].split()[-1])
+    assert errors <= 8, out  # of 48: the text column alone tells 90 %
+    side = json.loads((tmp_path / "t" / "model.json").read_text())
+    assert sorted(side["categories"]) == ["colour", "place"]  # the text columns, their values in code order
+    assert sorted(side["categories"]["place"]) == ["east", "north", "south"]
+    assert sorted(side["categories"]["colour"]) == ["blue", "red"]
+    assert side["factory"]["kwargs"]["categories"] == [3, 0, 2]
+    assert side["factory"]["kwargs"]["model"]["kwargs"]["in_features"] == 3 + 1 + 2
+    # evaluate re-reads the file with the recorded codes: the same test errors
+    code, out2, err = run(capsys, "evaluate", tmp_path / "t" / "model", "--json")
+    assert code == 0 and json.loads(out2)["test_errors"] == errors, err
+    # another table with a text the training split never had: read as missing, said in one line
+    other = tmp_path / "other"
+    other.mkdir()
+    df.to_csv(other / "train.csv", index=False)
+    unseen = df.copy()
+    unseen.loc[:9, "place"] = "west"
+    unseen.to_csv(other / "test.csv", index=False)
+    code, out2, err = run(capsys, "evaluate", tmp_path / "t" / "model", "--data", other, "--target", "kind", "--json")
+    assert code == 0 and "column 'place' holds 10 value(s) the training split does not" in err, err
+    # raw values in, through table_inputs, the same logits from the ONNX graph as from PyTorch
+    from distill.data.files import table_inputs
+
+    x = table_inputs(unseen, side["features"], side["categories"])
+    assert np.isnan(x[:10, 0]).all() and np.isnan(x[:, 1]).sum() == df["size"].isna().sum()
+    model, _ = load_checkpoint(tmp_path / "t" / "model")
+    with torch.no_grad():
+        want = model(torch.from_numpy(x.copy())).numpy()
+    assert np.isfinite(want).all()
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    code, _, err = run(capsys, "export", tmp_path / "t" / "model", "--format", "onnx")
+    assert code == 0, err
+    sess = ort.InferenceSession(str(tmp_path / "t" / "model.onnx"))
+    assert np.allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], want, atol=1e-4)
+    from distill.tools.export import export_metadata
+
+    meta = export_metadata(tmp_path / "t" / "model.onnx")["inputs"]
+    assert meta["categories"] == side["categories"] and "its code" in meta["preprocessing"]
+    # a distilled student takes the same preprocessing; --no-standardize cannot feed text
+    code, out, err = run(capsys, "student", "--data", tmp_path / "mixed.csv", "--target", "kind", "--teacher",
+                         tmp_path / "t" / "model", "--out", tmp_path / "s", "--no-progress", "--epochs", "3")
+    assert code == 0, err
+    assert json.loads((tmp_path / "s" / "model.json").read_text())["factory"]["kwargs"]["categories"] == [3, 0, 2]
+    assert "has text columns (place, colour)" in one_line_error(
+        capsys, "teacher", "--data", tmp_path / "mixed.csv", "--target", "kind", "--no-standardize", "--out",
+        tmp_path / "x")
+    df.drop(columns=["place", "colour"]).to_csv(tmp_path / "gaps.csv", index=False)
+    assert "has missing values" in one_line_error(
+        capsys, "teacher", "--data", tmp_path / "gaps.csv", "--target", "kind", "--no-standardize", "--out",
+        tmp_path / "y")
+
+
+def test_a_target_of_many_numbers_is_warned_about_as_a_regression_target(capsys, tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 2))
+    pd.DataFrame(dict(a=x[:, 0], b=x[:, 1], price=np.round(50 + 10 * x[:, 0]).astype(int))).to_csv(
+        tmp_path / "r.csv", index=False)
+    flags = ["--epochs", "1", "--hidden", "4", "--weight-decay", "0", "--no-progress"]
+    code, _, err = run(capsys, "teacher", "--data", tmp_path / "r.csv", "--target", "price", "--out", tmp_path / "t",
+                       *flags)
+    assert code == 0 and "[warning] the target column 'price' holds" in err and "regression" in err, err
+    _raw_table(tmp_path / "c.csv", n=90)  # three named classes: no warning
+    code, _, err = run(capsys, "teacher", "--data", tmp_path / "c.csv", "--target", "kind", "--out", tmp_path / "u",
+                       *flags)
+    assert code == 0 and "regression" not in err, err
+
+
+def test_a_run_that_keeps_the_default_trains_the_weights_a_pinned_run_does(capsys, tmp_path, monkeypatch):
+    import dataclasses
+
+    import distill.cli.train as cli_train
+    from distill.checkpoints import load_tensors
+
+    _raw_table(tmp_path / "raw.csv", n=150)
+    # a second candidate that cannot win (weight decay 5 flattens every output), so the default stays
+    monkeypatch.setattr(cli_train, "DATA_RECIPE", dataclasses.replace(DATA_RECIPE, table_weight_decays=(0.0, 5.0)))
+    flags = ["--data", tmp_path / "raw.csv", "--target", "kind", "--epochs", "2", "--hidden", "16", "--no-progress"]
+    code, _, err = run(capsys, "teacher", *flags, "--out", tmp_path / "cv")
+    assert code == 0 and "MLP 16, weight decay 0, by 5-fold cross-validation" in err, err
+    code, _, err = run(capsys, "teacher", *flags, "--weight-decay", "0", "--out", tmp_path / "pinned")
+    assert code == 0 and "cross-validat" not in err, err
+    a, b = load_tensors(tmp_path / "cv" / "model")[0], load_tensors(tmp_path / "pinned" / "model")[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the choice left the RNG as it was

@@ -300,15 +300,17 @@ def _bad_inputs(tmp_path):
     table(30, 0).to_csv(tmp_path / "t.csv", index=False)
     cases.append(("table without --target", tmp_path / "t.csv", [], "name its label column with --target"))
     cases.append(("missing column", tmp_path / "t.csv", ["--target", "label"], "has no column 'label'"))
-    df = table(30, 0)
-    df["colour"] = "red"
+    import pandas as pd
+
+    df = pd.concat([table(60, 0)] * 3, ignore_index=True)
+    df["name"] = [f"row {i}" for i in range(len(df))]  # a text column of a different value on every row
     df.to_csv(tmp_path / "text.csv", index=False)
-    cases.append(("non-numeric feature", tmp_path / "text.csv", ["--target", "fruit"],
-                  "feature column 'colour' is not numeric"))
+    cases.append(("text column of too many values", tmp_path / "text.csv", ["--target", "fruit"],
+                  "column 'name' holds over 100 distinct texts"))
     df = table(30, 0)
-    df.loc[4, "f2"] = np.nan
-    df.to_csv(tmp_path / "nan.csv", index=False)
-    cases.append(("missing value", tmp_path / "nan.csv", ["--target", "fruit"], "row 5, column 'f2' is missing"))
+    df.loc[4, "f2"] = np.inf
+    df.to_csv(tmp_path / "inf.csv", index=False)
+    cases.append(("infinite value", tmp_path / "inf.csv", ["--target", "fruit"], "row 5, column 'f2' is infinite"))
     (tmp_path / "tv").mkdir()
     table(30, 0).to_csv(tmp_path / "tv" / "train.csv", index=False)
     table(12, 1, names=("apple", "banana", "durian")).to_csv(tmp_path / "tv" / "test.csv", index=False)

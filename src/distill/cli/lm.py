@@ -220,7 +220,8 @@ def _report(args, student, teacher, prompts, new_tokens: int, tok, out: Path) ->
 
 def _config(args, teacher_mode: bool, distilling: bool) -> TrainConfig:
     common = dict(epochs=args.epochs or EPOCHS, batch_size=args.batch_size or BATCH_SIZE,
-                  optimizer=args.optimizer or OPTIMIZER, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
+                  optimizer=args.optimizer or OPTIMIZER, lr=args.lr, momentum=args.momentum,
+                  weight_decay=getattr(args, "weight_decay", None) or 0.0, schedule=args.schedule,
                   seed=args.seed, precision=args.precision, select=args.select,
                   **watch_settings(args), accumulate=args.accumulate, lr_per_step=True, parallel=args.parallel,
                   warmup_steps=WARMUP_STEPS if args.warmup_steps is None else args.warmup_steps)

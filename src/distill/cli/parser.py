@@ -201,6 +201,9 @@ def _training_flags(p, epochs: int, hidden: list) -> None:
     add_number_flag(p, "--lr", help=LR_HELP, positive=True)
     add_number_flag(p, "--momentum", default=CONFIG["momentum"],
                     help=f"SGD momentum, in [0, 1) (default {CONFIG['momentum']:g})", minimum=0, below=1)
+    add_number_flag(p, "--weight-decay", minimum=0,
+                    help="L2 weight decay of the optimiser (default 0; on a small table chosen by cross-validation "
+                         "among 0, 0.01 and 0.1)")
     p.add_argument("--schedule", choices=SCHEDULES, default=CONFIG["schedule"])
     add_number_flag(p, "--seed", default=CONFIG["seed"], integer=True, minimum=0,
                     help=f"seeds weight init, dropout and data order (default {CONFIG['seed']})")

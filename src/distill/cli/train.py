@@ -19,7 +19,8 @@ from distill.cli import lm
 from distill.cli.common import (check_fits, defaults_of, dense_line, is_dense, load_any, log, run_on, user_model,
                                 watch_settings)
 from distill.data.files import first_inputs, is_image_folder
-from distill.data.sources import as_source
+from distill.data.sources import TensorSource, as_source
+from distill.checks import show_names
 from distill.errors import DistillError
 from distill.losses import objectives
 from distill.models import classifiers, segmentation
@@ -93,10 +94,16 @@ def train(args, teacher_mode: bool) -> None:
     notes: list[str] = []  # the [defaults] lines, printed once every check has passed
     data = load_any(args, training=True, notes=notes)
     config = dense_config(args, config, data, teacher_mode)  # label masks: the dense objectives
-    config = own_data_defaults(args, config, data, teacher_mode, notes)
+    check_raw_table(args, data)
+    choices = table_choices(args, data)  # what cross-validation chooses on a small table (before the defaults fill them)
+    config = own_data_defaults(args, config, data, teacher_mode, notes, said_model=not choices)
     teacher, teacher_classes = None, 0
     if not teacher_mode and args.teacher:
         teacher = _store_teacher(args.teacher, data)  # a store from `distill targets`
+        if teacher is not None and choices:  # its targets are per training row: no folds of their own
+            notes.append("[defaults] a soft-target store teaches every training row at once, so the table's model is "
+                         f"not cross-validated: MLP {'-'.join(map(str, args.hidden))} (--hidden, --weight-decay set it)")
+            choices = None
     if not teacher_mode and args.teacher and teacher is None:
         for path in args.teacher:
             side = load_tensors(path)[1]
@@ -127,10 +134,15 @@ def train(args, teacher_mode: bool) -> None:
     num_classes = data.num_classes
     if teacher_classes and (not num_classes or (data.classes_inferred and teacher_classes > num_classes)):
         num_classes = teacher_classes  # a transfer set without (all) labels: the teacher's classes
+    selection = None
+    if choices and data.labeled:
+        config, selection = choose_table_model(args, config, data, teacher, teacher_mode, num_classes, choices, notes)
+        seed_everything(args.seed)  # the run starts from the state a run without the choice would (the same weights)
     model, factory = build_model(args, data, teacher_mode, num_classes)
     if standardizes(args, data):  # z-scores of the training split, kept in the model (and its ONNX graph)
         mean, std = feature_stats(b for b, _, _ in data.train.ordered(65536))
-        model, factory = Standardize(model, mean=mean, std=std, model_factory=factory), None
+        model, factory = Standardize(model, mean=mean, std=std, model_factory=factory,
+                                     categories=data.category_counts), None
     name = "teacher" if teacher_mode else ("student-distilled" if teacher is not None else "student-hard")
     if notes:  # the [defaults] lines once the model is known to take the data (else its one-line error alone)
         probe(model, as_source(data.train), torch.device("cpu"))
@@ -139,7 +151,8 @@ def train(args, teacher_mode: bool) -> None:
     res = fit(model, data.train, config, teacher=teacher, val=data.val, test=data.test, run_dir=out,
               device=args.device, factory=factory,
               meta=dict(name=name, teacher_checkpoint=getattr(args, "teacher", None), **_data_meta(args, data),
-                        config_toml=getattr(args, "config_toml", None)),
+                        config_toml=getattr(args, "config_toml", None),
+                        **({"model_selection": selection} if selection else {})),
               progress=not args.no_progress, log=log)
     if distributed.world()[0]:
         return  # process 0 reports
@@ -185,11 +198,49 @@ def standardizes(args, data) -> bool:
     return own_data(args, data) and data.image_shape is None and not getattr(args, "no_standardize", False)
 
 
-def own_data_defaults(args, config: TrainConfig, data, teacher_mode: bool, notes: list) -> TrainConfig:
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def model_features(args, data) -> int:
+    """How many features the model behind the preprocessing takes: a table's one-hot encoded
+    categories count one each (:meth:`distill.models.Standardize.encoded_features`)."""
+    if not standardizes(args, data):
+        return data.num_features
+    return Standardize.encoded_features(data.num_features, data.category_counts)
+
+
+def missing_cells(src) -> int:
+    """How many features of ``src`` are missing (NaN): 0 unless the source allows them."""
+    if not src.missing:
+        return 0
+    return sum(int(torch.isnan(b).sum()) for b, _, _ in src.ordered(65536))
+
+
+def check_raw_table(args, data) -> None:
+    """``--no-standardize`` feeds the table as it is: refused when it has categorical columns or
+    missing values, which only the preprocessing in front of the model encodes."""
+    if not own_data(args, data) or not data.features or standardizes(args, data):
+        return
+    if data.categories:
+        raise DistillError(f"--no-standardize: {data.name} has text columns ({show_names(list(data.categories))}), "
+                           "which only the standardising preprocessing one-hot encodes; drop the flag or encode them")
+    for split in (data.train, data.val, data.test):
+        if split is not None and missing_cells(split):
+            raise DistillError(f"--no-standardize: {data.name} has missing values, which only the standardising "
+                               "preprocessing fills (with the training mean); drop the flag or fill them")
+
+
+def own_data_defaults(args, config: TrainConfig, data, teacher_mode: bool, notes: list,
+                      said_model: bool = True) -> TrainConfig:
     """On the user's own files, the defaults of :func:`distill.train.recipes.data_defaults` for every
     setting the flags leave open (batch, epochs, model size, a table teacher's dropout, T), printed
-    in one ``[defaults]`` line (appended to ``notes``); on built-in data ``config`` unchanged (the
-    paper's recipe)."""
+    in one ``[defaults]`` line (appended to ``notes``; the MLP's size only with ``said_model``: else
+    cross-validation says what it chose); on built-in data ``config`` unchanged (the paper's recipe)."""
     n = data.train.n
     if args.batch_size is not None and n and args.batch_size > n:
         notes.append(f"[warning] --batch-size {args.batch_size} is larger than the {n:,} training examples: every epoch "
@@ -197,7 +248,12 @@ def own_data_defaults(args, config: TrainConfig, data, teacher_mode: bool, notes
     if not own_data(args, data) or not n:
         return config
     image = data.image_shape is not None
-    d = data_defaults(n, data.num_features, image, config.batch_size, config.epochs)
+    k = data.num_classes
+    if data.features and k > 10 and n / k < 5 and all(_is_number(c) for c in data.classes):
+        notes.append(f"[warning] the target column {args.target!r} holds {k} distinct numbers among {n:,} training rows "
+                     f"({n / k:.1f} a class): if it is a quantity to predict (regression), note that distill trains "
+                     "classifiers; bin it into a few classes first")
+    d = data_defaults(n, model_features(args, data), image, config.batch_size, config.epochs)
     said, changes = [], {}
     if args.batch_size is None and d["batch_size"] != config.batch_size:
         changes["batch_size"] = d["batch_size"]
@@ -214,7 +270,9 @@ def own_data_defaults(args, config: TrainConfig, data, teacher_mode: bool, notes
             said.append(f"--arch cnn --width {args.width} (a ConvNet with global pooling, for images)")
         if not image and args.arch in (None, "mlp") and args.hidden is None:
             args.hidden = d["teacher_hidden"] if teacher_mode else d["student_hidden"]
-            said.append(f"MLP {'-'.join(map(str, args.hidden))} (for {data.num_features} features, {n:,} rows)")
+            if said_model:
+                said.append(f"MLP {'-'.join(map(str, args.hidden))} (for {model_features(args, data)} features, "
+                            f"{n:,} rows)")
         if teacher_mode and not image:
             if getattr(args, "dropout_input", None) is None:
                 args.dropout_input = 0.0
@@ -224,6 +282,13 @@ def own_data_defaults(args, config: TrainConfig, data, teacher_mode: bool, notes
     if standardizes(args, data):
         said.append("features standardised with the training split's mean and std (kept in the model; "
                      "--no-standardize to turn off)")
+        if data.categories:
+            said.append("text columns one-hot encoded in the model: " + ", ".join(
+                f"{c} ({len(v)} values)" for c, v in data.categories.items()))
+        gaps = missing_cells(data.train)
+        if gaps:
+            said.append(f"{gaps:,} missing value(s) in the training split read as the training mean (numbers) or no "
+                        "category (text)")
     if (not teacher_mode and getattr(args, "teacher", None) and config.objective is None
             and args.temperature is None and not args.logit_matching):
         changes["temperature"] = DATA_RECIPE.temperature
@@ -232,6 +297,99 @@ def own_data_defaults(args, config: TrainConfig, data, teacher_mode: bool, notes
     if said:
         notes.append("[defaults] " + "; ".join(said) + " (each flag overrides its default)")
     return dataclasses.replace(config, **changes) if changes else config
+
+
+def table_choices(args, data) -> dict | None:
+    """What cross-validation chooses for a small table in memory (at most ``cv_max_rows`` training
+    rows) when the flags leave it open: ``{"hidden": [None (the data's MLP), []  (linear)] or
+    [--hidden], "weight_decay": DATA_RECIPE.table_weight_decays or [--weight-decay]}``; None when
+    there is nothing to choose (both flags given, ``--model``, ``--arch`` other than mlp, images,
+    built-in data, or too few or too many rows)."""
+    if not own_data(args, data) or data.image_shape is not None or args.model is not None:
+        return None
+    if args.arch not in (None, "mlp") or not isinstance(data.train, TensorSource):
+        return None
+    if not (2 * DATA_RECIPE.cv_folds <= data.train.n <= DATA_RECIPE.cv_max_rows):
+        return None
+    hidden = [list(args.hidden)] if args.hidden is not None else [None, []]
+    wds = [args.weight_decay] if args.weight_decay is not None else list(DATA_RECIPE.table_weight_decays)
+    return None if len(hidden) * len(wds) == 1 else dict(hidden=hidden, weight_decay=wds)
+
+
+def _model_text(hidden, wd: float) -> str:
+    return (f"MLP {'-'.join(map(str, hidden))}" if hidden else "linear") + f", weight decay {wd:g}"
+
+
+def choose_table_model(args, config: TrainConfig, data, teacher, teacher_mode: bool, num_classes: int, choices: dict,
+                       notes: list) -> tuple[TrainConfig, dict]:
+    """Cross-validate every candidate of ``choices`` (:func:`table_choices`) on the training split
+    (:func:`distill.train.crossval.cross_validate`, ``DATA_RECIPE.cv_folds`` stratified folds, the
+    run's config and teacher, each fold standardised with its own statistics) and keep the first
+    candidate (the data's MLP, or the flags' model) unless another makes fewer held-out errors, or
+    as few with a lower NLL, by more than ``DATA_RECIPE.cv_margin`` standard errors
+    (:func:`distill.train.crossval.best`): sets ``args.hidden`` and
+    returns the config with its weight decay, and what the sidecar records of the choice. The test
+    and validation splits are never read."""
+    from distill.train.crossval import best, cross_validate, stratified_folds
+
+    x, y = data.train.x, data.train.y
+    folds = stratified_folds(y, DATA_RECIPE.cv_folds, args.seed)
+    fold_config = dataclasses.replace(config, select="last", tensorboard=False)
+    candidates = {}
+    for hidden in choices["hidden"]:
+        hidden = args.hidden if hidden is None else hidden
+        for wd in choices["weight_decay"]:
+            candidates[_model_text(hidden, wd)] = (hidden, wd)
+    log(f"[defaults] choosing the table's model by {DATA_RECIPE.cv_folds}-fold cross-validation on the training split "
+        f"({len(candidates)} candidates) ...")
+
+    def build(hidden):
+        def make(rows):
+            model, _ = build_model(args, data, teacher_mode, num_classes, hidden=hidden)
+            if not standardizes(args, data):
+                return model
+            mean, std = feature_stats(rows)
+            return Standardize(model, mean=mean, std=std, categories=data.category_counts)
+        return make
+
+    def train_fold(wd):
+        cfg = dataclasses.replace(fold_config, weight_decay=wd)
+
+        def run(model, tr, held):
+            tr = TensorSource(*tr, name="fold", missing=data.train.missing)
+            trained = fit(model, tr, cfg, teacher=teacher, device=args.device, progress=False,
+                          log=lambda *a, **k: None).model
+            with torch.no_grad():
+                return trained.cpu()(held)
+        return run
+
+    scores = {}
+    for text, (hidden, wd) in candidates.items():
+        seed_everything(args.seed)
+        scores[text] = cross_validate(build(hidden), x, y, folds, train_fold(wd))
+    default = next(iter(candidates))  # the data's MLP (or the flags'), kept unless beaten beyond the noise
+    chosen = best(scores, default=default, margin=DATA_RECIPE.cv_margin)
+    hidden, wd = candidates[chosen]
+    args.hidden = list(hidden)
+    if not hidden and teacher_mode:  # a linear model: no hidden units to drop
+        args.dropout_hidden = 0.0
+    top = best(scores)
+    m = f"{DATA_RECIPE.cv_margin:g} standard errors"
+    why = ("the fewest errors" if chosen == default == top else
+           f"the default: no candidate makes fewer errors or fits better by over {m}" if chosen == default else
+           "the fewest errors; the default diverged" if scores[default].diverged else
+           f"the fewest errors, over {m} below the default's" if chosen == top else
+           f"no more errors than the default and a lower NLL, by over {m}")
+
+    def shown(sc):
+        return f"NLL {sc.nll:.3f}, {sc.errors} errors" if sc.nll < math.inf else "diverged"
+    others = "; ".join(f"{t}: {shown(sc)}" for t, sc in scores.items() if t != chosen)
+    notes.append(f"[defaults] {chosen}, by {DATA_RECIPE.cv_folds}-fold cross-validation on the training split ({why}; "
+                 f"{shown(scores[chosen])} of {len(y)}; {others}) (--hidden and --weight-decay set them)")
+    record = dict(folds=DATA_RECIPE.cv_folds, chosen=chosen, default=default,
+                  candidates={t: dict(nll=None if sc.nll == math.inf else sc.nll, errors=sc.errors, n=sc.n)
+                              for t, sc in scores.items()})
+    return dataclasses.replace(config, weight_decay=wd), record
 
 
 def _flat_targets_warning(teacher, data, config: TrainConfig, notes: list, sample: int = 512) -> None:
@@ -258,7 +416,8 @@ def train_config(args, teacher_mode: bool) -> TrainConfig:
     common = dict(epochs=PAPER.epochs if args.epochs is None else args.epochs,
                   batch_size=CONFIG["batch_size"] if args.batch_size is None else args.batch_size,
                   optimizer=args.optimizer or CONFIG["optimizer"], lr=args.lr,
-                  momentum=args.momentum, schedule=args.schedule, seed=args.seed, precision=args.precision,
+                  momentum=args.momentum, weight_decay=getattr(args, "weight_decay", None) or 0.0, schedule=args.schedule, seed=args.seed,
+                  precision=args.precision,
                   **watch_settings(args))
     if teacher_mode:
         return TrainConfig(jitter=args.jitter, **common)
@@ -354,9 +513,10 @@ def _store_teacher(paths, data):
 
 # ---------------------------------------------------------------- the model
 
-def build_model(args, data, teacher_mode: bool, num_classes: int):
+def build_model(args, data, teacher_mode: bool, num_classes: int, hidden: list | None = None):
     """``(model, factory)``: the user's ``--model`` (its factory recorded as given) or a built-in
-    ``--arch`` (which carries its own factory, so None)."""
+    ``--arch`` (which carries its own factory, so None); ``hidden``: an MLP's layers other than
+    ``--hidden``'s (a cross-validation candidate)."""
     if args.arch in SEGMENTATION_ARCHS or is_dense(data):
         return _segmentation_model(args, data, num_classes)
     given = [f for f, v in (("--arch", args.arch), ("--hidden", args.hidden),
@@ -374,7 +534,7 @@ def build_model(args, data, teacher_mode: bool, num_classes: int):
         raise DistillError(f"{data.name} has {num_classes or 'no'} class{'' if num_classes == 1 else 'es'} (labels "
                            "seen); a classifier needs two or more: list them in the .npz as `classes`, or distil from "
                            "a --teacher, whose checkpoint records them")
-    hidden = args.hidden or args._hidden
+    hidden = (args.hidden if args.hidden is not None else args._hidden) if hidden is None else hidden
     # only `teacher` has these flags: a student trains without dropout or max-norm
     dropout_input = PAPER.dropout_input if getattr(args, "dropout_input", None) is None else args.dropout_input
     dropout_hidden = PAPER.dropout_hidden if getattr(args, "dropout_hidden", None) is None else args.dropout_hidden
@@ -393,8 +553,8 @@ def build_model(args, data, teacher_mode: bool, num_classes: int):
         return arch(channels, num_classes, width=args.width or WIDTHS[name], depth=args.depth or DEPTHS[name],
                     image_shape=data.image_shape), None
     if teacher_mode:
-        return MLP(data.num_features, hidden, num_classes, dropout_input, dropout_hidden, max_norm), None
-    return MLP(data.num_features, hidden, num_classes), None
+        return MLP(model_features(args, data), hidden, num_classes, dropout_input, dropout_hidden, max_norm), None
+    return MLP(model_features(args, data), hidden, num_classes), None
 
 
 def _segmentation_model(args, data, num_classes: int):
@@ -428,4 +588,6 @@ def _data_meta(args, data) -> dict:
     out = dict(dataset=data.name, data_source=source, classes=[str(c) for c in data.classes])
     if data.features:
         out["features"] = list(data.features)
+    if data.categories:  # what evaluate, compare and export encode other tables' text columns with
+        out["categories"] = {c: list(v) for c, v in data.categories.items()}
     return out

@@ -20,7 +20,9 @@ Layouts (``path`` is a file or a folder):
   given; grey-scale images give examples ``(H, W)``, any colour image makes every example
   ``(3, H, W)``; pixel values are scaled to [0, 1].
 * a table ``X.csv`` / ``X.tsv`` / ``X.parquet`` with ``target`` naming the label column (every
-  other column is a numeric feature), or a folder holding ``train.csv`` (or ``.tsv``,
+  other column is a feature: numbers, or text, which is categorical: each value is read as its
+  code, numbered in order of first appearance in the training split, at most ``MAX_CATEGORIES``
+  of them, and recorded in :attr:`FileData.categories`; an empty cell is NaN, a missing value), or a folder holding ``train.csv`` (or ``.tsv``,
   ``.parquet``) and optionally ``val.*`` and ``test.*``. A CSV/TSV file whose first line holds
   numbers where the second does (:func:`has_header`) has no header: that line is data and the
   columns are named by position (``"0"``, ``"1"``, ...). An unnamed first column of distinct
@@ -29,7 +31,7 @@ Layouts (``path`` is a file or a folder):
   target column (numbers or strings); validation and test values must be among them.
 
 Anything else (no usable file, a missing column, labels outside the class
-list, non-numeric features, NaN) is a one-line :class:`~distill.errors.DistillError` naming the
+list, infinite values, a text column of too many distinct values) is a one-line :class:`~distill.errors.DistillError` naming the
 path and what was expected.
 
 Memory: when the data, as float32, would take more than ``memory_limit`` bytes (default a quarter
@@ -59,7 +61,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,15 @@ class FileData:
     features: tuple[str, ...] = ()
     #: the held-out splits cut from the training split (:meth:`holdout`), as recorded: None if none
     holdout_spec: dict | None = None
+    #: a table's categorical (text) columns: ``{column: (value of code 0, value of code 1, ...)}``;
+    #: such a column's feature is the code of its value (NaN when missing or unseen in training)
+    categories: dict = field(default_factory=dict)
+
+    @property
+    def category_counts(self) -> list[int]:
+        """Per feature, its number of categories (0 for a numeric column): what
+        :class:`distill.models.Standardize` one-hot encodes."""
+        return [len(self.categories.get(c, ())) for c in self.features] if self.categories else []
 
     @property
     def num_classes(self) -> int:
@@ -227,8 +238,9 @@ def _rows(src: Source, keep: torch.Tensor, tag: str, name: str) -> Source:
     """The rows ``keep`` of a split, as a source of their own (its fingerprint tagged)."""
     if isinstance(src, TensorSource):
         return TensorSource(src.x[keep], None if src.y is None else src.y[keep], fingerprint=src.fingerprint + tag,
-                            image_shape=src.image_shape, name=name)
-    return MapSource(Subset(src.dataset, keep.tolist()), fingerprint=src.fingerprint + tag, name=name)
+                            image_shape=src.image_shape, name=name, missing=src.missing)
+    return MapSource(Subset(src.dataset, keep.tolist()), fingerprint=src.fingerprint + tag, name=name,
+                     missing=src.missing)
 
 
 # ---------------------------------------------------------------- entry point
@@ -280,11 +292,14 @@ def memory_budget(memory_limit: int | None = None) -> int:
 
 
 def load_files(path, *, target: str | None = None, image_size: tuple[int, int] | None = None,
-               max_side: int | None = None, memory_limit: int | None = None, log=print) -> FileData:
+               max_side: int | None = None, memory_limit: int | None = None, categories: dict | None = None,
+               log=print) -> FileData:
     """Read the data set at ``path`` (module docstring: ``.npz``, image folder, CSV/Parquet with
     ``target``; ``image_size`` ``(H, W)`` resizes every image of a folder; without it, ``max_side``
-    scales the folder's size down, aspect kept, until neither side exceeds it). Bad input is a
-    one-line :class:`DistillError` naming the path."""
+    scales the folder's size down, aspect kept, until neither side exceeds it; ``categories``: a
+    table's categorical columns and their values in code order, as a checkpoint records them,
+    instead of those of its training split). Bad input is a one-line :class:`DistillError` naming
+    the path."""
     p = Path(path)
     if not p.exists():
         raise DistillError(f"--data {p} does not exist; expected {EXPECTED}")
@@ -299,7 +314,7 @@ def load_files(path, *, target: str | None = None, image_size: tuple[int, int] |
             _no_target(target, p)
             return _read_npz(p, log)
         if suffix in TABLE_SUFFIXES:
-            return _read_tables(p, {"train": p}, target, budget, log)
+            return _read_tables(p, {"train": p}, target, budget, log, categories)
         raise DistillError(f"{p}: cannot read a {suffix or 'suffix-less'} file; expected {EXPECTED}")
     tables = {s: f for s in SPLITS for f in _table_files(p, s)[:1]}
     for s in SPLITS:
@@ -312,7 +327,7 @@ def load_files(path, *, target: str | None = None, image_size: tuple[int, int] |
         _no_target(target, p)
         return _read_images(p, {s: p / s for s in SPLITS if (p / s).is_dir()}, budget, log, image_size, max_side)
     if "train" in tables:
-        return _read_tables(p, tables, target, budget, log)
+        return _read_tables(p, tables, target, budget, log, categories)
     if any(d.is_dir() and _images_in(d) for d in _subdirs(p)):
         _no_target(target, p)
         log(f"[data] {p} has no train/ folder: its class folders are the training split (held-out splits: "
@@ -886,7 +901,8 @@ def _label_values(path: Path, col, start: int):
     return [str(v) for v in col]
 
 
-def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: int, log) -> FileData:
+def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: int, log,
+                 recorded: dict | None = None) -> FileData:
     if target is None:
         cols = ""
         try:
@@ -896,10 +912,13 @@ def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: in
             pass
         raise DistillError(f"{files['train']} is a table: name its label column with --target COLUMN{cols}")
     features, classes, sources, prints, lazy = None, None, {}, {}, False
+    # {column: {value: code}}: grown from the training split, unless a checkpoint's are given
+    codes = {c: {str(v): i for i, v in enumerate(vals)} for c, vals in (recorded or {}).items()}
     for split in SPLITS:
         if split not in files:
             continue
-        x, raw, features, was_lazy = _stream_table(files[split], target, features, budget, log)
+        x, raw, features, was_lazy = _stream_table(files[split], target, features, budget, log, codes,
+                                                   grow=split == "train" and recorded is None)
         lazy = lazy or was_lazy
         if classes is None:
             classes = sorted(set(raw), key=_class_key)
@@ -914,19 +933,70 @@ def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: in
         y = torch.tensor([index[v] for v in raw], dtype=torch.int64)
         if isinstance(x, np.memmap):
             fp = data_digest(torch.from_numpy(x), y)
-            sources[split] = MapSource(TableRows(x, y), fingerprint=fp, name=split)
+            sources[split] = MapSource(TableRows(x, y), fingerprint=fp, name=split, missing=True)
         else:
-            sources[split] = TensorSource(x, y, name=split)
+            sources[split] = TensorSource(x, y, name=split, missing=True)  # empty cells are NaN
             fp = sources[split].fingerprint
         prints[split] = fp
     return FileData(name=str(p), train=sources["train"], val=sources.get("val"), test=sources.get("test"),
                     classes=tuple(str(c) for c in classes), input_shape=(len(features),), image_shape=None,
-                    fingerprint=_fingerprint(prints), lazy=lazy, features=tuple(features))
+                    fingerprint=_fingerprint(prints), lazy=lazy, features=tuple(features),
+                    categories={c: tuple(v) for c, v in codes.items() if c in features})
 
 
-def _stream_table(path: Path, target: str, features: list | None, budget: int, log):
+#: a text column with more distinct values than this in the training split is refused, not one-hot encoded
+MAX_CATEGORIES = 100
+
+
+def table_inputs(frame, features, categories: dict | None = None) -> np.ndarray:
+    """The float32 inputs a table model takes from a DataFrame of raw values (new rows to predict
+    on, say): the columns ``features`` in that order (a checkpoint's ``features``), a text column's
+    value as its code, its index in ``categories[column]`` (a checkpoint's ``categories``), and an
+    empty cell, or a text not in the list, as NaN. Feed them to the model, or its ONNX file."""
+    absent = [c for c in features if c not in frame.columns]
+    if absent:
+        raise DistillError(f"the table lacks the feature column(s) {_show(absent)}")
+    out = np.empty((len(frame), len(features)), dtype=np.float32)
+    for j, c in enumerate(features):
+        if categories and c in categories:
+            out[:, j] = _encode(Path("the table"), frame[c], {str(v): i for i, v in enumerate(categories[c])}, False,
+                                0, lambda *a: None)
+            continue
+        try:
+            out[:, j] = frame[c].to_numpy(dtype=np.float32, na_value=np.nan)
+        except (TypeError, ValueError):
+            raise DistillError(f"the table's column {c!r} holds text where the model takes numbers") from None
+    return out
+
+
+def _encode(path: Path, col, codes: dict, grow: bool, start: int, log) -> np.ndarray:
+    """A categorical column chunk as float codes (its values as text, numbered in order of first
+    appearance in the training split; NaN where missing, or unseen when ``grow`` is False, said once)."""
+    miss = col.isna().to_numpy()
+    text = col.astype(str).to_numpy()
+    if grow:
+        for v in dict.fromkeys(text[~miss]):
+            if v not in codes:
+                codes[v] = len(codes)
+                if len(codes) > MAX_CATEGORIES:
+                    raise DistillError(f"{path}: column {col.name!r} holds over {MAX_CATEGORIES} distinct texts (e.g. "
+                                       f"{text[~miss][0]!r}); a categorical column is one-hot encoded, so encode this "
+                                       "one as numbers or drop it")
+    out = np.array([codes.get(v, np.nan) for v in text], dtype=np.float32)
+    out[miss] = np.nan
+    unseen = ~miss & np.isnan(out)
+    if unseen.any():
+        row = start + int(np.flatnonzero(unseen)[0])
+        log(f"[data] {path}: column {col.name!r} holds {int(unseen.sum())} value(s) the training split does not (e.g. "
+            f"{text[unseen][0]!r} at row {row + 1}): read as missing")
+    return out
+
+
+def _stream_table(path: Path, target: str, features: list | None, budget: int, log, codes: dict, grow: bool):
     """Read one table in chunks: float32 features (in memory, or a memory-mapped file in the cache
-    once they exceed ``budget`` bytes) and the raw target values."""
+    once they exceed ``budget`` bytes) and the raw target values. A text column is categorical
+    (:func:`_encode`, its codes in ``codes[column]``; new ones only when ``grow``); an empty cell is
+    NaN."""
     import pandas as pd
 
 
@@ -969,18 +1039,31 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
             if not len(chunk):  # a header without rows: "no rows" below, not "not numeric"
                 continue
             dtypes = dict(zip(cols, chunk.dtypes))
-            for c in features:
-                if not (pd.api.types.is_numeric_dtype(dtypes[c]) or pd.api.types.is_bool_dtype(dtypes[c])):
+            text = []  # the categorical features, by position
+            for j, c in enumerate(features):
+                numeric = pd.api.types.is_numeric_dtype(dtypes[c]) or pd.api.types.is_bool_dtype(dtypes[c])
+                if c in codes or (grow and not numeric and n == 0):
+                    text.append(j)
+                elif not numeric:
                     col = chunk[c]
                     sample = col.dropna()
                     eg = f", e.g. {sample.iloc[0]!r}" if len(sample) else ""
-                    raise DistillError(f"{path}: feature column {c!r} is not numeric (dtype {col.dtype}{eg}); encode "
-                                       "it as numbers first or drop it")
-            block = chunk[features].to_numpy(dtype=np.float32, na_value=np.nan)
-            if not np.isfinite(block).all():
-                r, c = np.argwhere(~np.isfinite(block))[0]
-                raise DistillError(f"{path}: row {n + r + 1}, column {features[c]!r} is missing or not finite; fill "
-                                   "or drop such rows first")
+                    raise DistillError(f"{path}: feature column {c!r} holds text (dtype {col.dtype}{eg}) below row "
+                                       f"{n + 1}, where the training table's first rows are numbers; make it one kind")
+            if not text:  # all numbers: one conversion (per-column ones made wide tables slow)
+                block = chunk[features].to_numpy(dtype=np.float32, na_value=np.nan)
+            else:
+                block = np.empty((len(chunk), len(features)), dtype=np.float32)
+                numbers = [j for j in range(len(features)) if j not in set(text)]
+                if numbers:
+                    block[:, numbers] = chunk[[features[j] for j in numbers]].to_numpy(dtype=np.float32,
+                                                                                      na_value=np.nan)
+                for j in text:
+                    block[:, j] = _encode(path, chunk[features[j]], codes.setdefault(features[j], {}), grow, n, log)
+            if np.isinf(block).any():
+                r, c = np.argwhere(np.isinf(block))[0]
+                raise DistillError(f"{path}: row {n + r + 1}, column {features[c]!r} is infinite; fill or drop such "
+                                   "rows first")
             raw += _label_values(path, chunk[target], n)
             n += len(block)
             if spill is None and (n * len(features) * 4 > budget):

@@ -45,10 +45,11 @@ from distill.digest import ExampleDigest, tensor_digest
 from distill.distributed import shard
 
 
-def as_features(x, what: str = "x") -> torch.Tensor:
+def as_features(x, what: str = "x", missing: bool = False) -> torch.Tensor:
     """``x`` (tensor, array or nested list) as a float32 CPU tensor with at least one example; any
     real dtype is accepted, complex, object, string and boolean data are not, and neither are NaN or
-    infinity (scikit-learn's rules)."""
+    infinity (scikit-learn's rules); with ``missing``, NaN (a missing value, which a preprocessing
+    such as :class:`distill.models.Standardize` fills) is accepted."""
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
@@ -70,8 +71,8 @@ def as_features(x, what: str = "x") -> torch.Tensor:
     if t.shape[0] == 0:
         raise ValueError(f"{what} holds no examples (shape {tuple(t.shape)})")
     t = t.to(device="cpu", dtype=torch.float32)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{what} contains NaN or infinity")
+    if not (bool(torch.isfinite(t).all()) or missing and not bool(torch.isinf(t).any())):
+        raise ValueError(f"{what} contains {'infinity' if missing else 'NaN or infinity'}")
     return t.contiguous()
 
 
@@ -136,6 +137,7 @@ class Source:
     image_shape: tuple | None = None
     indexable: bool = False
     batch_size: int | None = None  # fixed by the source itself (a DataLoader)
+    missing: bool = False  # NaN features allowed (a table's missing values, filled by the model's preprocessing)
 
     _fingerprint: str | None = None
     #: True once the fingerprint was computed by reading every example (so training can check that
@@ -183,12 +185,15 @@ class Source:
 
 
 class TensorSource(Source):
-    """In-memory tensors: the fast path. ``generator`` None = in order, else a seeded shuffle."""
+    """In-memory tensors: the fast path. ``generator`` None = in order, else a seeded shuffle.
+    ``missing``: NaN features are allowed (see :func:`as_features`)."""
 
     indexable = True
 
-    def __init__(self, x, y=None, *, fingerprint: str | None = None, image_shape=None, name: str = "data"):
-        self.x = as_features(x, f"{name} x")
+    def __init__(self, x, y=None, *, fingerprint: str | None = None, image_shape=None, name: str = "data",
+                 missing: bool = False):
+        self.missing = missing  # NaN features allowed: a table's missing values, filled by the model's preprocessing
+        self.x = as_features(x, f"{name} x", missing)
         self.y = None if y is None else as_labels(y, len(self.x), f"{name} y")
         self.n = len(self.x)
         self.labeled = self.y is not None
@@ -350,7 +355,9 @@ class MapSource(Source):
 
     indexable = True
 
-    def __init__(self, dataset, *, fingerprint: str | None = None, num_workers: int = 0, name: str = "data"):
+    def __init__(self, dataset, *, fingerprint: str | None = None, num_workers: int = 0, name: str = "data",
+                 missing: bool = False):
+        self.missing = missing
         try:
             self.n = len(dataset)
         except TypeError:
@@ -419,7 +426,7 @@ class MapSource(Source):
                 yield x0[:0], None if y0 is None else y0[:0], torch.zeros(0, dtype=torch.long)
                 continue
             x, y = next(loader)
-            yield (as_features(x, f"{self.name} batch x"), None if y is None else as_labels(y, len(x)),
+            yield (as_features(x, f"{self.name} batch x", self.missing), None if y is None else as_labels(y, len(x)),
                    torch.tensor(idx))
 
 

@@ -773,7 +773,12 @@ def checkpoint_metadata(path, side: dict) -> dict:
     factory = side.get("factory") or {}
     inputs = dict(features=side.get("features"))
     if factory.get("target") == STANDARDIZE_FACTORY:
-        inputs["preprocessing"] = "inside the graph: (x - training mean) / training std per feature; feed raw values"
+        inputs["preprocessing"] = ("inside the graph: (x - training mean) / training std per feature, a missing value "
+                                   "(NaN) as the training mean; feed raw values")
+        if side.get("categories"):
+            inputs["categories"] = side["categories"]
+            inputs["preprocessing"] += ("; a text column's value as its code, the index of the text in "
+                                        "categories[column] (NaN when missing), one-hot encoded inside the graph")
     return dict(checkpoint=str(stem_of(path)), weights_sha256=side.get("weights_sha256"),
                 classes=side.get("classes"), num_classes=side.get("num_classes"), factory=side.get("factory"),
                 inputs=inputs, dataset=side.get("dataset"), data_source=side.get("data_source"),
