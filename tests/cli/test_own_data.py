@@ -312,6 +312,13 @@ def test_text_columns_and_missing_values_train_and_travel_with_the_model(capsys,
                          tmp_path / "t" / "model", "--out", tmp_path / "s", "--no-progress", "--epochs", "3")
     assert code == 0, err
     assert json.loads((tmp_path / "s" / "model.json").read_text())["factory"]["kwargs"]["categories"] == [3, 0, 2]
+    # a soft-target store of the same file (its rows hold NaN) teaches a student too
+    code, _, err = run(capsys, "targets", "--data", tmp_path / "mixed.csv", "--target", "kind", "--teacher",
+                       tmp_path / "t" / "model", "--out", tmp_path / "store")
+    assert code == 0, err
+    code, out, err = run(capsys, "student", "--data", tmp_path / "mixed.csv", "--target", "kind", "--teacher",
+                         tmp_path / "store", "--out", tmp_path / "s2", "--no-progress", "--epochs", "2")
+    assert code == 0 and "not cross-validated" in err, err
     assert "has text columns (place, colour)" in one_line_error(
         capsys, "teacher", "--data", tmp_path / "mixed.csv", "--target", "kind", "--no-standardize", "--out",
         tmp_path / "x")

@@ -499,7 +499,7 @@ def _row_range(source, start: int, stop: int):
     """Rows ``start:stop`` of an indexable source, as a source that serves them in order."""
 
     if isinstance(source, TensorSource):
-        return TensorSource(source.x[start:stop], fingerprint="rows", name="transfer set")
+        return TensorSource(source.x[start:stop], fingerprint="rows", name="transfer set", missing=source.missing)
     if isinstance(source, MapSource):
         return MapSource(_Rows(source.dataset, start, stop), fingerprint="rows", num_workers=source.num_workers,
                          name=source.name)
