@@ -262,9 +262,12 @@ def test_feature_stats_skip_missing_values_and_standardize_fills_and_one_hot_enc
 
 def test_text_columns_and_missing_values_train_and_travel_with_the_model(capsys, tmp_path):
     df = _mixed_table(tmp_path / "mixed.csv")
+    df.insert(0, "name", [f"bird {i}" for i in range(len(df))])  # a text of its own on every row: left out
+    df.to_csv(tmp_path / "mixed.csv", index=False)
     code, out, err = run(capsys, "teacher", "--data", tmp_path / "mixed.csv", "--target", "kind", "--out",
                          tmp_path / "t", "--no-progress")
     assert code == 0, err
+    assert "column 'name' holds 240 distinct texts (e.g. 'bird 0'): a name, an id or free text, so it is left out" in err
     assert "text columns one-hot encoded in the model: place (3 values), colour (2 values)" in err
     assert "missing value(s) in the training split" in err
     errors = int(out.split(" test errors / ")[0].split()[-1])
@@ -287,9 +290,11 @@ def test_text_columns_and_missing_values_train_and_travel_with_the_model(capsys,
     unseen.to_csv(other / "test.csv", index=False)
     code, out2, err = run(capsys, "evaluate", tmp_path / "t" / "model", "--data", other, "--target", "kind", "--json")
     assert code == 0 and "column 'place' holds 10 value(s) the training split does not" in err, err
+    assert "column(s) name are not among the checkpoint's features: left out" in err  # 40 names only, but not a feature
     # raw values in, through table_inputs, the same logits from the ONNX graph as from PyTorch
     from distill.data.files import table_inputs
 
+    assert side["features"] == ["place", "size", "colour"]
     x = table_inputs(unseen, side["features"], side["categories"])
     assert np.isnan(x[:10, 0]).all() and np.isnan(x[:, 1]).sum() == df["size"].isna().sum()
     model, _ = load_checkpoint(tmp_path / "t" / "model")
@@ -319,10 +324,11 @@ def test_text_columns_and_missing_values_train_and_travel_with_the_model(capsys,
     code, out, err = run(capsys, "student", "--data", tmp_path / "mixed.csv", "--target", "kind", "--teacher",
                          tmp_path / "store", "--out", tmp_path / "s2", "--no-progress", "--epochs", "2")
     assert code == 0 and "not cross-validated" in err, err
+    df.drop(columns="name").to_csv(tmp_path / "named.csv", index=False)  # (its left-out note would be a second line)
     assert "has text columns (place, colour)" in one_line_error(
-        capsys, "teacher", "--data", tmp_path / "mixed.csv", "--target", "kind", "--no-standardize", "--out",
+        capsys, "teacher", "--data", tmp_path / "named.csv", "--target", "kind", "--no-standardize", "--out",
         tmp_path / "x")
-    df.drop(columns=["place", "colour"]).to_csv(tmp_path / "gaps.csv", index=False)
+    df.drop(columns=["name", "place", "colour"]).to_csv(tmp_path / "gaps.csv", index=False)
     assert "has missing values" in one_line_error(
         capsys, "teacher", "--data", tmp_path / "gaps.csv", "--target", "kind", "--no-standardize", "--out",
         tmp_path / "y")

@@ -300,13 +300,6 @@ def _bad_inputs(tmp_path):
     table(30, 0).to_csv(tmp_path / "t.csv", index=False)
     cases.append(("table without --target", tmp_path / "t.csv", [], "name its label column with --target"))
     cases.append(("missing column", tmp_path / "t.csv", ["--target", "label"], "has no column 'label'"))
-    import pandas as pd
-
-    df = pd.concat([table(60, 0)] * 3, ignore_index=True)
-    df["name"] = [f"row {i}" for i in range(len(df))]  # a text column of a different value on every row
-    df.to_csv(tmp_path / "text.csv", index=False)
-    cases.append(("text column of too many values", tmp_path / "text.csv", ["--target", "fruit"],
-                  "column 'name' holds over 100 distinct texts"))
     df = table(30, 0)
     df.loc[4, "f2"] = np.inf
     df.to_csv(tmp_path / "inf.csv", index=False)

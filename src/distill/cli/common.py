@@ -96,7 +96,7 @@ def load_any(args, recorded: dict | None = None, training: bool = False, notes: 
         return _segmentation_files(path, train_size, test_size)
     size = _image_size(args, recorded, path)
     data = load_files(path, target=target, image_size=size, max_side=DATA_RECIPE.image_side if training else None,
-                      categories=(recorded or {}).get("categories"), log=log)
+                      categories=(recorded or {}).get("categories"), features=(recorded or {}).get("features"), log=log)
     data = _held_out(args, data, path, recorded, training, log if notes is None else notes.append)
     for flag, n, src, split in (("--train-size", train_size, data.train, "training"),
                                 ("--test-size", test_size, data.test, "test")):

@@ -21,8 +21,9 @@ Layouts (``path`` is a file or a folder):
   ``(3, H, W)``; pixel values are scaled to [0, 1].
 * a table ``X.csv`` / ``X.tsv`` / ``X.parquet`` with ``target`` naming the label column (every
   other column is a feature: numbers, or text, which is categorical: each value is read as its
-  code, numbered in order of first appearance in the training split, at most ``MAX_CATEGORIES``
-  of them, and recorded in :attr:`FileData.categories`; an empty cell is NaN, a missing value), or a folder holding ``train.csv`` (or ``.tsv``,
+  code, numbered in order of first appearance in the training split, and recorded in
+  :attr:`FileData.categories`; a text column of over ``MAX_CATEGORIES`` distinct values, a name or
+  an id, is left out; an empty cell is NaN, a missing value), or a folder holding ``train.csv`` (or ``.tsv``,
   ``.parquet``) and optionally ``val.*`` and ``test.*``. A CSV/TSV file whose first line holds
   numbers where the second does (:func:`has_header`) has no header: that line is data and the
   columns are named by position (``"0"``, ``"1"``, ...). An unnamed first column of distinct
@@ -31,7 +32,7 @@ Layouts (``path`` is a file or a folder):
   target column (numbers or strings); validation and test values must be among them.
 
 Anything else (no usable file, a missing column, labels outside the class
-list, infinite values, a text column of too many distinct values) is a one-line :class:`~distill.errors.DistillError` naming the
+list, infinite values) is a one-line :class:`~distill.errors.DistillError` naming the
 path and what was expected.
 
 Memory: when the data, as float32, would take more than ``memory_limit`` bytes (default a quarter
@@ -293,13 +294,14 @@ def memory_budget(memory_limit: int | None = None) -> int:
 
 def load_files(path, *, target: str | None = None, image_size: tuple[int, int] | None = None,
                max_side: int | None = None, memory_limit: int | None = None, categories: dict | None = None,
-               log=print) -> FileData:
+               features: list | None = None, log=print) -> FileData:
     """Read the data set at ``path`` (module docstring: ``.npz``, image folder, CSV/Parquet with
     ``target``; ``image_size`` ``(H, W)`` resizes every image of a folder; without it, ``max_side``
     scales the folder's size down, aspect kept, until neither side exceeds it; ``categories``: a
     table's categorical columns and their values in code order, as a checkpoint records them,
-    instead of those of its training split). Bad input is a one-line :class:`DistillError` naming
-    the path."""
+    instead of those of its training split; ``features``: a table's feature columns in order, as a
+    checkpoint records them: the others are left out, said once). Bad input is a one-line
+    :class:`DistillError` naming the path."""
     p = Path(path)
     if not p.exists():
         raise DistillError(f"--data {p} does not exist; expected {EXPECTED}")
@@ -314,7 +316,7 @@ def load_files(path, *, target: str | None = None, image_size: tuple[int, int] |
             _no_target(target, p)
             return _read_npz(p, log)
         if suffix in TABLE_SUFFIXES:
-            return _read_tables(p, {"train": p}, target, budget, log, categories)
+            return _read_tables(p, {"train": p}, target, budget, log, categories, features)
         raise DistillError(f"{p}: cannot read a {suffix or 'suffix-less'} file; expected {EXPECTED}")
     tables = {s: f for s in SPLITS for f in _table_files(p, s)[:1]}
     for s in SPLITS:
@@ -327,7 +329,7 @@ def load_files(path, *, target: str | None = None, image_size: tuple[int, int] |
         _no_target(target, p)
         return _read_images(p, {s: p / s for s in SPLITS if (p / s).is_dir()}, budget, log, image_size, max_side)
     if "train" in tables:
-        return _read_tables(p, tables, target, budget, log, categories)
+        return _read_tables(p, tables, target, budget, log, categories, features)
     if any(d.is_dir() and _images_in(d) for d in _subdirs(p)):
         _no_target(target, p)
         log(f"[data] {p} has no train/ folder: its class folders are the training split (held-out splits: "
@@ -902,7 +904,7 @@ def _label_values(path: Path, col, start: int):
 
 
 def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: int, log,
-                 recorded: dict | None = None) -> FileData:
+                 recorded: dict | None = None, recorded_features: list | None = None) -> FileData:
     if target is None:
         cols = ""
         try:
@@ -912,13 +914,17 @@ def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: in
             pass
         raise DistillError(f"{files['train']} is a table: name its label column with --target COLUMN{cols}")
     features, classes, sources, prints, lazy = None, None, {}, {}, False
+    if recorded_features is not None:
+        features = [str(c) for c in recorded_features]
+    left_out: set = set()  # columns that are not features: text of too many values, or not among the recorded ones
     # {column: {value: code}}: grown from the training split, unless a checkpoint's are given
     codes = {c: {str(v): i for i, v in enumerate(vals)} for c, vals in (recorded or {}).items()}
     for split in SPLITS:
         if split not in files:
             continue
         x, raw, features, was_lazy = _stream_table(files[split], target, features, budget, log, codes,
-                                                   grow=split == "train" and recorded is None)
+                                                   grow=split == "train" and recorded is None, left_out=left_out,
+                                                   lenient=recorded_features is not None)
         lazy = lazy or was_lazy
         if classes is None:
             classes = sorted(set(raw), key=_class_key)
@@ -980,8 +986,8 @@ def _encode(path: Path, col, codes: dict, grow: bool, start: int, log) -> np.nda
                 codes[v] = len(codes)
                 if len(codes) > MAX_CATEGORIES:
                     raise DistillError(f"{path}: column {col.name!r} holds over {MAX_CATEGORIES} distinct texts (e.g. "
-                                       f"{text[~miss][0]!r}); a categorical column is one-hot encoded, so encode this "
-                                       "one as numbers or drop it")
+                                       f"{text[~miss][0]!r}) after its first rows; a categorical column is one-hot "
+                                       "encoded, so encode this one as numbers or drop it")
     out = np.array([codes.get(v, np.nan) for v in text], dtype=np.float32)
     out[miss] = np.nan
     unseen = ~miss & np.isnan(out)
@@ -992,11 +998,15 @@ def _encode(path: Path, col, codes: dict, grow: bool, start: int, log) -> np.nda
     return out
 
 
-def _stream_table(path: Path, target: str, features: list | None, budget: int, log, codes: dict, grow: bool):
+def _stream_table(path: Path, target: str, features: list | None, budget: int, log, codes: dict, grow: bool,
+                  left_out: set, lenient: bool = False):
     """Read one table in chunks: float32 features (in memory, or a memory-mapped file in the cache
     once they exceed ``budget`` bytes) and the raw target values. A text column is categorical
     (:func:`_encode`, its codes in ``codes[column]``; new ones only when ``grow``); an empty cell is
-    NaN."""
+    NaN. Deriving the features (``features`` None), a text column of over ``MAX_CATEGORIES``
+    distinct values in the first chunk (a name, an id, free text) is left out, said once, and added
+    to ``left_out``, whose columns later splits may hold; with ``lenient`` (features a checkpoint
+    recorded) any column beyond ``features`` is left out."""
     import pandas as pd
 
 
@@ -1018,6 +1028,18 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
                         "pandas writes (DataFrame.to_csv without index=False): it is left out of the features")
                 if not features:
                     raise DistillError(f"{path} has no feature columns besides the target {target!r}")
+                if grow:
+                    wide = [c for c in features if c not in codes and not (
+                        pd.api.types.is_numeric_dtype(chunk[c].dtype) or pd.api.types.is_bool_dtype(chunk[c].dtype))
+                        and chunk[c].nunique(dropna=True) > MAX_CATEGORIES]
+                    for c in wide:
+                        log(f"[data] {path}: column {c!r} holds {chunk[c].nunique(dropna=True):,} distinct texts (e.g. "
+                            f"{chunk[c].dropna().iloc[0]!r}): a name, an id or free text, so it is left out of the "
+                            f"features (a text column of up to {MAX_CATEGORIES} values is one-hot encoded)")
+                    left_out.update(wide)
+                    features = [c for c in features if c not in left_out]
+                    if not features:
+                        raise DistillError(f"{path} has no usable feature columns besides the target {target!r}")
                 for c in features:
                     if c.strip().lower().replace("_", "").replace(" ", "") in ID_NAMES and _is_row_index(chunk[c]):
                         log(f"[data] {path}: column {c!r} holds a different whole number on every row: if it identifies "
@@ -1033,8 +1055,11 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
             missing = [c for c in features if c not in have]
             if missing:
                 raise DistillError(f"{path} lacks the feature column(s) {_show(missing)} of the training table")
-            extra = [c for c in cols if c != target and c not in known]
-            if extra:
+            extra = [c for c in cols if c != target and c not in known and c not in left_out]
+            if extra and lenient:
+                log(f"[data] {path}: column(s) {_show(extra)} are not among the checkpoint's features: left out")
+                left_out.update(extra)
+            elif extra:
                 raise DistillError(f"{path} has column(s) {_show(extra)} that the training table does not have")
             if not len(chunk):  # a header without rows: "no rows" below, not "not numeric"
                 continue
