@@ -527,3 +527,32 @@ def test_data_dir_with_your_own_files_points_at_data(tmp_path, capsys):
     err = one_line_error(capsys, "teacher", "--data-dir", idx, *out)
     assert "a complete idx file of other data (shape (10, 8, 8)), not the official train-images-idx3-ubyte" in err
     assert "use --data" in err and not (tmp_path / "o").exists()
+
+
+def test_text_columns_and_empty_cells_read_alike_from_csv_parquet_and_a_memory_map(tmp_path):
+    import pandas as pd
+
+    pytest.importorskip("pyarrow")
+    df = pd.DataFrame(dict(town=["b", "a", None, "b", "c", "a"], size=[1.0, None, 3.0, 4.0, 5.0, 6.0],
+                           label=[0, 1, 0, 1, 0, 1]))
+    df.to_csv(tmp_path / "t.csv", index=False)
+    typed = df.assign(town=df["town"].astype("category"))  # a pandas category column in Parquet
+    typed.to_parquet(tmp_path / "t.parquet")
+    quiet = dict(target="label", log=lambda *a: None)
+    a = load_files(tmp_path / "t.csv", **quiet)
+    assert a.features == ("town", "size") and a.categories == {"town": ("b", "a", "c")}  # order of appearance
+    nan = float("nan")
+    want = torch.tensor([[0, 1], [1, nan], [nan, 3], [0, 4], [2, 5], [1, 6]])
+    assert torch.equal(torch.nan_to_num(a.train.x, -1), torch.nan_to_num(want, -1)) and a.category_counts == [3, 0]
+    b = load_files(tmp_path / "t.parquet", **quiet)
+    assert b.categories == a.categories and torch.equal(torch.nan_to_num(b.train.x, -1), torch.nan_to_num(want, -1))
+    lazy = load_files(tmp_path / "t.csv", memory_limit=16, **quiet)
+    assert lazy.lazy and lazy.fingerprint == a.fingerprint
+    rows = torch.cat([x for x, _, _ in lazy.train.ordered(4)])
+    assert torch.equal(torch.nan_to_num(rows, -1), torch.nan_to_num(want, -1))
+    # a checkpoint's codes and columns: another order of values and an extra column read with them
+    other = df.assign(extra=1.0).iloc[::-1]
+    other.to_csv(tmp_path / "o.csv", index=False)
+    c = load_files(tmp_path / "o.csv", categories={"town": ["b", "a", "c"]}, features=["town", "size"], **quiet)
+    assert c.features == ("town", "size") and torch.equal(torch.nan_to_num(c.train.x, -1),
+                                                          torch.nan_to_num(want.flip(0), -1))
