@@ -324,6 +324,17 @@ def test_text_columns_and_missing_values_train_and_travel_with_the_model(capsys,
     code, out, err = run(capsys, "student", "--data", tmp_path / "mixed.csv", "--target", "kind", "--teacher",
                          tmp_path / "store", "--out", tmp_path / "s2", "--no-progress", "--epochs", "2")
     assert code == 0 and "not cross-validated" in err, err
+    # the ONNX file alone (its checkpoint gone) evaluates another table with the codes its metadata records
+    rev = tmp_path / "rev"
+    rev.mkdir()
+    df.iloc[::-1].to_csv(rev / "train.csv", index=False)  # values appear in another order: other codes if re-derived
+    df.iloc[::-1].iloc[:60].to_csv(rev / "test.csv", index=False)
+    code, out2, err = run(capsys, "evaluate", tmp_path / "t" / "model", "--data", rev, "--target", "kind", "--json")
+    assert code == 0, err
+    want_errors = json.loads(out2)["test_errors"]
+    (tmp_path / "t" / "model.safetensors").rename(tmp_path / "t" / "gone.safetensors")
+    code, out2, err = run(capsys, "evaluate", tmp_path / "t" / "model.onnx", "--data", rev, "--target", "kind", "--json")
+    assert code == 0 and json.loads(out2)["test_errors"] == want_errors, err
     df.drop(columns="name").to_csv(tmp_path / "named.csv", index=False)  # (its left-out note would be a second line)
     assert "has text columns (place, colour)" in one_line_error(
         capsys, "teacher", "--data", tmp_path / "named.csv", "--target", "kind", "--no-standardize", "--out",

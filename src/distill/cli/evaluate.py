@@ -199,4 +199,5 @@ def _onnx_recorded(path: Path, meta: dict) -> dict:
             return side
         log(f"[note] {stem} has other weights than {path} was exported from (retrained since?); evaluating the "
             "export on the data it records")
-    return meta
+    inputs = meta.get("inputs") or {}  # a table's columns and text codes, where a sidecar has them
+    return {**meta, **{k: inputs[k] for k in ("features", "categories") if isinstance(inputs, dict) and inputs.get(k)}}
