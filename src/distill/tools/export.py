@@ -168,7 +168,7 @@ def training_inputs(side: dict, input_shape, n: int) -> tuple[torch.Tensor | Non
     try:
         source = side.get("data_source") or {}
         data = load_files(path, target=source.get("target"), image_size=source.get("image_size"),
-                          log=lambda *a, **k: None)
+                          categories=side.get("categories"), features=side.get("features"), log=lambda *a, **k: None)
         x = sample_inputs(data.train, n)
     except Exception as e:  # noqa: BLE001 - any unreadable data only means checking on random inputs
         return None, f"its training data {path} cannot be read ({_first_line(e)})"
