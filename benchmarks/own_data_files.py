@@ -6,7 +6,7 @@ ships and Pillow draws, into a folder:
 OUT/wine.csv, OUT/iris.csv, OUT/cancer.csv and their .parquet twins (the features as scikit-learn
 gives them, unscaled, and a `label` column), OUT/digits.csv (its 8x8 images as 64 columns),
 OUT/wide.csv and OUT/narrow.csv (:func:`synthetic`), OUT/mixed.csv (:func:`mixed`: text columns
-and empty cells), and OUT/shapes/<circle|square|triangle>/*.png: 300
+and empty cells), OUT/passengers.csv (:func:`passengers`: Titanic-shaped), and OUT/shapes/<circle|square|triangle>/*.png: 300
 32x32 RGB images of one filled shape each, random size, position and colours (seed 0).
 """
 from __future__ import annotations
@@ -52,6 +52,27 @@ def mixed(n: int = 400, seed: int = 0):
     return df
 
 
+def passengers(n: int = 891, seed: int = 1):
+    """A Titanic-shaped table: survival from sex, class and age (logistic), an age empty on 20 % of
+    rows, a port on 0.3 %, and columns a model should not one-hot: a name and a ticket per row and a
+    cabin on 23 % (891 / about 500 / about 110 distinct texts), and a passenger id."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["male", "female"], n, p=[0.65, 0.35])
+    pclass = rng.choice([1, 2, 3], n, p=[0.24, 0.21, 0.55])
+    age = np.clip(rng.normal(30, 14, n), 0.5, 80)
+    logit = 2.4 * (sex == "female") - 0.9 * (pclass - 2) - 0.03 * (age - 30) - 0.8
+    survived = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    age[rng.random(n) < 0.2] = np.nan
+    return pd.DataFrame(dict(
+        PassengerId=np.arange(1, n + 1), label=survived, Pclass=pclass, Name=[f"Person {i}" for i in range(n)],
+        Sex=sex, Age=age, SibSp=rng.integers(0, 4, n), Parch=rng.integers(0, 3, n),
+        Ticket=[f"T{t}" for t in rng.integers(0, 681, n)], Fare=np.round(rng.gamma(2, 15, n) * (4 - pclass), 2),
+        Cabin=np.where(rng.random(n) < 0.23, [f"C{c}" for c in rng.integers(0, 147, n)], None),
+        Embarked=rng.choice(np.array(["S", "C", "Q", None], dtype=object), n, p=[0.72, 0.19, 0.087, 0.003])))
+
+
 def main(out: Path) -> None:
     import pandas as pd
     from PIL import Image, ImageDraw
@@ -68,6 +89,7 @@ def main(out: Path) -> None:
     for name in SYNTHETIC:
         synthetic(name).to_csv(out / f"{name}.csv", index=False)
     mixed().to_csv(out / "mixed.csv", index=False)
+    passengers().to_csv(out / "passengers.csv", index=False)
     rng = np.random.default_rng(0)
     names = ("circle", "square", "triangle")
     for i in range(300):
@@ -86,7 +108,7 @@ def main(out: Path) -> None:
         folder = out / "shapes" / names[k]
         folder.mkdir(parents=True, exist_ok=True)
         img.save(folder / f"{i:03d}.png")
-    print(f"wrote {out}/wine|iris|cancer.csv|.parquet, {out}/digits|wide|narrow|mixed.csv and {out}/shapes/")
+    print(f"wrote {out}/wine|iris|cancer.csv|.parquet, {out}/digits|wide|narrow|mixed|passengers.csv and {out}/shapes/")
 
 
 if __name__ == "__main__":
