@@ -922,7 +922,7 @@ def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: in
     for split in SPLITS:
         if split not in files:
             continue
-        x, raw, features, was_lazy = _stream_table(files[split], target, features, budget, log, codes,
+        x, raw, features, was_lazy, gaps = _stream_table(files[split], target, features, budget, log, codes,
                                                    grow=split == "train" and recorded is None, left_out=left_out,
                                                    lenient=recorded_features is not None)
         lazy = lazy or was_lazy
@@ -939,9 +939,9 @@ def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: in
         y = torch.tensor([index[v] for v in raw], dtype=torch.int64)
         if isinstance(x, np.memmap):
             fp = data_digest(torch.from_numpy(x), y)
-            sources[split] = MapSource(TableRows(x, y), fingerprint=fp, name=split, missing=True)
+            sources[split] = MapSource(TableRows(x, y), fingerprint=fp, name=split, missing=gaps)
         else:
-            sources[split] = TensorSource(x, y, name=split, missing=True)  # empty cells are NaN
+            sources[split] = TensorSource(x, y, name=split, missing=gaps)  # empty cells are NaN
             fp = sources[split].fingerprint
         prints[split] = fp
     return FileData(name=str(p), train=sources["train"], val=sources.get("val"), test=sources.get("test"),
@@ -950,7 +950,8 @@ def _read_tables(p: Path, files: dict[str, Path], target: str | None, budget: in
                     categories={c: tuple(v) for c, v in codes.items() if c in features})
 
 
-#: a text column with more distinct values than this in the training split is refused, not one-hot encoded
+#: a text column with more distinct values than this in the training table's first chunk is left out of the
+#: features (a name, an id), not one-hot encoded
 MAX_CATEGORIES = 100
 
 
@@ -973,6 +974,13 @@ def table_inputs(frame, features, categories: dict | None = None) -> np.ndarray:
         except (TypeError, ValueError):
             raise DistillError(f"the table's column {c!r} holds text where the model takes numbers") from None
     return out
+
+
+def _numeric(dtype) -> bool:
+    """Whether a pandas column of ``dtype`` holds numbers (or booleans), not text."""
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
 
 
 def _encode(path: Path, col, codes: dict, grow: bool, start: int, log) -> np.ndarray:
@@ -1001,17 +1009,15 @@ def _encode(path: Path, col, codes: dict, grow: bool, start: int, log) -> np.nda
 def _stream_table(path: Path, target: str, features: list | None, budget: int, log, codes: dict, grow: bool,
                   left_out: set, lenient: bool = False):
     """Read one table in chunks: float32 features (in memory, or a memory-mapped file in the cache
-    once they exceed ``budget`` bytes) and the raw target values. A text column is categorical
+    once they exceed ``budget`` bytes), the raw target values, the features, whether they were
+    memory-mapped and whether any is missing (NaN). A text column is categorical
     (:func:`_encode`, its codes in ``codes[column]``; new ones only when ``grow``); an empty cell is
     NaN. Deriving the features (``features`` None), a text column of over ``MAX_CATEGORIES``
     distinct values in the first chunk (a name, an id, free text) is left out, said once, and added
     to ``left_out``, whose columns later splits may hold; with ``lenient`` (features a checkpoint
     recorded) any column beyond ``features`` is left out."""
-    import pandas as pd
-
-
     kind = TABLE_SUFFIXES[path.suffix.lower()]
-    held, raw, n, spill, tmp, known = [], [], 0, None, None, None
+    held, raw, n, spill, tmp, known, gaps = [], [], 0, None, None, None, False
     try:
         for chunk in _chunks(path, kind, log):
             cols = [str(c) for c in chunk.columns]
@@ -1029,9 +1035,8 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
                 if not features:
                     raise DistillError(f"{path} has no feature columns besides the target {target!r}")
                 if grow:
-                    wide = [c for c in features if c not in codes and not (
-                        pd.api.types.is_numeric_dtype(chunk[c].dtype) or pd.api.types.is_bool_dtype(chunk[c].dtype))
-                        and chunk[c].nunique(dropna=True) > MAX_CATEGORIES]
+                    wide = [c for c in features if c not in codes and not _numeric(chunk[c].dtype)
+                            and chunk[c].nunique(dropna=True) > MAX_CATEGORIES]
                     for c in wide:
                         log(f"[data] {path}: column {c!r} holds {chunk[c].nunique(dropna=True):,} distinct texts (e.g. "
                             f"{chunk[c].dropna().iloc[0]!r}): a name, an id or free text, so it is left out of the "
@@ -1066,7 +1071,7 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
             dtypes = dict(zip(cols, chunk.dtypes))
             text = []  # the categorical features, by position
             for j, c in enumerate(features):
-                numeric = pd.api.types.is_numeric_dtype(dtypes[c]) or pd.api.types.is_bool_dtype(dtypes[c])
+                numeric = _numeric(dtypes[c])
                 if c in codes or (grow and not numeric and n == 0):
                     text.append(j)
                 elif not numeric:
@@ -1079,12 +1084,14 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
                 block = chunk[features].to_numpy(dtype=np.float32, na_value=np.nan)
             else:
                 block = np.empty((len(chunk), len(features)), dtype=np.float32)
-                numbers = [j for j in range(len(features)) if j not in set(text)]
+                texts = set(text)
+                numbers = [j for j in range(len(features)) if j not in texts]
                 if numbers:
                     block[:, numbers] = chunk[[features[j] for j in numbers]].to_numpy(dtype=np.float32,
                                                                                       na_value=np.nan)
                 for j in text:
                     block[:, j] = _encode(path, chunk[features[j]], codes.setdefault(features[j], {}), grow, n, log)
+            gaps = gaps or bool(np.isnan(block).any())
             if np.isinf(block).any():
                 r, c = np.argwhere(np.isinf(block))[0]
                 raise DistillError(f"{path}: row {n + r + 1}, column {features[c]!r} is infinite; fill or drop such "
@@ -1108,7 +1115,7 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
         if n == 0:
             raise DistillError(f"{path} holds no rows, only column names; a table needs one row per example")
         if spill is None:
-            return torch.from_numpy(np.concatenate(held)), raw, features, False
+            return torch.from_numpy(np.concatenate(held)), raw, features, False, gaps
         spill.close()
         spill = None
         shape = (n, len(features))
@@ -1117,7 +1124,7 @@ def _stream_table(path: Path, target: str, features: list | None, budget: int, l
         del x
         os.replace(tmp, final)
         tmp = None
-        return np.memmap(final, dtype=np.float32, mode="c", shape=shape), raw, features, True
+        return np.memmap(final, dtype=np.float32, mode="c", shape=shape), raw, features, True, gaps
     finally:
         if spill is not None:
             spill.close()

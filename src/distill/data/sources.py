@@ -192,7 +192,7 @@ class TensorSource(Source):
 
     def __init__(self, x, y=None, *, fingerprint: str | None = None, image_shape=None, name: str = "data",
                  missing: bool = False):
-        self.missing = missing  # NaN features allowed: a table's missing values, filled by the model's preprocessing
+        self.missing = missing
         self.x = as_features(x, f"{name} x", missing)
         self.y = None if y is None else as_labels(y, len(self.x), f"{name} y")
         self.n = len(self.x)
